@@ -1,0 +1,67 @@
+"""A byte-bounded LRU cache of object blocks, shared by all open files.
+
+Owns the cached bytes and the fetches in flight: two readers that want the same
+block wait for one GET. Blocks are keyed by (key, ETag, index), so a new version of
+an object can never be served from an old version's blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+
+import trio
+from cachetools import LRUCache
+
+
+class _Fetch:
+    __slots__ = ("data", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class BlockCache:
+    def __init__(self, max_bytes: int) -> None:
+        self._lru: LRUCache[Hashable, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
+        self._inflight: dict[Hashable, _Fetch] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._lru or key in self._inflight
+
+    def peek(self, key: Hashable) -> bytes | None:
+        return self._lru.get(key)
+
+    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The block's bytes, from the cache, from a fetch already in flight, or fetched now."""
+        data = self._lru.get(key)
+        if data is not None:
+            self.hits += 1
+            return data
+        pending = self._inflight.get(key)
+        if pending is None:
+            self.misses += 1
+            pending = _Fetch()
+            self._inflight[key] = pending
+            try:
+                pending.data = await fetch()
+                if len(pending.data) <= self._lru.maxsize:
+                    self._lru[key] = pending.data
+            except BaseException as exc:
+                pending.error = exc
+                raise
+            finally:
+                del self._inflight[key]
+                pending.done.set()
+            return pending.data
+        self.hits += 1
+        await pending.done.wait()
+        if isinstance(pending.error, trio.Cancelled):
+            return await self.get(key, fetch)  # the fetching task was cancelled, not us
+        if pending.error is not None:
+            raise pending.error
+        assert pending.data is not None
+        return pending.data

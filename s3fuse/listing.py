@@ -1,0 +1,111 @@
+"""Directory contents from delimited ListObjectsV2, streamed a page at a time.
+
+Owns the rules that turn a listing into directory entries: common prefixes are
+directories (a ``dir/`` marker object is one too), other keys are files, names that
+cannot be POSIX names are skipped with one log line, and when a key is both a file
+and a prefix the directory wins (the file is hidden, as in mountpoint-s3). Never
+holds more than one page plus a few held-back files, whatever the directory's size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .metadata import DIRECTORY, EntryInfo, from_listing
+from .names import invalid_reason, start_after_for
+from .s3client import S3Client
+
+log = logging.getLogger(__name__)
+
+
+class DirectoryStream:
+    """The entries of one directory, in batches, for readdir and lookup windows."""
+
+    def __init__(self, s3: S3Client, prefix: str, page_size: int = 1000, start_after: str | None = None) -> None:
+        self.s3 = s3
+        self.prefix = prefix
+        params: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "PaginationConfig": {"PageSize": page_size}}
+        if start_after:
+            params["StartAfter"] = start_after
+        self._pages: Iterator[dict[str, Any]] = s3.pages("list_objects_v2", **params)
+        # Files whose name could still turn out to be a directory too: 'x' is held
+        # until the listing has passed 'x/'. Keys between them (like 'x.txt') sort
+        # before '/', so this stays a handful of entries.
+        self._held: list[tuple[str, str, EntryInfo]] = []
+        self.done = False
+
+    async def next_batch(self) -> list[tuple[str, EntryInfo]]:
+        """The next entries (possibly none before the stream is done); [] and done at the end."""
+        page = None if self.done else await self.s3.next_page(self._pages, "list_objects_v2")
+        if page is None:
+            self.done = True
+            return self.release_held()
+        return self.feed(page)
+
+    def release_held(self) -> list[tuple[str, EntryInfo]]:
+        """Give up waiting for directories that would shadow the held files."""
+        held, self._held = self._held, []
+        return [(name, info) for _, name, info in held]
+
+    def feed(self, page: dict[str, Any]) -> list[tuple[str, EntryInfo]]:
+        """Turn one ListObjectsV2 page into entries, applying the naming rules."""
+        items: list[tuple[str, str, EntryInfo]] = []
+        plen = len(self.prefix)
+        for obj in page.get("Contents", ()):
+            key = obj["Key"]
+            if key == self.prefix:
+                continue  # the directory's own marker object
+            items.append((key, key[plen:], from_listing(obj)))
+        for cp in page.get("CommonPrefixes", ()):
+            pfx = cp["Prefix"]
+            items.append((pfx, pfx[plen:-1], DIRECTORY))
+        items.sort(key=lambda item: item[0])
+
+        out: list[tuple[str, EntryInfo]] = []
+        for full, name, info in items:
+            reason = invalid_reason(name)
+            if reason is not None:
+                log.warning("skipping key %r: %s cannot be a file name", full, reason)
+                continue
+            still_held = []
+            for held in self._held:
+                if held[0] + "/" < full:
+                    out.append(held[1:])
+                elif info.is_dir and held[0] + "/" == full:
+                    log.warning("key %r is both a file and a directory; the directory hides the file", held[0])
+                else:
+                    still_held.append(held)
+            self._held = still_held
+            if info.is_dir:
+                out.append((name, info))
+            else:
+                self._held.append((full, name, info))
+        return out
+
+
+@dataclass
+class Window:
+    """The answer of one lookup window: entries from the looked-up name onwards."""
+
+    entries: list[tuple[str, EntryInfo]]
+    complete: bool  # the listing reached the end of the directory
+    last_key: str | None  # the greatest key the listing covered
+
+
+async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Window:
+    """One LIST that answers 'does prefix+name exist, as file or directory?'.
+
+    It starts just before the name, so it also returns the next siblings; callers
+    cache them, which turns 'cat f1 f2 f3 ...' into one LIST instead of a HEAD per file.
+    """
+    start_after = start_after_for(prefix + name)
+    stream = DirectoryStream(s3, prefix, page_size=size, start_after=start_after)
+    resp = await s3.call("list_objects_v2", Prefix=prefix, Delimiter="/", StartAfter=start_after, MaxKeys=size)
+    # Held-back files are real files; only one that might be shadowed by a directory
+    # beyond the window is uncertain, and the caller checks that case.
+    entries = stream.feed(resp) + stream.release_held()
+    keys = [o["Key"] for o in resp.get("Contents", ())] + [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
+    return Window(entries, complete=not resp.get("IsTruncated"), last_key=max(keys, default=None))

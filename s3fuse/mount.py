@@ -1,0 +1,231 @@
+"""A mount's life: checks, detaching, the FUSE loop, clean shutdown.
+
+Owns the start-up sequence (bucket checks that fail fast with one clear line,
+then the FUSE mount), the detach handshake (the parent exits 0 only once the
+child has mounted, else prints the child's error), the trio loop with its
+signal handling, and the unmount at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import botocore.exceptions
+import pyfuse3
+import trio
+
+from .localserver import start_demo_server
+from .operations import S3Operations
+from .s3client import ClientSettings, RedactSecrets, S3Client, make_boto_client
+
+log = logging.getLogger("s3fuse")
+
+CHECK_TIMEOUT = 5.0  # seconds per attempt of the start-up checks (2 attempts: well under 15 s)
+
+
+class MountError(Exception):
+    """Start-up failed; the message is the one line the user sees."""
+
+
+def settings_of(opts: argparse.Namespace) -> ClientSettings:
+    return ClientSettings(
+        endpoint_url=opts.endpoint_url,
+        region=opts.region,
+        profile=opts.profile,
+        addressing_style=opts.addressing_style,
+        max_connections=opts.max_connections,
+        timeout=opts.timeout,
+        max_attempts=opts.retries,
+    )
+
+
+def is_mounted(path: str) -> bool:
+    """From /proc/self/mounts: stat() on a dead FUSE mount would hang."""
+    target = os.path.abspath(path).replace("\\", "\\134").replace(" ", "\\040")
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+def describe_failure(exc: BaseException, opts: argparse.Namespace) -> str:
+    """One line naming the cause of a failed start-up check."""
+    where = opts.endpoint_url or "AWS S3"
+    bucket = opts.bucket_name
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile"
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return f"AWS profile {opts.profile!r} not found in ~/.aws/config"
+    if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
+        return f"S3 endpoint {where} did not answer in time"
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return f"cannot connect to S3 endpoint {where}"
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code"))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return f"bucket {bucket!r} does not exist at {where}"
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return f"access to bucket {bucket!r} denied at {where}: check the credentials ({code})"
+        if code in ("301", "PermanentRedirect"):
+            region = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+            return f"bucket {bucket!r} is in another region{f' ({region}); use --region {region}' if region else ''}"
+        return f"S3 refused access to bucket {bucket!r}: {code}"
+    return f"checking bucket {bucket!r} at {where} failed: {exc}"
+
+
+def check_bucket(opts: argparse.Namespace) -> tuple[Any, list[str]]:
+    """HeadBucket (and GetBucketLocation without --region); the client to mount with."""
+    quick = ClientSettings(**{**settings_of(opts).__dict__, "timeout": CHECK_TIMEOUT, "max_attempts": 2})
+    try:
+        client, secrets = make_boto_client(quick)
+        region = opts.region
+        if region is None:
+            try:
+                location = client.get_bucket_location(Bucket=opts.bucket_name).get("LocationConstraint")
+                region = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchBucket", "404"):
+                    raise
+                # Not allowed to ask: HeadBucket below still proves access.
+            if region and region != client.meta.region_name:
+                client, secrets = make_boto_client(quick, region)
+        client.head_bucket(Bucket=opts.bucket_name)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise MountError(describe_failure(exc, opts)) from exc
+    full, _ = make_boto_client(settings_of(opts), client.meta.region_name)
+    return full, secrets
+
+
+def setup_logging(opts: argparse.Namespace, detached: bool) -> logging.Handler:
+    if opts.log_file or detached:
+        path = opts.log_file or os.path.join(opts.cache_dir, "s3fuse.log")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(opts.log_level.upper())
+    if opts.log_level != "debug":  # botocore's own info lines are noise at normal levels
+        for name in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return handler
+
+
+def tune_kernel_read_ahead(mountpoint: str, size: int) -> None:
+    """Raise the mount's read-ahead so the kernel sends large FUSE reads (root only)."""
+    try:
+        with open("/proc/self/mountinfo") as info:
+            # the last line for the mount point is the mount just made
+            devices = [fields[2] for fields in map(str.split, info) if fields[4] == mountpoint]
+        with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as f:
+            f.write(str(max(size // 1024, 4)))
+    except (OSError, IndexError) as exc:
+        log.debug("could not set the kernel read-ahead: %s", exc)
+
+
+async def _serve(ops: S3Operations) -> None:
+    async def stop_on_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("received %s; unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        nursery.start_soon(stop_on_signals)
+        await pyfuse3.main(max_tasks=256)
+        nursery.cancel_scope.cancel()
+
+
+def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
+    """Check, mount and run until unmounted. report_fd gets 'ok' or the error line."""
+
+    def report(message: str) -> None:
+        if report_fd is None:
+            if message != "ok":
+                print(f"s3fuse: {message}", file=sys.stderr)
+        else:
+            os.write(report_fd, message.encode())
+            os.close(report_fd)
+
+    handler = setup_logging(opts, detached=report_fd is not None)
+    try:
+        if not os.path.isdir(opts.mountpoint):
+            raise MountError(f"mount point {opts.mountpoint} is not a directory")
+        if is_mounted(opts.mountpoint):
+            raise MountError(f"{opts.mountpoint} is already a mount point")
+        if opts.embedded_s3:
+            # Started here, in the (possibly detached) daemon, so it lives as long as the mount.
+            opts.endpoint_url = start_demo_server()
+            log.info("embedded S3 server at %s", opts.endpoint_url)
+        client, secrets = check_bucket(opts)
+    except MountError as exc:
+        log.error("%s", exc)
+        report(str(exc))
+        return 1
+    handler.addFilter(RedactSecrets(secrets))
+
+    s3 = S3Client(client, opts.bucket_name, settings_of(opts))
+    ops = S3Operations(s3, opts)
+    fuse_options = set(pyfuse3.default_options) | {f"fsname=s3fuse:{opts.bucket_name}", "subtype=s3fuse", "noatime"}
+    if opts.read_only:
+        fuse_options.add("ro")
+    if opts.allow_other:
+        fuse_options.add("allow_other")
+    try:
+        pyfuse3.init(ops, opts.mountpoint, fuse_options)
+    except RuntimeError as exc:
+        report(f"mounting at {opts.mountpoint} failed: {exc}")
+        return 1
+    tune_kernel_read_ahead(opts.mountpoint, opts.kernel_read_ahead)
+    where = opts.endpoint_url or "AWS"
+    log.info("mounted s3://%s/%s (%s) at %s", opts.bucket_name, opts.prefix, where, opts.mountpoint)
+    report("ok")
+    if report_fd is not None:
+        detach_stdio()
+    try:
+        trio.run(_serve, ops)
+    finally:
+        pyfuse3.close(unmount=is_mounted(opts.mountpoint))
+        log.info("unmounted %s", opts.mountpoint)
+    return 0
+
+
+def detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def run(opts: argparse.Namespace) -> int:
+    """Mount in the foreground, or detach and return once the mount is up."""
+    if opts.foreground:
+        return serve(opts, None)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        os.setsid()
+        try:
+            code = serve(opts, write_fd)
+        except BaseException:
+            log.exception("s3fuse daemon failed")
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 4096):
+        chunks.append(chunk)
+    message = b"".join(chunks).decode()
+    if message == "ok":
+        return 0
+    log_hint = opts.log_file or os.path.join(opts.cache_dir, "s3fuse.log")
+    print(f"s3fuse: {message or f'the daemon exited during start-up; see {log_hint}'}", file=sys.stderr)
+    return 1

@@ -1,0 +1,177 @@
+"""Names to entries: lookup, attribute revalidation and directory listing.
+
+Owns the policy of when S3 is asked: a lookup is answered from the metadata cache,
+else by one LIST window starting at the name (which also tells file from directory
+and caches the neighbours), and a file's attributes are revalidated with HeadObject
+once they are older than the attribute TTL. Readdir streams ListObjectsV2 pages
+through a ``DirHandle`` and hands out inodes as entries are accepted by the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+from collections.abc import Callable
+
+import trio
+
+from .inodes import InodeTable, Node
+from .listing import DirectoryStream, lookup_window
+from .metadata import DIRECTORY, NEGATIVE, EntryInfo, MetadataCache, from_head
+from .names import dir_prefix, file_key, join
+from .s3client import S3Client, S3Error
+
+log = logging.getLogger(__name__)
+
+
+class Namespace:
+    def __init__(
+        self,
+        s3: S3Client,
+        opts: argparse.Namespace,
+        invalidate: Callable[[int], None],
+    ) -> None:
+        self.s3 = s3
+        self.opts = opts
+        self.root_prefix: str = opts.prefix
+        self.inodes = InodeTable(DIRECTORY)
+        self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
+        self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
+
+    # ---- entries
+
+    def resolve(self, path: str, info: EntryInfo) -> Node:
+        """The inode for path with new attributes; if the object changed, its kernel cache goes."""
+        node = self.inodes.by_path(path)
+        if node is not None and node.kernel_etag is not None and info.etag != node.kernel_etag:
+            node.kernel_etag = None
+            self._invalidate(node.inode)
+        return self.inodes.resolve(path, info)
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        path = join(parent.path, name)
+        cached = self.meta.get(path)
+        if cached is NEGATIVE:
+            return None
+        info = cached if isinstance(cached, EntryInfo) else await self._fetch(parent.path, name)
+        if info is None:
+            self.meta.put_negative(path)
+            return None
+        return self.resolve(path, info)
+
+    async def _fetch(self, parent_path: str, name: str) -> EntryInfo | None:
+        """Ask S3 whether parent/name exists, caching the siblings the answer carries."""
+        prefix = dir_prefix(self.root_prefix, parent_path)
+        key = prefix + name
+        window = await lookup_window(self.s3, prefix, name, self.opts.lookup_window)
+        found = None
+        for sibling, info in window.entries:
+            if sibling == name:
+                found = info
+            elif info.is_dir or not self.opts.posix_metadata:
+                self.meta.put(join(parent_path, sibling), info)
+        covered = window.complete or (window.last_key is not None and window.last_key >= key + "/")
+        if not covered:
+            # The window ended before 'name/' could appear: ask for that prefix directly.
+            probe = await self.s3.call("list_objects_v2", Prefix=key + "/", MaxKeys=1)
+            if probe.get("KeyCount", 0) or probe.get("Contents"):
+                return DIRECTORY
+        if found is not None and not found.is_dir and self.opts.posix_metadata:
+            return await self.head(key)
+        return found
+
+    async def head(self, key: str) -> EntryInfo | None:
+        """HeadObject as an entry; None if the object is gone."""
+        try:
+            return from_head(await self.s3.call("head_object", Key=key))
+        except S3Error as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    async def revalidate(self, node: Node) -> Node | None:
+        """Fresh attributes for a file whose cached ones outlived the TTL; None if it is gone."""
+        if node.info.is_dir or node.info.age() < self.opts.attr_ttl:
+            return node
+        info = await self.head(file_key(self.root_prefix, node.path))
+        if info is None:
+            self.meta.put_negative(node.path)
+            return None
+        if info.mode is None and node.info.has_posix_metadata:
+            info.mode, info.uid, info.gid = node.info.mode, node.info.uid, node.info.gid
+        self.meta.put(node.path, info)
+        return self.resolve(node.path, info)
+
+    # ---- directories
+
+    def open_dir(self, node: Node) -> DirHandle:
+        return DirHandle(self, node.path)
+
+
+class DirHandle:
+    """One open directory: a window of streamed entries addressed by their index.
+
+    The kernel asks for entries from an offset (the index after the last one it
+    accepted); entries before it are dropped, so memory is one page, not the
+    directory. Seeking back (rewinddir) restarts the listing.
+    """
+
+    def __init__(self, ns: Namespace, path: str) -> None:
+        self.ns = ns
+        self.path = path
+        self._restart()
+
+    def _restart(self) -> None:
+        cached = self.ns.meta.get_listing(self.path)
+        self.entries: list[tuple[str, EntryInfo]] = list(cached) if cached is not None else []
+        self.base = 0  # index of entries[0]
+        self.stream = None if cached is not None else self._new_stream()
+        # Small directories are kept whole for the dir TTL; None once too large.
+        self.collected: list[tuple[str, EntryInfo]] | None = [] if self.stream else None
+
+    def _new_stream(self) -> DirectoryStream:
+        return DirectoryStream(self.ns.s3, dir_prefix(self.ns.root_prefix, self.path))
+
+    async def entry(self, index: int) -> tuple[str, EntryInfo] | None:
+        """Entry number ``index`` of the directory, or None past its end."""
+        if index < self.base:
+            self._restart()
+        while index >= self.base + len(self.entries):
+            if self.stream is None or self.stream.done:
+                return None
+            batch = await self.stream.next_batch()
+            if self.ns.opts.posix_metadata:
+                batch = await self._with_metadata(batch)
+            self._remember(batch)
+            # Drop what the kernel has consumed; keep the unconsumed tail.
+            consumed = min(index - self.base, len(self.entries))
+            self.entries = self.entries[consumed:] + batch
+            self.base += consumed
+        return self.entries[index - self.base]
+
+    def _remember(self, batch: list[tuple[str, EntryInfo]]) -> None:
+        for name, info in batch:
+            self.ns.meta.put(join(self.path, name), info)
+        if self.collected is not None:
+            self.collected.extend(batch)
+            if len(self.collected) > self.ns.meta.listings.maxsize // 4:
+                self.collected = None
+        if self.stream is not None and self.stream.done and self.collected is not None:
+            self.ns.meta.put_listing(self.path, self.collected)
+            self.collected = None
+
+    async def _with_metadata(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
+        """--posix-metadata: HEAD every file of the batch, in parallel."""
+        out = list(batch)
+
+        async def head(i: int, name: str) -> None:
+            info = await self.ns.head(file_key(self.ns.root_prefix, join(self.path, name)))
+            if info is not None:
+                out[i] = (name, info)
+
+        async with trio.open_nursery() as nursery:
+            for i, (name, info) in enumerate(batch):
+                if not info.is_dir:
+                    nursery.start_soon(head, i, name)
+        return out

@@ -1,0 +1,223 @@
+"""The command line: arguments, fstab-style ``-o`` options and their defaults.
+
+Owns the argument parser (the single source of every option's name, default and
+help text) and the translation of ``-o name=value,flag`` into the same options, so
+``mount -t fuse.s3fuse`` and fstab lines reach exactly what the flags reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+from . import __version__
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+# Mount-helper and generic FUSE options that need no action from s3fuse.
+IGNORED_MOUNT_OPTIONS = {
+    "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
+    "nonempty", "async", "sync",
+}  # fmt: skip
+# -o names that differ from the long option they mean.
+MOUNT_OPTION_ALIASES = {"ro": "read-only", "allow_other": "allow-other"}
+
+
+def parse_size(text: str) -> int:
+    """'8M', '64MiB', '1g' or '4096' to bytes (binary units)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 4096, 512K, 8M, 1G)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "s3fuse")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="s3fuse",
+        description="Mount an S3 bucket (or a prefix of it) as a directory.",
+        epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server. "
+        "Credentials come from boto3's usual chain: environment, ~/.aws profiles, SSO, instance metadata.",
+    )
+    p.add_argument("--version", action="version", version=f"s3fuse {__version__}")
+    p.add_argument("bucket", metavar="BUCKET[:PREFIX]", help="bucket to mount, optionally with a key prefix")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    p.add_argument(
+        "-o",
+        dest="mount_options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT=VALUE...]",
+        help="fstab-style options: any long option below as name=value or flag "
+        "(dashes or underscores), plus ro, allow_other and the usual mount-helper options",
+    )
+
+    s3 = p.add_argument_group("S3 connection")
+    env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    s3.add_argument(
+        "--endpoint-url",
+        default=env_endpoint,
+        help="S3 endpoint (MinIO, Ceph, SeaweedFS, ...); default: AWS_ENDPOINT_URL(_S3) or AWS",
+    )
+    s3.add_argument("--profile", default=None, help="AWS profile from ~/.aws/config")
+    s3.add_argument("--region", default=None, help="bucket region; default: asked from S3 with GetBucketLocation")
+    s3.add_argument(
+        "--addressing-style",
+        choices=["auto", "path", "virtual"],
+        default=None,
+        help="URL style for buckets (default: path with --endpoint-url, else auto)",
+    )
+    s3.add_argument(
+        "--max-connections",
+        type=int,
+        default=32,
+        help="HTTP connections to S3, and S3 calls in flight (default: %(default)s)",
+    )
+    s3.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds one S3 request attempt may take before it is retried (default: %(default)s)",
+    )
+    s3.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="attempts per S3 request (botocore 'standard' retry mode, with backoff; default: %(default)s)",
+    )
+
+    fs = p.add_argument_group("file system")
+    fs.add_argument("-f", "--foreground", action="store_true", help="stay attached to the terminal (default: detach)")
+    fs.add_argument("--read-only", action="store_true", help="mount read-only")
+    fs.add_argument("--allow-other", action="store_true", help="let other users access the mount (FUSE allow_other)")
+    fs.add_argument("--uid", type=int, default=os.getuid(), help="owner of entries without metadata (default: you)")
+    fs.add_argument("--gid", type=int, default=os.getgid(), help="group of entries without metadata (default: yours)")
+    fs.add_argument("--file-mode", type=parse_mode, default=0o644, help="mode of files without metadata (default: 644)")
+    fs.add_argument("--dir-mode", type=parse_mode, default=0o755, help="mode of directories (default: 755)")
+    fs.add_argument(
+        "--posix-metadata",
+        action="store_true",
+        help="HEAD every listed file to read its x-amz-meta-mode/uid/gid/mtime (exact, but one request "
+        "per entry; without it such metadata is used whenever a HEAD is made anyway)",
+    )
+
+    cache = p.add_argument_group("caching")
+    cache.add_argument(
+        "--cache-dir", default=default_cache_dir(), help="directory for logs and local state (default: %(default)s)"
+    )
+    cache.add_argument(
+        "--block-size",
+        type=parse_size,
+        default=parse_size("8M"),
+        help="size of the ranged GETs of sequential reads (default: 8M)",
+    )
+    cache.add_argument(
+        "--cache-size", type=parse_size, default=parse_size("64M"), help="memory for cached blocks (default: 64M)"
+    )
+    cache.add_argument(
+        "--read-ahead",
+        type=parse_size,
+        default=parse_size("32M"),
+        help="most bytes fetched ahead of a sequential reader (default: 32M)",
+    )
+    cache.add_argument(
+        "--kernel-read-ahead",
+        type=parse_size,
+        default=parse_size("1M"),
+        help="kernel read-ahead of the mount, so the kernel sends large reads (default: 1M; "
+        "set only when running as root)",
+    )
+    cache.add_argument(
+        "--attr-ttl",
+        type=float,
+        default=30.0,
+        help="seconds attributes and names are trusted before S3 is asked again (default: %(default)s)",
+    )
+    cache.add_argument(
+        "--dir-ttl", type=float, default=30.0, help="seconds a directory listing is reused (default: %(default)s)"
+    )
+    cache.add_argument(
+        "--negative-ttl",
+        type=float,
+        default=5.0,
+        help="seconds a missing name stays known as missing (default: %(default)s)",
+    )
+    cache.add_argument(
+        "--lookup-window",
+        type=int,
+        default=1000,
+        help="keys listed by the LIST that answers a name lookup; its neighbours are cached too, "
+        "so reading many files of one directory costs one LIST per this many (default: %(default)s)",
+    )
+    cache.add_argument(
+        "--metadata-cache-entries",
+        type=int,
+        default=200_000,
+        help="most entries held in the metadata cache (default: %(default)s)",
+    )
+
+    logs = p.add_argument_group("logging")
+    logs.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default: %(default)s)"
+    )
+    logs.add_argument(
+        "--log-file",
+        default=None,
+        help="log here (default: stderr in the foreground, CACHE_DIR/s3fuse.log when detached)",
+    )
+    return p
+
+
+def expand_mount_options(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Rewrite '-o a=b,c' (and '-oa=b') into '--a=b --c' for the parser."""
+    known = {opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")}
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "-o":
+            groups = [next(args, "")]
+        elif arg.startswith("-o") and not arg.startswith("--"):
+            groups = [arg[2:]]
+        else:
+            out.append(arg)
+            continue
+        for item in filter(None, ",".join(groups).split(",")):
+            name, eq, value = item.partition("=")
+            if name in IGNORED_MOUNT_OPTIONS or name.startswith(("x-", "comment")):
+                continue
+            flag = "--" + MOUNT_OPTION_ALIASES.get(name, name.replace("_", "-"))
+            if flag not in known:
+                parser.error(f"unknown mount option: -o {item}")
+            out.append(f"{flag}={value}" if eq else flag)
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(expand_mount_options(argv, parser))
+    bucket, _, prefix = args.bucket.partition(":")
+    if not bucket:
+        parser.error("BUCKET is empty")
+    args.bucket_name = bucket
+    args.embedded_s3 = False
+    args.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    if args.addressing_style is None:
+        args.addressing_style = "path" if args.endpoint_url else "auto"
+    if args.block_size < 64 * 1024:
+        parser.error("--block-size must be at least 64K")
+    args.mountpoint = os.path.abspath(args.mountpoint)
+    return args

@@ -1,0 +1,193 @@
+"""The one place s3fuse talks to S3.
+
+Owns the boto3 client (credentials, signing, retries and pagination all come from
+botocore), the thread limiter that lets trio code call it without blocking the event
+loop, the per-call deadline, and the table that turns S3 errors into errno values.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import trio
+
+log = logging.getLogger(__name__)
+
+# S3 error codes (and bare HTTP statuses, for HEAD responses that carry no body) to errno.
+# Anything not listed is EIO: the caller sees a failure, never a wrong answer.
+ERRNO_BY_CODE: dict[str, int] = {
+    "NoSuchKey": errno.ENOENT,
+    "NoSuchBucket": errno.ENOENT,
+    "NoSuchUpload": errno.ENOENT,
+    "NoSuchVersion": errno.ENOENT,
+    "NotFound": errno.ENOENT,
+    "404": errno.ENOENT,
+    "AccessDenied": errno.EACCES,
+    "AllAccessDisabled": errno.EACCES,
+    "AccountProblem": errno.EACCES,
+    "InvalidAccessKeyId": errno.EACCES,
+    "SignatureDoesNotMatch": errno.EACCES,
+    "ExpiredToken": errno.EACCES,
+    "InvalidToken": errno.EACCES,
+    "403": errno.EACCES,
+    "PreconditionFailed": errno.ESTALE,
+    "412": errno.ESTALE,
+    "InvalidRange": errno.EINVAL,
+    "416": errno.EINVAL,
+    "InvalidArgument": errno.EINVAL,
+    "InvalidRequest": errno.EINVAL,
+    "MalformedXML": errno.EINVAL,
+    "InvalidObjectState": errno.EAGAIN,
+    "BucketNotEmpty": errno.ENOTEMPTY,
+    "BucketAlreadyExists": errno.EEXIST,
+    "BucketAlreadyOwnedByYou": errno.EEXIST,
+    "EntityTooLarge": errno.EFBIG,
+    "KeyTooLongError": errno.ENAMETOOLONG,
+    "NotImplemented": errno.EOPNOTSUPP,
+    "501": errno.EOPNOTSUPP,
+    "MethodNotAllowed": errno.EPERM,
+    "405": errno.EPERM,
+    "RequestTimeout": errno.ETIMEDOUT,
+    "SlowDown": errno.EIO,
+    "ServiceUnavailable": errno.EIO,
+    "InternalError": errno.EIO,
+}
+
+
+class S3Error(Exception):
+    """An S3 call failed; ``errno`` says how the file system reports it."""
+
+    def __init__(self, errno_: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.errno = errno_
+        self.code = code
+
+
+def translate(exc: BaseException) -> S3Error:
+    """Map a botocore exception (or a deadline) to an S3Error with the right errno."""
+    if isinstance(exc, S3Error):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        return S3Error(ERRNO_BY_CODE.get(code, errno.EIO), code, str(err.get("Message") or code))
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return S3Error(errno.EACCES, "NoCredentials", "no AWS credentials found")
+    if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
+        return S3Error(errno.EIO, "Timeout", str(exc))
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return S3Error(errno.EIO, "EndpointUnreachable", str(exc))
+    if isinstance(exc, trio.TooSlowError):
+        return S3Error(errno.EIO, "Timeout", "no answer within the request deadline")
+    return S3Error(errno.EIO, type(exc).__name__, str(exc))
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a boto3 client needs; built from the mount options."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: str = "auto"
+    max_connections: int = 32
+    timeout: float = 30.0
+    max_attempts: int = 4
+
+
+def make_boto_client(settings: ClientSettings, region: str | None = None) -> tuple[Any, list[str]]:
+    """A boto3 S3 client and the secret strings of its credentials (for log redaction).
+
+    botocore does credentials (env, profiles, SSO, instance metadata), signing and
+    retries with backoff.
+    """
+    session = boto3.session.Session(profile_name=settings.profile)
+    config = botocore.config.Config(
+        region_name=region or settings.region or session.region_name or "us-east-1",
+        max_pool_connections=settings.max_connections,
+        connect_timeout=min(settings.timeout, 10.0),
+        read_timeout=settings.timeout,
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        s3={"addressing_style": settings.addressing_style},
+        tcp_keepalive=True,
+    )
+    client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    creds = session.get_credentials()
+    frozen = creds.get_frozen_credentials() if creds else None
+    secrets = [s for s in (frozen.secret_key, frozen.token) if s] if frozen else []
+    return client, secrets
+
+
+class S3Client:
+    """Async facade over one boto3 client for one bucket.
+
+    Every call runs in a worker thread under a CapacityLimiter sized like the
+    connection pool, so trio never blocks and botocore never waits for a socket.
+    A call that outlives ``deadline`` seconds (all retries included) fails with EIO.
+    """
+
+    def __init__(self, client: Any, bucket: str, settings: ClientSettings) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.limiter = trio.CapacityLimiter(settings.max_connections)
+        # botocore's own timeouts bound each attempt; this bounds the whole call.
+        self.deadline = settings.timeout * settings.max_attempts + 5.0
+        self.request_counts: dict[str, int] = {}
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking function in the S3 thread pool, under the deadline."""
+        try:
+            with trio.fail_after(self.deadline):
+                return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, trio.TooSlowError) as exc:
+            raise translate(exc) from exc
+
+    async def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """Call one S3 operation on the mounted bucket (Bucket= is filled in)."""
+        self.request_counts[operation] = self.request_counts.get(operation, 0) + 1
+        method = getattr(self.client, operation)
+        return await self.run(lambda: method(Bucket=self.bucket, **params))
+
+    async def get_bytes(self, key: str, **params: Any) -> tuple[dict[str, Any], bytes]:
+        """GetObject with the body read inside the worker thread."""
+        self.request_counts["get_object"] = self.request_counts.get("get_object", 0) + 1
+
+        def fetch() -> tuple[dict[str, Any], bytes]:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, **params)
+            with resp["Body"] as body:
+                return resp, body.read()
+
+        return await self.run(fetch)
+
+    def pages(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """botocore's paginator for an operation; advance it with ``next_page``."""
+        return iter(self.client.get_paginator(operation).paginate(Bucket=self.bucket, **params))
+
+    async def next_page(self, pages: Iterator[dict[str, Any]], operation: str) -> dict[str, Any] | None:
+        """Fetch the next page of a paginator in a worker thread; None when done."""
+        self.request_counts[operation] = self.request_counts.get(operation, 0) + 1
+        return await self.run(next, pages, None)
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces credential strings in every log record, whoever logged them."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 8]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            msg = record.getMessage()
+            if any(s in msg for s in self.secrets):
+                for s in self.secrets:
+                    msg = msg.replace(s, "***")
+                record.msg, record.args = msg, None
+        return True
