@@ -208,15 +208,15 @@ class S3Operations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
 
-    # ---- extended attributes (object metadata arrives with the xattr work)
+    # ---- extended attributes: not supported yet. ENOSYS (not ENODATA) makes the kernel
+    # answer every later call itself; 'ls -l' asks for security.selinux on each entry, and
+    # a round trip to this daemon costs about as much as listing the entry from S3.
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        self._node(inode)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        self._node(inode)
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     # ---- changes: refused until the write path lands
 

@@ -7,6 +7,7 @@ loop, the per-call deadline, and the table that turns S3 errors into errno value
 
 from __future__ import annotations
 
+import datetime
 import errno
 import logging
 from collections.abc import Callable, Iterator
@@ -16,6 +17,8 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
+import botocore.utils
 import trio
 
 log = logging.getLogger(__name__)
@@ -102,13 +105,27 @@ class ClientSettings:
     max_attempts: int = 4
 
 
+def parse_timestamp(value: str) -> datetime.datetime:
+    """botocore's timestamp parser, minus dateutil for the ISO 8601 form S3 lists use.
+
+    dateutil costs about 0.13 s per 1000-entry listing page, as much as the request.
+    """
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return botocore.utils.parse_timestamp(value)  # RFC 1123 headers, epoch numbers
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
 def make_boto_client(settings: ClientSettings, region: str | None = None) -> tuple[Any, list[str]]:
     """A boto3 S3 client and the secret strings of its credentials (for log redaction).
 
     botocore does credentials (env, profiles, SSO, instance metadata), signing and
     retries with backoff.
     """
-    session = boto3.session.Session(profile_name=settings.profile)
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    session = boto3.session.Session(botocore_session=core, profile_name=settings.profile)
     config = botocore.config.Config(
         region_name=region or settings.region or session.region_name or "us-east-1",
         max_pool_connections=settings.max_connections,
