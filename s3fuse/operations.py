@@ -202,7 +202,7 @@ class S3Operations(pyfuse3.Operations):
         fresh.kernel_etag = info.etag
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self._files[fh].read(off, size)
 
     async def release(self, fh: int) -> None:

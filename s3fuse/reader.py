@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class ObjectReader:
+    # Blocks fetched ahead at the first sequential read; the window doubles from here.
+    INITIAL_READAHEAD_BLOCKS = 2
+
     def __init__(
         self,
         s3: S3Client,
@@ -42,9 +45,9 @@ class ObjectReader:
         self.block_size = block_size
         self.max_readahead_blocks = max(0, max_readahead // block_size)
         self._expected_offset = 0
-        self._readahead_blocks = 1
+        self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
@@ -55,19 +58,20 @@ class ObjectReader:
         try:
             if sequential:
                 return await self._read_blocks(offset, size)
-            self._readahead_blocks = 1
+            self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
             return await self._read_range(offset, size)
         except S3Error as exc:
             raise self._fuse_error(exc) from exc
 
-    async def _read_blocks(self, offset: int, size: int) -> bytes:
+    async def _read_blocks(self, offset: int, size: int) -> bytes | memoryview:
         bs = self.block_size
         first, last = offset // bs, (offset + size - 1) // bs
         self._schedule_readahead(last)
         parts = [await self._block(i) for i in range(first, last + 1)]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
         start = offset - first * bs
-        return data[start : start + size]
+        if len(parts) == 1:  # the common case: a view into the cached block, no copy
+            return memoryview(parts[0])[start : start + size]
+        return b"".join(parts)[start : start + size]
 
     def _schedule_readahead(self, last: int) -> None:
         nblocks = (self.size + self.block_size - 1) // self.block_size
@@ -88,11 +92,11 @@ class ObjectReader:
         end = min(start + self.block_size, self.size)
         return await self.cache.get((self.key, self.etag, index), lambda: self._get(start, end))
 
-    async def _read_range(self, offset: int, size: int) -> bytes:
+    async def _read_range(self, offset: int, size: int) -> bytes | memoryview:
         cached = self.cache.peek((self.key, self.etag, offset // self.block_size))
         if cached is not None and offset % self.block_size + size <= len(cached):
             start = offset % self.block_size
-            return cached[start : start + size]
+            return memoryview(cached)[start : start + size]
         return await self._get(offset, offset + size)
 
     async def _get(self, start: int, end: int) -> bytes:
