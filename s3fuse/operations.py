@@ -187,7 +187,7 @@ class S3Operations(pyfuse3.Operations):
         info = fresh.info
         assert self.nursery is not None
         fh = next(self._handles)
-        self._files[fh] = ObjectReader(
+        self._files[fh] = reader = ObjectReader(
             self.s3,
             self.blocks,
             self.nursery,
@@ -197,6 +197,7 @@ class S3Operations(pyfuse3.Operations):
             self.opts.block_size,
             self.opts.read_ahead,
         )
+        reader.prefetch_small_object()
         # The kernel may keep its cached pages only if they hold this very version.
         keep = info.etag is not None and fresh.kernel_etag == info.etag
         fresh.kernel_etag = info.etag
