@@ -10,11 +10,10 @@ holds more than one page plus a few held-back files, whatever the directory's si
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .metadata import DIRECTORY, EntryInfo, from_listing
+from .metadata import EntryInfo, directory, from_listing
 from .names import invalid_reason, start_after_for
 from .s3client import S3Client
 
@@ -24,13 +23,14 @@ log = logging.getLogger(__name__)
 class DirectoryStream:
     """The entries of one directory, in batches, for readdir and lookup windows."""
 
-    def __init__(self, s3: S3Client, prefix: str, page_size: int = 1000, start_after: str | None = None) -> None:
+    def __init__(self, s3: S3Client, prefix: str, page_size: int = 1000) -> None:
         self.s3 = s3
         self.prefix = prefix
-        params: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "PaginationConfig": {"PageSize": page_size}}
-        if start_after:
-            params["StartAfter"] = start_after
-        self._pages: Iterator[dict[str, Any]] = s3.pages("list_objects_v2", **params)
+        self.page_size = page_size
+        # Pagination by hand rather than botocore's paginator: a paginator is dead
+        # after one failed page, while a kept continuation token lets the next
+        # readdir retry exactly that page instead of ending the directory early.
+        self._token: str | None = None
         # Files whose name could still turn out to be a directory too: 'x' is held
         # until the listing has passed 'x/'. Keys between them (like 'x.txt') sort
         # before '/', so this stays a handful of entries.
@@ -39,11 +39,18 @@ class DirectoryStream:
 
     async def next_batch(self) -> list[tuple[str, EntryInfo]]:
         """The next entries (possibly none before the stream is done); [] and done at the end."""
-        page = None if self.done else await self.s3.next_page(self._pages, "list_objects_v2")
-        if page is None:
+        if self.done:
+            return []
+        params: dict[str, Any] = {"Prefix": self.prefix, "Delimiter": "/", "MaxKeys": self.page_size}
+        if self._token:
+            params["ContinuationToken"] = self._token
+        page = await self.s3.call("list_objects_v2", **params)
+        batch = self.feed(page)
+        self._token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not self._token:
             self.done = True
-            return self.release_held()
-        return self.feed(page)
+            batch += self.release_held()
+        return batch
 
     def release_held(self) -> list[tuple[str, EntryInfo]]:
         """Give up waiting for directories that would shadow the held files."""
@@ -61,7 +68,7 @@ class DirectoryStream:
             items.append((key, key[plen:], from_listing(obj)))
         for cp in page.get("CommonPrefixes", ()):
             pfx = cp["Prefix"]
-            items.append((pfx, pfx[plen:-1], DIRECTORY))
+            items.append((pfx, pfx[plen:-1], directory()))
         items.sort(key=lambda item: item[0])
 
         out: list[tuple[str, EntryInfo]] = []
@@ -90,7 +97,9 @@ class DirectoryStream:
 class Window:
     """The answer of one lookup window: entries from the looked-up name onwards."""
 
-    entries: list[tuple[str, EntryInfo]]
+    entries: list[tuple[str, EntryInfo]]  # certain: files here are not hidden by a directory
+    # Files at the end of a truncated window: a same-named directory may lie beyond it.
+    uncertain: list[tuple[str, EntryInfo]]
     complete: bool  # the listing reached the end of the directory
     last_key: str | None  # the greatest key the listing covered
 
@@ -102,10 +111,15 @@ async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Wind
     cache them, which turns 'cat f1 f2 f3 ...' into one LIST instead of a HEAD per file.
     """
     start_after = start_after_for(prefix + name)
-    stream = DirectoryStream(s3, prefix, page_size=size, start_after=start_after)
+    stream = DirectoryStream(s3, prefix, page_size=size)
     resp = await s3.call("list_objects_v2", Prefix=prefix, Delimiter="/", StartAfter=start_after, MaxKeys=size)
-    # Held-back files are real files; only one that might be shadowed by a directory
-    # beyond the window is uncertain, and the caller checks that case.
-    entries = stream.feed(resp) + stream.release_held()
+    entries = stream.feed(resp)
+    complete = not resp.get("IsTruncated")
+    held = stream.release_held()
     keys = [o["Key"] for o in resp.get("Contents", ())] + [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
-    return Window(entries, complete=not resp.get("IsTruncated"), last_key=max(keys, default=None))
+    return Window(
+        entries + held if complete else entries,
+        [] if complete else held,
+        complete,
+        max(keys, default=None),
+    )

@@ -32,8 +32,14 @@ class EntryInfo:
     mode: int | None = None
     uid: int | None = None
     gid: int | None = None
-    has_posix_metadata: bool = False
+    # LastModified, kept apart from mtime_ns (which x-amz-meta-mtime may override): with
+    # the ETag it identifies one write of the object, whose metadata never changes.
+    last_modified_ns: int | None = None
+    from_head: bool = False  # mode/uid/gid/mtime above were read from the object's headers
     fetched_at: float = field(default_factory=time.monotonic)
+
+    def same_write(self, other: EntryInfo) -> bool:
+        return self.etag == other.etag and self.last_modified_ns == other.last_modified_ns
 
     def age(self) -> float:
         return time.monotonic() - self.fetched_at
@@ -43,20 +49,23 @@ class EntryInfo:
         return stat.S_IFDIR if self.is_dir else stat.S_IFREG
 
 
-DIRECTORY = EntryInfo(is_dir=True)
+def directory() -> EntryInfo:
+    return EntryInfo(is_dir=True)
 
 
 def parse_seconds_ns(value: str) -> int | None:
     """'1700000000' or '1700000000.123456789' to integer nanoseconds, without float rounding."""
-    whole, _, frac = value.strip().partition(".")
-    if not whole.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+    text = value.strip()
+    sign = -1 if text.startswith("-") else 1
+    whole, _, frac = text.lstrip("-").partition(".")
+    if not whole.isdigit() or (frac and not frac.isdigit()):
         return None
-    return int(whole) * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
+    return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
 
 def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
     """Fold s3fs-fuse style x-amz-meta-mode/uid/gid/mtime into an entry."""
-    info.has_posix_metadata = True
+    info.from_head = True
     for name, attr in ((META_MODE, "mode"), (META_UID, "uid"), (META_GID, "gid")):
         raw = meta.get(name, "")
         if raw.isdigit():
@@ -71,24 +80,19 @@ def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
     return info
 
 
+def _file(size: int, last_modified: Any, etag: str | None) -> EntryInfo:
+    modified = int(last_modified.timestamp()) * 1_000_000_000 if last_modified else None
+    return EntryInfo(is_dir=False, size=size, mtime_ns=modified, etag=etag, last_modified_ns=modified)
+
+
 def from_listing(entry: dict[str, Any]) -> EntryInfo:
     """An entry from a ListObjectsV2 'Contents' item."""
-    return EntryInfo(
-        is_dir=False,
-        size=int(entry.get("Size", 0)),
-        mtime_ns=int(entry["LastModified"].timestamp() * 1e9) if entry.get("LastModified") else None,
-        etag=entry.get("ETag"),
-    )
+    return _file(int(entry.get("Size", 0)), entry.get("LastModified"), entry.get("ETag"))
 
 
 def from_head(resp: dict[str, Any]) -> EntryInfo:
     """An entry from a HeadObject (or GetObject) response, POSIX metadata included."""
-    info = EntryInfo(
-        is_dir=False,
-        size=int(resp.get("ContentLength", 0)),
-        mtime_ns=int(resp["LastModified"].timestamp() * 1e9) if resp.get("LastModified") else None,
-        etag=resp.get("ETag"),
-    )
+    info = _file(int(resp.get("ContentLength", 0)), resp.get("LastModified"), resp.get("ETag"))
     return apply_posix_metadata(info, resp.get("Metadata") or {})
 
 

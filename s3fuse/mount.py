@@ -44,9 +44,17 @@ def settings_of(opts: argparse.Namespace) -> ClientSettings:
     )
 
 
+def mount_table_path(path: str) -> str:
+    """A path as /proc/self/mounts and mountinfo write it (octal escapes)."""
+    path = os.path.abspath(path)
+    for char in "\\ \t\n":
+        path = path.replace(char, f"\\{ord(char):03o}")
+    return path
+
+
 def is_mounted(path: str) -> bool:
     """From /proc/self/mounts: stat() on a dead FUSE mount would hang."""
-    target = os.path.abspath(path).replace("\\", "\\134").replace(" ", "\\040")
+    target = mount_table_path(path)
     with open("/proc/self/mounts") as mounts:
         return any(line.split()[1] == target for line in mounts)
 
@@ -121,7 +129,8 @@ def tune_kernel_read_ahead(mountpoint: str, size: int) -> None:
     try:
         with open("/proc/self/mountinfo") as info:
             # the last line for the mount point is the mount just made
-            devices = [fields[2] for fields in map(str.split, info) if fields[4] == mountpoint]
+            target = mount_table_path(mountpoint)
+            devices = [fields[2] for fields in map(str.split, info) if fields[4] == target]
         with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as f:
             f.write(str(max(size // 1024, 4)))
     except (OSError, IndexError) as exc:
@@ -213,6 +222,7 @@ def run(opts: argparse.Namespace) -> int:
     if pid == 0:
         os.close(read_fd)
         os.setsid()
+        os.chdir("/")  # a daemon must not keep its start directory busy
         try:
             code = serve(opts, write_fd)
         except BaseException:

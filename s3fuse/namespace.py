@@ -18,7 +18,7 @@ import trio
 
 from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
-from .metadata import DIRECTORY, NEGATIVE, EntryInfo, MetadataCache, from_head
+from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
 from .names import dir_prefix, file_key, join
 from .s3client import S3Client, S3Error
 
@@ -35,19 +35,36 @@ class Namespace:
         self.s3 = s3
         self.opts = opts
         self.root_prefix: str = opts.prefix
-        self.inodes = InodeTable(DIRECTORY)
+        self.inodes = InodeTable(directory())
         self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
 
     # ---- entries
 
     def resolve(self, path: str, info: EntryInfo) -> Node:
-        """The inode for path with new attributes; if the object changed, its kernel cache goes."""
+        """The inode for path with the freshest attributes known.
+
+        Attributes older than the node's are ignored (a cached listing must not undo
+        a newer HEAD); headers read from the same write of the object are kept, since
+        a listing does not carry them; if the object changed, its kernel cache goes.
+        """
         node = self.inodes.by_path(path)
-        if node is not None and node.kernel_etag is not None and info.etag != node.kernel_etag:
-            node.kernel_etag = None
-            self._invalidate(node.inode)
+        if node is not None and node.info.is_dir == info.is_dir:
+            old = node.info
+            if old.fetched_at > info.fetched_at:
+                return node
+            if old.from_head and not info.from_head and old.same_write(info):
+                info.mode, info.uid, info.gid, info.mtime_ns = old.mode, old.uid, old.gid, old.mtime_ns
+                info.from_head = True
+            if node.kernel_etag is not None and info.etag != node.kernel_etag:
+                node.kernel_etag = None
+                self._invalidate(node.inode)
         return self.inodes.resolve(path, info)
+
+    def mark_stale(self, node: Node) -> None:
+        """The object changed under an open file: the next open must ask S3 again."""
+        node.info.fetched_at = float("-inf")
+        self.meta.forget(node.path)
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         path = join(parent.path, name)
@@ -58,6 +75,7 @@ class Namespace:
         if info is None:
             self.meta.put_negative(path)
             return None
+        self.meta.put(path, info)
         return self.resolve(path, info)
 
     async def _fetch(self, parent_path: str, name: str) -> EntryInfo | None:
@@ -65,18 +83,16 @@ class Namespace:
         prefix = dir_prefix(self.root_prefix, parent_path)
         key = prefix + name
         window = await lookup_window(self.s3, prefix, name, self.opts.lookup_window)
-        found = None
+        found = next((info for sibling, info in window.entries + window.uncertain if sibling == name), None)
         for sibling, info in window.entries:
-            if sibling == name:
-                found = info
-            elif info.is_dir or not self.opts.posix_metadata:
+            if sibling != name and (info.is_dir or not self.opts.posix_metadata):
                 self.meta.put(join(parent_path, sibling), info)
         covered = window.complete or (window.last_key is not None and window.last_key >= key + "/")
         if not covered:
             # The window ended before 'name/' could appear: ask for that prefix directly.
             probe = await self.s3.call("list_objects_v2", Prefix=key + "/", MaxKeys=1)
             if probe.get("KeyCount", 0) or probe.get("Contents"):
-                return DIRECTORY
+                return directory()
         if found is not None and not found.is_dir and self.opts.posix_metadata:
             return await self.head(key)
         return found
@@ -98,8 +114,6 @@ class Namespace:
         if info is None:
             self.meta.put_negative(node.path)
             return None
-        if info.mode is None and node.info.has_posix_metadata:
-            info.mode, info.uid, info.gid = node.info.mode, node.info.uid, node.info.gid
         self.meta.put(node.path, info)
         return self.resolve(node.path, info)
 

@@ -74,7 +74,10 @@ class S3Operations(pyfuse3.Operations):
         info, opts = node.info, self.opts
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
-        attr.entry_timeout = attr.attr_timeout = opts.attr_ttl
+        # A file's attributes may be trusted only for what is left of their TTL; a
+        # directory has none that change.
+        ttl = opts.attr_ttl if info.is_dir else max(0.0, opts.attr_ttl - info.age())
+        attr.entry_timeout = attr.attr_timeout = ttl
         perm = info.mode if info.mode is not None else (opts.dir_mode if info.is_dir else opts.file_mode)
         attr.st_mode = info.kind | stat.S_IMODE(perm)
         attr.st_nlink = 2 if info.is_dir else 1
@@ -154,10 +157,18 @@ class S3Operations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
+        with errno_of_s3("list", handle.path):
+            await self._readdir(handle, start_id, token)
+
+    async def _readdir(self, handle: DirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         index = start_id
         while True:
-            with errno_of_s3("list", handle.path):
+            try:
                 item = await handle.entry(index)
+            except S3Error:
+                if index > start_id:
+                    return  # deliver what the kernel accepted; the next call retries the page
+                raise
             if item is None:
                 return
             name, info = item
@@ -196,11 +207,13 @@ class S3Operations(pyfuse3.Operations):
             info.etag,
             self.opts.block_size,
             self.opts.read_ahead,
+            on_changed=lambda: self.ns.mark_stale(fresh),
         )
-        reader.prefetch_small_object()
         # The kernel may keep its cached pages only if they hold this very version.
         keep = info.etag is not None and fresh.kernel_etag == info.etag
         fresh.kernel_etag = info.etag
+        if not keep:
+            reader.prefetch_small_object()
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:

@@ -220,4 +220,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.block_size < 64 * 1024:
         parser.error("--block-size must be at least 64K")
     args.mountpoint = os.path.abspath(args.mountpoint)
+    args.cache_dir = os.path.abspath(args.cache_dir)  # the daemon runs in /
+    if args.log_file:
+        args.log_file = os.path.abspath(args.log_file)
     return args

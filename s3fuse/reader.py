@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -36,6 +37,7 @@ class ObjectReader:
         etag: str | None,
         block_size: int,
         max_readahead: int,
+        on_changed: Callable[[], None],
     ) -> None:
         self.s3 = s3
         self.cache = cache
@@ -45,7 +47,9 @@ class ObjectReader:
         self.etag = etag
         self.block_size = block_size
         self.max_readahead_blocks = max(0, max_readahead // block_size)
+        self.on_changed = on_changed  # called when S3 says the object is not the one opened
         self._expected_offset = 0
+        self._sequential_reads = 0
         self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
 
     def prefetch_small_object(self) -> None:
@@ -67,7 +71,9 @@ class ObjectReader:
         self._expected_offset = offset + size
         try:
             if sequential:
+                self._sequential_reads += 1
                 return await self._read_blocks(offset, size)
+            self._sequential_reads = 0
             self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
             return await self._read_range(offset, size)
         except S3Error as exc:
@@ -76,7 +82,8 @@ class ObjectReader:
     async def _read_blocks(self, offset: int, size: int) -> bytes | memoryview:
         bs = self.block_size
         first, last = offset // bs, (offset + size - 1) // bs
-        self._schedule_readahead(last)
+        if self._sequential_reads > 1:  # one read is no pattern: 'head -c 1' fetches one block
+            self._schedule_readahead(last)
         parts = [await self._block(i) for i in range(first, last + 1)]
         start = offset - first * bs
         if len(parts) == 1:  # the common case: a view into the cached block, no copy
@@ -120,6 +127,7 @@ class ObjectReader:
 
     def _fuse_error(self, exc: S3Error) -> pyfuse3.FUSEError:
         if exc.errno in (errno.ESTALE, errno.ENOENT):
+            self.on_changed()
             log.warning("%r changed or vanished in S3 while open (%s); reopen the file to read it again", self.key, exc)
             return pyfuse3.FUSEError(errno.EIO)
         log.warning("reading %r failed: %s", self.key, exc)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime
 import errno
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,15 @@ ERRNO_BY_CODE: dict[str, int] = {
     "ServiceUnavailable": errno.EIO,
     "InternalError": errno.EIO,
 }
+
+
+# Failures of a response body after botocore handed it over (its retries are done by then).
+BODY_READ_ERRORS = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+)
 
 
 class S3Error(Exception):
@@ -156,6 +166,7 @@ class S3Client:
         self.limiter = trio.CapacityLimiter(settings.max_connections)
         # botocore's own timeouts bound each attempt; this bounds the whole call.
         self.deadline = settings.timeout * settings.max_attempts + 5.0
+        self.max_attempts = settings.max_attempts
         self.request_counts: dict[str, int] = {}
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -173,24 +184,28 @@ class S3Client:
         return await self.run(lambda: method(Bucket=self.bucket, **params))
 
     async def get_bytes(self, key: str, **params: Any) -> tuple[dict[str, Any], bytes]:
-        """GetObject with the body read inside the worker thread."""
-        self.request_counts["get_object"] = self.request_counts.get("get_object", 0) + 1
+        """GetObject with the body read inside the worker thread.
+
+        botocore retries a request that fails, but not a body that breaks off while
+        being read; those are retried here, with the same backoff budget.
+        """
 
         def fetch() -> tuple[dict[str, Any], bytes]:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key, **params)
-            with resp["Body"] as body:
-                return resp, body.read()
+            attempt = 1
+            while True:
+                self.request_counts["get_object"] = self.request_counts.get("get_object", 0) + 1
+                resp = self.client.get_object(Bucket=self.bucket, Key=key, **params)
+                try:
+                    with resp["Body"] as body:
+                        return resp, body.read()
+                except BODY_READ_ERRORS:
+                    if attempt >= self.max_attempts:
+                        raise
+                    log.info("reading %r broke off (attempt %d); retrying", key, attempt)
+                    time.sleep(min(0.1 * 2**attempt, 2.0))
+                    attempt += 1
 
         return await self.run(fetch)
-
-    def pages(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
-        """botocore's paginator for an operation; advance it with ``next_page``."""
-        return iter(self.client.get_paginator(operation).paginate(Bucket=self.bucket, **params))
-
-    async def next_page(self, pages: Iterator[dict[str, Any]], operation: str) -> dict[str, Any] | None:
-        """Fetch the next page of a paginator in a worker thread; None when done."""
-        self.request_counts[operation] = self.request_counts.get(operation, 0) + 1
-        return await self.run(next, pages, None)
 
 
 class RedactSecrets(logging.Filter):
