@@ -53,12 +53,17 @@ def directory() -> EntryInfo:
     return EntryInfo(is_dir=True)
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_seconds_ns(value: str) -> int | None:
     """'1700000000' or '1700000000.123456789' to integer nanoseconds, without float rounding."""
     text = value.strip()
     sign = -1 if text.startswith("-") else 1
-    whole, _, frac = text.lstrip("-").partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
+    whole, _, frac = text.removeprefix("-").partition(".")
+    if not _is_decimal(whole) or (frac and not _is_decimal(frac)):
         return None
     return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
@@ -68,7 +73,7 @@ def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
     info.from_head = True
     for name, attr in ((META_MODE, "mode"), (META_UID, "uid"), (META_GID, "gid")):
         raw = meta.get(name, "")
-        if raw.isdigit():
+        if _is_decimal(raw):
             setattr(info, attr, int(raw))
     mtime = parse_seconds_ns(meta.get(META_MTIME, ""))
     if mtime is not None:
@@ -142,6 +147,9 @@ class MetadataCache:
         """Keep a complete listing, if it fits, for repeated readdirs within the dir TTL."""
         if self.dir_ttl > 0 and len(items) <= self.listings.maxsize // 4:
             self.listings[path] = items
+
+    def forget_listing(self, path: str) -> None:
+        self.listings.pop(path, None)
 
     def get_listing(self, path: str) -> list[tuple[str, EntryInfo]] | None:
         return self.listings.get(path)

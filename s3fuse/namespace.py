@@ -10,6 +10,7 @@ through a ``DirHandle`` and hands out inodes as entries are accepted by the kern
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import trio
 from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
-from .names import dir_prefix, file_key, join
+from .names import dir_prefix, file_key, join, split
 from .s3client import S3Client, S3Error
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,22 @@ class Namespace:
 
     def mark_stale(self, node: Node) -> None:
         """The object changed under an open file: the next open must ask S3 again."""
-        node.info.fetched_at = float("-inf")
+        node.info = dataclasses.replace(node.info, fetched_at=float("-inf"))  # cached copies stay intact
         self.meta.forget(node.path)
+        self.meta.forget_listing(split(node.path)[0])  # or a cached listing would bring the old entry back
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         path = join(parent.path, name)
         cached = self.meta.get(path)
         if cached is NEGATIVE:
             return None
-        info = cached if isinstance(cached, EntryInfo) else await self._fetch(parent.path, name)
+        if isinstance(cached, EntryInfo):
+            return self.resolve(path, cached)
+        info = await self._fetch(parent.path, name)
         if info is None:
             self.meta.put_negative(path)
             return None
-        self.meta.put(path, info)
+        self.meta.put(path, info)  # only fresh answers: a store restarts the cache's TTL
         return self.resolve(path, info)
 
     async def _fetch(self, parent_path: str, name: str) -> EntryInfo | None:
@@ -112,7 +116,7 @@ class Namespace:
             return node
         info = await self.head(file_key(self.root_prefix, node.path))
         if info is None:
-            self.meta.put_negative(node.path)
+            self.meta.forget(node.path)  # not negative: it may have become a directory
             return None
         self.meta.put(node.path, info)
         return self.resolve(node.path, info)
@@ -176,11 +180,20 @@ class DirHandle:
             self.collected = None
 
     async def _with_metadata(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
-        """--posix-metadata: HEAD every file of the batch, in parallel."""
+        """--posix-metadata: HEAD every file of the batch, in parallel.
+
+        A failed HEAD keeps the listing's attributes (and logs why) rather than
+        failing a page whose continuation token is already spent.
+        """
         out = list(batch)
 
         async def head(i: int, name: str) -> None:
-            info = await self.ns.head(file_key(self.ns.root_prefix, join(self.path, name)))
+            key = file_key(self.ns.root_prefix, join(self.path, name))
+            try:
+                info = await self.ns.head(key)
+            except S3Error as exc:
+                log.warning("HEAD %r failed (%s); listing it without its metadata", key, exc)
+                return
             if info is not None:
                 out[i] = (name, info)
 

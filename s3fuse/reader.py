@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class ObjectReader:
-    # Blocks fetched ahead at the first sequential read; the window doubles from here.
+    # Blocks fetched ahead once reads are sequential (from the second one on); the window
+    # doubles from here.
     INITIAL_READAHEAD_BLOCKS = 2
     SMALL_OBJECT = 1 << 20
 

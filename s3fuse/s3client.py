@@ -1,8 +1,9 @@
 """The one place s3fuse talks to S3.
 
-Owns the boto3 client (credentials, signing, retries and pagination all come from
-botocore), the thread limiter that lets trio code call it without blocking the event
-loop, the per-call deadline, and the table that turns S3 errors into errno values.
+Owns the boto3 client (credentials, signing and retries come from botocore), the
+thread limiter that lets trio code call it without blocking the event loop, the
+per-call deadline, the retry of response bodies that break off, and the table that
+turns S3 errors into errno values.
 """
 
 from __future__ import annotations
