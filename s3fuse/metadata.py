@@ -71,12 +71,14 @@ def parse_seconds_ns(value: str) -> int | None:
 def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
     """Fold s3fs-fuse style x-amz-meta-mode/uid/gid/mtime into an entry."""
     info.from_head = True
-    for name, attr in ((META_MODE, "mode"), (META_UID, "uid"), (META_GID, "gid")):
+    # Out-of-range values (another tool's bug, or hostile metadata) are ignored: they
+    # would not fit the kernel's attribute fields.
+    for name, attr, limit in ((META_MODE, "mode", 1 << 16), (META_UID, "uid", 1 << 32), (META_GID, "gid", 1 << 32)):
         raw = meta.get(name, "")
-        if _is_decimal(raw):
+        if _is_decimal(raw) and int(raw) < limit:
             setattr(info, attr, int(raw))
     mtime = parse_seconds_ns(meta.get(META_MTIME, ""))
-    if mtime is not None:
+    if mtime is not None and abs(mtime) < 1 << 63:
         info.mtime_ns = mtime
     if info.mode is not None and stat.S_IFMT(info.mode) not in (0, info.kind):
         # A mode whose file type contradicts the object (e.g. a symlink written by

@@ -175,7 +175,8 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
             log.info("embedded S3 server at %s", opts.endpoint_url)
         client, secrets = check_bucket(opts)
     except MountError as exc:
-        log.error("%s", exc)
+        if report_fd is not None or opts.log_file:  # else the log is stderr, where report() prints
+            log.error("%s", exc)
         report(str(exc))
         return 1
     handler.addFilter(RedactSecrets(secrets))

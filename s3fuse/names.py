@@ -58,6 +58,7 @@ def start_after_for(key: str) -> str:
     code point and padding with the highest one leaves no realistic key in between.
     """
     last = ord(key[-1])
-    if last <= 1 or last == 0xE000:
+    if last <= 1:
         return key[:-1]
-    return key[:-1] + chr(last - 1) + "\U0010ffff"
+    below = 0xD7FF if last == 0xE000 else last - 1  # skip the surrogates, which no key holds
+    return key[:-1] + chr(below) + "\U0010ffff"
