@@ -1,0 +1,675 @@
+"""Unit and property tests of the pure pieces: names, options, metadata, listing rules, errors."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import itertools
+import logging
+import os
+import stat
+import tempfile
+from datetime import datetime, timezone
+
+import botocore.exceptions
+import pyfuse3
+import pytest
+import trio
+from conftest import boto_client
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from s3fuse import names
+from s3fuse.blockcache import BlockCache
+from s3fuse.listing import DirectoryStream
+from s3fuse.metadata import EntryInfo, MetadataCache, apply_posix_metadata, directory, from_head, parse_seconds_ns
+from s3fuse.mount import describe_failure
+from s3fuse.options import build_parser, expand_mount_options, parse_args, parse_mode, parse_size
+from s3fuse.s3client import ClientSettings, RedactSecrets, S3Client, S3Error, translate
+
+# Characters an S3 key realistically holds: no surrogates (not UTF-8), no NUL, no U+10FFFF
+# (a noncharacter; start_after_for pads with it).
+KEY_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="\x00\U0010ffff")
+NAME_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="/")
+
+
+# ---------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("a", True),
+        ("file with spaces.txt", True),
+        ("日本語", True),
+        ("...", True),
+        (".hidden", True),
+        ("n" * 255, True),
+        ("é" * 127 + "z", True),  # 255 bytes
+        ("😀" * 63 + "abc", True),  # 255 bytes
+        ("", False),
+        (".", False),
+        ("..", False),
+        ("a\0b", False),
+        ("n" * 256, False),
+        ("é" * 128, False),  # 128 characters, 256 bytes
+        ("😀" * 64, False),
+    ],
+)
+def test_invalid_reason_examples(name, valid):
+    assert (names.invalid_reason(name) is None) == valid
+
+
+def _filesystem_accepts(directory: str, name: str) -> bool:
+    try:
+        os.mkdir(os.path.join(directory, name))
+    except (OSError, ValueError):
+        return False
+    os.rmdir(os.path.join(directory, name))
+    return True
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.text(NAME_CHARS, max_size=12),
+        st.text(NAME_CHARS, min_size=60, max_size=140),  # around 255 bytes once encoded
+        st.sampled_from(["", ".", "..", "a\0", "x" * 255, "x" * 256]),
+    )
+)
+def test_invalid_reason_agrees_with_a_real_file_system(name):
+    """A key component is a valid name exactly when the kernel accepts it as one."""
+    with tempfile.TemporaryDirectory() as d:
+        assert (names.invalid_reason(name) is None) == _filesystem_accepts(d, name)
+
+
+def test_path_helpers():
+    assert names.join("", "a") == "a"
+    assert names.join("a/b", "c") == "a/b/c"
+    assert names.split("a/b/c") == ("a/b", "c")
+    assert names.split("c") == ("", "c")
+    assert names.dir_prefix("", "") == ""
+    assert names.dir_prefix("pre/", "") == "pre/"
+    assert names.dir_prefix("pre/", "a/b") == "pre/a/b/"
+    assert names.file_key("pre/", "a/b") == "pre/a/b"
+    assert names.decode_name("é".encode()) == "é"
+    assert names.decode_name(b"\xff\xfe") is None
+
+
+@example(key="a\ue000", cut=1, middle="b", tail="")  # U+E000 follows the surrogates
+@example(key="\ue000", cut=0, middle="0", tail="")
+@example(key="a\ue001", cut=1, middle="\ue000", tail="zz")
+@example(key="b", cut=0, middle="a", tail="\uffff")
+@example(key="a\x01", cut=1, middle="\x01", tail="")
+@given(
+    key=st.text(KEY_CHARS, min_size=1, max_size=8),
+    cut=st.integers(0, 8),
+    middle=KEY_CHARS,
+    tail=st.text(KEY_CHARS, max_size=4),
+)
+def test_start_after_for(key, cut, middle, tail):
+    """start_after_for(k) sorts before k (by UTF-8 bytes, as S3 sorts) and no realistic key lies between."""
+    after = names.start_after_for(key)
+    after_bytes = after.encode("utf-8")  # must be sendable to S3 at all
+    key_bytes = key.encode("utf-8")
+    assert after_bytes < key_bytes
+    # Every string between two strings shares their common prefix, so candidates near the
+    # key are those that matter: a prefix of it, then a different character, then anything.
+    cut = min(cut, len(key))
+    for candidate in (key[:cut] + middle + tail, key[:cut], key[:-1] + middle, key[:-1] + middle + tail):
+        c = candidate.encode("utf-8")
+        assert not (after_bytes < c < key_bytes), (key, candidate)
+
+
+# ---------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("4096", 4096),
+        ("0", 0),
+        ("512K", 512 << 10),
+        ("512k", 512 << 10),
+        ("8M", 8 << 20),
+        ("64MiB", 64 << 20),
+        ("64mib", 64 << 20),
+        ("1g", 1 << 30),
+        ("2T", 2 << 40),
+        (" 8 MB ", 8 << 20),
+        ("100b", 100),
+    ],
+)
+def test_parse_size_examples(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "M", "1.5M", "-1", "8Q", "8Mi", "8 M B", "0x10", "1e6", "eight"])
+def test_parse_size_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        parse_size(text)
+
+
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@given(
+    n=st.integers(0, 10**12),
+    unit=st.sampled_from(sorted(UNITS)),
+    upper=st.booleans(),
+    suffix=st.sampled_from(["", "b", "B", "ib", "iB"]),
+    left=st.sampled_from(["", " "]),
+    mid=st.sampled_from(["", " "]),
+    right=st.sampled_from(["", " ", "\t"]),
+)
+def test_parse_size_property(n, unit, upper, suffix, left, mid, right):
+    if not unit and suffix.lower() == "ib":
+        suffix = ""
+    text = f"{left}{n}{mid}{unit.upper() if upper else unit}{suffix}{right}"
+    assert parse_size(text) == n * UNITS[unit]
+
+
+@given(st.text(max_size=12))
+def test_parse_size_never_fails_otherwise(text):
+    try:
+        value = parse_size(text)
+    except argparse.ArgumentTypeError:
+        return
+    assert isinstance(value, int) and value >= 0
+
+
+def test_parse_mode():
+    assert parse_mode("644") == 0o644
+    assert parse_mode("0755") == 0o755
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_mode("rwx")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_mode("9")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expanded"),
+    [
+        (["b", "m", "-o", "ro,attr_ttl=5"], ["b", "m", "--read-only", "--attr-ttl=5"]),
+        (["-oro", "b", "m"], ["--read-only", "b", "m"]),
+        (["b", "m", "-o", "allow_other", "-o", "block_size=1M"], ["b", "m", "--allow-other", "--block-size=1M"]),
+        (["b", "m", "-o", "endpoint_url=http://h:9000/x"], ["b", "m", "--endpoint-url=http://h:9000/x"]),
+        (["b", "m", "-o", "rw,defaults,noauto,_netdev,nofail,x-systemd.automount,comment=x"], ["b", "m"]),
+        (["b", "m", "-o", "ro,,read_only"], ["b", "m", "--read-only", "--read-only"]),
+        (["b", "m", "-o"], ["b", "m"]),
+        (["b", "m", "--foreground", "--log-level", "debug"], ["b", "m", "--foreground", "--log-level", "debug"]),
+    ],
+)
+def test_expand_mount_options(clean_env, argv, expanded):
+    assert expand_mount_options(argv, build_parser()) == expanded
+
+
+@pytest.mark.parametrize("item", ["bogus", "attr-tl=5", "o", "f"])
+def test_expand_mount_options_unknown(clean_env, capsys, item):
+    with pytest.raises(SystemExit) as exit_:
+        expand_mount_options(["b", "m", "-o", f"ro,{item}"], build_parser())
+    assert exit_.value.code == 2
+    assert f"unknown mount option: -o {item}" in capsys.readouterr().err
+
+
+OPTION_VALUES = {
+    "block_size": st.sampled_from(["64K", "1M", "8M", "16MiB"]),
+    "read_ahead": st.sampled_from(["0", "1M", "64M"]),
+    "cache_size": st.sampled_from(["1M", "1G"]),
+    "attr_ttl": st.sampled_from(["0", "1", "2.5", "3600"]),
+    "dir_ttl": st.sampled_from(["0", "60"]),
+    "negative_ttl": st.sampled_from(["0", "1.5"]),
+    "lookup_window": st.sampled_from(["1", "1000"]),
+    "uid": st.sampled_from(["0", "1000"]),
+    "file_mode": st.sampled_from(["600", "0444"]),
+    "log_level": st.sampled_from(["debug", "error"]),
+    "endpoint_url": st.sampled_from(["http://127.0.0.1:9000"]),
+    "region": st.sampled_from(["eu-west-1"]),
+    "read_only": st.none(),
+    "allow_other": st.none(),
+    "posix_metadata": st.none(),
+    "foreground": st.none(),
+}
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # clean_env is idempotent
+@given(st.dictionaries(st.sampled_from(sorted(OPTION_VALUES)), st.none(), max_size=8).flatmap(
+    lambda chosen: st.fixed_dictionaries({k: OPTION_VALUES[k] for k in chosen})
+))  # fmt: skip
+def test_dash_o_reaches_what_flags_reach(clean_env, options):
+    flags, items = [], []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is None else [flag, value]
+        items.append(name if value is None else f"{name}={value}")
+    via_flags = parse_args(["bucket:pre", "/mnt", *flags])
+    via_o = parse_args(["bucket:pre", "/mnt", "-o", ",".join(items)])
+    assert vars(via_flags) | {"mount_options": None} == vars(via_o) | {"mount_options": None}
+
+
+@pytest.mark.parametrize(
+    ("spec", "bucket", "prefix"),
+    [("b", "b", ""), ("b:", "b", ""), ("b:/", "b", ""), ("b:a", "b", "a/"), ("b:/a/b//", "b", "a/b/")],
+)
+def test_parse_args_prefix(clean_env, spec, bucket, prefix):
+    opts = parse_args([spec, "rel/mnt"])
+    assert (opts.bucket_name, opts.prefix) == (bucket, prefix)
+    assert opts.mountpoint == os.path.abspath("rel/mnt")
+    assert opts.addressing_style == "auto"
+    assert parse_args([spec, "m", "--endpoint-url", "http://x"]).addressing_style == "path"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), [([":pre", "m"], "BUCKET is empty"), (["b", "m", "--block-size", "32K"], "at least 64K")]
+)
+def test_parse_args_errors(clean_env, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- metadata
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("1700000000", 1_700_000_000_000_000_000),
+        ("1700000000.123456789", 1_700_000_000_123_456_789),
+        ("1700000000.5", 1_700_000_000_500_000_000),
+        ("1700000000.1234567891", 1_700_000_000_123_456_789),  # beyond nanoseconds: truncated
+        (" 42 ", 42_000_000_000),
+        ("0", 0),
+        ("-5", -5_000_000_000),
+        ("", None),
+        ("abc", None),
+        ("1.2.3", None),
+        ("1e9", None),
+        (".5", None),
+    ],
+)
+def test_parse_seconds_ns_examples(text, ns):
+    assert parse_seconds_ns(text) == ns
+
+
+def seconds_text(ns: int) -> str:
+    sign = "-" if ns < 0 else ""
+    return f"{sign}{abs(ns) // 10**9}.{abs(ns) % 10**9:09d}"
+
+
+@given(st.integers(0, 10**20))
+def test_parse_seconds_ns_round_trip(ns):
+    assert parse_seconds_ns(seconds_text(ns)) == ns
+    assert parse_seconds_ns(str(ns // 10**9)) == ns // 10**9 * 10**9
+
+
+@example(-500_000_000)  # "-0.5": half a second before the epoch
+@example(-1_500_000_000)
+@given(st.integers(-(10**20), -1))
+def test_parse_seconds_ns_round_trip_negative(ns):
+    """rclone writes mtime as fractional seconds; files from before 1970 have negative ones."""
+    assert parse_seconds_ns(seconds_text(ns)) == ns
+
+
+@example("²")  # str.isdigit() is true for it, int() refuses it
+@example("1700000000.³")
+@given(st.text(max_size=20))
+def test_parse_seconds_ns_never_raises(text):
+    result = parse_seconds_ns(text)
+    assert result is None or isinstance(result, int)
+
+
+def test_apply_posix_metadata():
+    info = apply_posix_metadata(
+        EntryInfo(is_dir=False, size=3), {"mode": "33216", "uid": "1234", "gid": "5678", "mtime": "1600000000.25"}
+    )
+    assert (info.mode, info.uid, info.gid) == (0o100700, 1234, 5678)
+    assert info.mtime_ns == 1_600_000_000_250_000_000
+    assert info.from_head
+
+    # a mode whose type contradicts the object keeps its permission bits only
+    assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(0o120777)}).mode == 0o777
+    assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": "420"}).mode == 0o644
+    # garbage is ignored, defaults stay
+    info = apply_posix_metadata(EntryInfo(is_dir=False, mtime_ns=7), {"mode": "rw", "uid": "-1", "mtime": "soon"})
+    assert (info.mode, info.uid, info.gid, info.mtime_ns) == (None, None, None, 7)
+    assert apply_posix_metadata(EntryInfo(is_dir=False), {}).from_head
+
+
+@pytest.mark.parametrize("field", ["mode", "uid", "gid", "mtime"])
+def test_apply_posix_metadata_ignores_non_ascii_digits(field):
+    info = apply_posix_metadata(EntryInfo(is_dir=False), {field: "²"})
+    assert (info.mode, info.uid, info.gid, info.mtime_ns) == (None, None, None, None)
+
+
+NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.tuples(st.integers(-(2**66), 2**66), st.integers(0, 10**12)).map(lambda t: f"{t[0]}.{t[1]}"),
+    st.sampled_from(["4294967295", "4294967296", "65535", "65536", "9223372036854775807", "9223372036854775808"]),
+    st.text(max_size=8),
+)
+
+
+@example({"uid": "4294967296"})
+@example({"gid": "99999999999999999999"})
+@example({"mtime": "9223372036854775808"})
+@example({"mtime": "-9223372036854775809.5", "mode": "4294967296"})
+@given(st.fixed_dictionaries({}, optional={"mode": NUMBERS, "uid": NUMBERS, "gid": NUMBERS, "mtime": NUMBERS}))
+def test_posix_metadata_always_fits_the_kernel(meta):
+    """Whatever an object's headers say, the attributes fit pyfuse3's EntryAttributes (else a handler crashes)."""
+    info = apply_posix_metadata(EntryInfo(is_dir=False, size=1, mtime_ns=0), meta)
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = info.kind | stat.S_IMODE(info.mode if info.mode is not None else 0o644)
+    attr.st_uid = info.uid if info.uid is not None else 0
+    attr.st_gid = info.gid if info.gid is not None else 0
+    attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = info.mtime_ns
+
+
+def test_from_head():
+    when = datetime(2020, 9, 13, 12, 26, 40, tzinfo=timezone.utc)
+    info = from_head({"ContentLength": 12, "LastModified": when, "ETag": '"abc"', "Metadata": {"uid": "7"}})
+    assert (info.is_dir, info.size, info.etag, info.uid) == (False, 12, '"abc"', 7)
+    assert info.mtime_ns == 1_600_000_000_000_000_000
+    assert info.kind == stat.S_IFREG
+    assert directory().kind == stat.S_IFDIR and directory().is_dir
+
+
+def test_metadata_cache():
+    cache = MetadataCache(attr_ttl=60, negative_ttl=60, dir_ttl=60, max_entries=100)
+    info = EntryInfo(is_dir=False, size=1)
+    assert cache.get("a") is None
+    cache.put("a", info)
+    assert cache.get("a") is info
+    cache.put_negative("a")
+    negative = cache.get("a")
+    assert negative is not None and not isinstance(negative, EntryInfo)
+    cache.put("a", info)
+    assert cache.get("a") is info
+    cache.forget("a")
+    assert cache.get("a") is None
+    items = [(f"n{i}", info) for i in range(25)]
+    cache.put_listing("d", items)
+    assert cache.get_listing("d") == items
+    cache.put_listing("big", items * 2)  # more than a quarter of the cache: not kept
+    assert cache.get_listing("big") is None
+    no_negatives = MetadataCache(attr_ttl=60, negative_ttl=0, dir_ttl=0, max_entries=100)
+    no_negatives.put_negative("x")
+    assert no_negatives.get("x") is None
+    no_negatives.put_listing("d", items)
+    assert no_negatives.get_listing("d") is None
+
+
+# ---------------------------------------------------------------- listing rules
+
+WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def obj(key: str, size: int = 1) -> dict:
+    return {"Key": key, "Size": size, "LastModified": WHEN, "ETag": f'"{key}"'}
+
+
+def prefixes(*names_: str) -> list[dict]:
+    return [{"Prefix": p} for p in names_]
+
+
+@pytest.fixture(scope="module")
+def stream_of(moto):
+    """DirectoryStream(prefix) over a real client; feed() never talks to S3."""
+    s3 = S3Client(boto_client(moto.url), "unused-bucket", ClientSettings(endpoint_url=moto.url))
+    return lambda prefix: DirectoryStream(s3, prefix)
+
+
+def summary(entries):
+    return [(name, "dir" if info.is_dir else info.size) for name, info in entries]
+
+
+def test_feed_directory_wins_over_file(stream_of, caplog):
+    stream = stream_of("d/")
+    page = {
+        "Contents": [obj("d/"), obj("d/x", 5), obj("d/x.txt", 6), obj("d/y", 7)],
+        "CommonPrefixes": prefixes("d/x/"),
+    }
+    with caplog.at_level(logging.WARNING):
+        assert summary(stream.feed(page)) == [("x.txt", 6), ("x", "dir")]
+    assert summary(stream.release_held()) == [("y", 7)]
+    assert "'d/x' is both a file and a directory" in caplog.text
+
+
+def test_feed_holds_files_across_pages(stream_of):
+    stream = stream_of("")
+    assert summary(stream.feed({"Contents": [obj("a", 1), obj("b", 2)]})) == [("a", 1)]
+    assert summary(stream.feed({"Contents": [obj("b-c", 3)]})) == []  # 'b-c' < 'b/': 'b' may still be a dir
+    assert summary(stream.feed({"CommonPrefixes": prefixes("b/"), "Contents": [obj("c", 4)]})) == [
+        ("b-c", 3),
+        ("b", "dir"),
+    ]
+    assert summary(stream.feed({"Contents": [obj("d", 5)]})) == [("c", 4)]
+    assert summary(stream.release_held()) == [("d", 5)]
+    assert stream.release_held() == []
+
+
+def test_feed_file_released_when_no_directory_follows(stream_of):
+    stream = stream_of("p/")
+    assert summary(stream.feed({"Contents": [obj("p/f"), obj("p/f.txt")], "CommonPrefixes": prefixes("p/g/")})) == [
+        ("f", 1),
+        ("f.txt", 1),
+        ("g", "dir"),
+    ]
+
+
+def test_feed_skips_invalid_names(stream_of, caplog):
+    stream = stream_of("d/")
+    page = {
+        "Contents": [obj("d/."), obj("d/.."), obj("d/" + "x" * 256), obj("d/ok"), obj("d/" + "y" * 255)],
+        "CommonPrefixes": prefixes("d//", "d/./", "d/sub/"),
+    }
+    with caplog.at_level(logging.WARNING):
+        entries = stream.feed(page) + stream.release_held()
+    assert sorted(name for name, _ in entries) == ["ok", "sub", "y" * 255]
+    for key in ("d/.", "d/..", "d/" + "x" * 256, "d//", "d/./"):
+        assert f"skipping key {key!r}" in caplog.text
+
+
+def test_feed_entry_attributes(stream_of):
+    stream = stream_of("")
+    [(name, info)] = stream.feed({"Contents": [obj("f", 1234)]}) + stream.release_held()
+    assert (name, info.size, info.etag, info.is_dir) == ("f", 1234, '"f"', False)
+    assert info.mtime_ns == int(WHEN.timestamp()) * 10**9
+
+
+# ---------------------------------------------------------------- errors
+
+
+def client_error(code: str | None, status: int, operation: str = "GetObject"):
+    error = {"Code": code, "Message": f"{code} message"} if code else {}
+    return botocore.exceptions.ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+
+
+@pytest.mark.parametrize(
+    ("exc", "errno_", "code"),
+    [
+        (client_error("NoSuchKey", 404), errno.ENOENT, "NoSuchKey"),
+        (client_error("404", 404, "HeadObject"), errno.ENOENT, "404"),
+        (client_error(None, 404, "HeadObject"), errno.ENOENT, "404"),
+        (client_error("AccessDenied", 403), errno.EACCES, "AccessDenied"),
+        (client_error(None, 403, "HeadObject"), errno.EACCES, "403"),
+        (client_error("PreconditionFailed", 412), errno.ESTALE, "PreconditionFailed"),
+        (client_error("InvalidRange", 416), errno.EINVAL, "InvalidRange"),
+        (client_error("SlowDown", 503), errno.EIO, "SlowDown"),
+        (client_error("SomethingNew", 400), errno.EIO, "SomethingNew"),
+        (client_error(None, 500), errno.EIO, "500"),
+        (botocore.exceptions.NoCredentialsError(), errno.EACCES, "NoCredentials"),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), errno.EIO, "EndpointUnreachable"),
+        (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), errno.EIO, "Timeout"),
+        (trio.TooSlowError(), errno.EIO, "Timeout"),
+        (ValueError("odd"), errno.EIO, "ValueError"),
+    ],
+)
+def test_translate(exc, errno_, code):
+    err = translate(exc)
+    assert isinstance(err, S3Error)
+    assert (err.errno, err.code) == (errno_, code)
+
+
+def test_translate_keeps_s3_errors():
+    err = S3Error(errno.ENOENT, "X", "y")
+    assert translate(err) is err
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (client_error("NoSuchBucket", 404, "HeadBucket"), "bucket 'bkt' does not exist at http://s3.test"),
+        (client_error("404", 404, "HeadBucket"), "does not exist"),
+        (client_error("403", 403, "HeadBucket"), "access to bucket 'bkt' denied at http://s3.test"),
+        (client_error("InvalidAccessKeyId", 403), "check the credentials (InvalidAccessKeyId)"),
+        (botocore.exceptions.NoCredentialsError(), "no AWS credentials found"),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3.test"), "cannot connect"),
+        (botocore.exceptions.ConnectTimeoutError(endpoint_url="http://s3.test"), "did not answer in time"),
+        (client_error("OtherError", 400), "S3 refused access to bucket 'bkt': OtherError"),
+    ],
+)
+def test_describe_failure(exc, expected):
+    opts = argparse.Namespace(endpoint_url="http://s3.test", bucket_name="bkt", profile=None)
+    line = describe_failure(exc, opts)
+    assert expected in line
+    assert "\n" not in line
+
+
+def test_describe_failure_wrong_region():
+    exc = botocore.exceptions.ClientError(
+        {
+            "Error": {"Code": "301"},
+            "ResponseMetadata": {"HTTPStatusCode": 301, "HTTPHeaders": {"x-amz-bucket-region": "eu-west-1"}},
+        },
+        "HeadBucket",
+    )
+    opts = argparse.Namespace(endpoint_url=None, bucket_name="bkt", profile=None)
+    assert describe_failure(exc, opts) == "bucket 'bkt' is in another region (eu-west-1); use --region eu-west-1"
+
+
+def test_redact_secrets():
+    secret = "s3cr3t-value-that-is-long"
+    handler_filter = RedactSecrets([secret, "short"])
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key=%s and %d", (secret, 5), None)
+    assert handler_filter.filter(record)
+    assert record.getMessage() == "key=*** and 5"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "short is kept: %s", ("short",), None)
+    handler_filter.filter(record)
+    assert record.getMessage() == "short is kept: short"  # too short to redact safely
+
+
+# ---------------------------------------------------------------- block cache
+
+
+@pytest.mark.trio
+async def test_block_cache_fetches_once_for_concurrent_readers():
+    cache = BlockCache(1 << 20)
+    calls = []
+    values = []
+
+    async def fetch():
+        calls.append(1)
+        await trio.sleep(0.01)
+        return b"block"
+
+    async def reader():
+        values.append(await cache.get("k", fetch))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(reader)
+    assert values == [b"block"] * 5
+    assert len(calls) == 1
+    assert "k" in cache and cache.peek("k") == b"block"
+
+
+@pytest.mark.trio
+async def test_block_cache_errors_and_size_bound():
+    cache = BlockCache(10)
+
+    async def failing():
+        raise S3Error(errno.ESTALE, "PreconditionFailed", "changed")
+
+    with pytest.raises(S3Error):
+        await cache.get("bad", failing)
+    assert "bad" not in cache
+
+    async def big():
+        return b"x" * 11
+
+    assert await cache.get("big", big) == b"x" * 11  # returned, but larger than the cache: not kept
+    assert cache.peek("big") is None
+
+    for i in range(3):
+
+        async def block(i=i):
+            return bytes([i]) * 4
+
+        await cache.get(i, block)
+    assert cache.peek(0) is None  # 12 bytes > 10: the least recently used block went
+    assert cache.peek(1) == b"\1" * 4 and cache.peek(2) == b"\2" * 4
+
+
+def s3_delimited_listing(keys: set[str], prefix: str) -> list[tuple[str, bool]]:
+    """What ListObjectsV2(Prefix, Delimiter='/') returns, in order: (key or common prefix, is_prefix)."""
+    items: dict[str, bool] = {}
+    for key in keys:
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix) :]
+        if "/" in rest:
+            items[prefix + rest[: rest.index("/") + 1]] = True
+        else:
+            items[key] = False
+    return sorted(items.items(), key=lambda item: item[0].encode())
+
+
+def directory_model(keys: set[str], prefix: str) -> dict[str, str]:
+    """The entries a directory should show: a name that is also a prefix is a directory."""
+    entries: dict[str, str] = {}
+    for key in keys:
+        if not key.startswith(prefix) or key == prefix:
+            continue
+        name, slash, _ = key[len(prefix) :].partition("/")
+        if slash:
+            entries[name] = "dir"
+        else:
+            entries.setdefault(name, "file")
+    return {name: kind for name, kind in entries.items() if names.invalid_reason(name) is None}
+
+
+@settings(max_examples=300)
+@given(
+    rel_keys=st.sets(st.text(alphabet="ab!-./", min_size=1, max_size=5), max_size=30),
+    prefix=st.sampled_from(["", "p/", "a!/"]),
+    page_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=10),
+)
+def test_feed_matches_directory_model_for_any_paging(stream_of, rel_keys, prefix, page_sizes):
+    """However S3 splits a listing into pages, the entries are the model's: each name once, dirs winning."""
+    keys = {prefix + k for k in rel_keys} | {"outside/x", "p"}
+    items = s3_delimited_listing(keys, prefix)
+    stream = stream_of(prefix)
+    entries = []
+    i = 0
+    for n in itertools.cycle(page_sizes):
+        if i >= len(items):
+            break
+        page = items[i : i + n]
+        i += n
+        entries += stream.feed(
+            {
+                "Contents": [obj(k) for k, is_prefix in page if not is_prefix],
+                "CommonPrefixes": prefixes(*(k for k, is_prefix in page if is_prefix)),
+            }
+        )
+    entries += stream.release_held()
+    got = [(name, "dir" if info.is_dir else "file") for name, info in entries]
+    assert len(got) == len({name for name, _ in got}), got  # no name twice
+    assert dict(got) == directory_model(keys, prefix)
