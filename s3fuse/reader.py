@@ -27,6 +27,7 @@ class ObjectReader:
     # doubles from here.
     INITIAL_READAHEAD_BLOCKS = 2
     SMALL_OBJECT = 1 << 20
+    STREAMING_FIRST_READ = 256 << 10
 
     def __init__(
         self,
@@ -83,7 +84,9 @@ class ObjectReader:
     async def _read_blocks(self, offset: int, size: int) -> bytes | memoryview:
         bs = self.block_size
         first, last = offset // bs, (offset + size - 1) // bs
-        if self._sequential_reads > 1:  # one read is no pattern: 'head -c 1' fetches one block
+        # One small read is no pattern ('head -c 1' fetches one block), but the kernel's
+        # first read for a streaming reader (dd, cp, cat) is already large.
+        if self._sequential_reads > 1 or size >= self.STREAMING_FIRST_READ:
             self._schedule_readahead(last)
         parts = [await self._block(i) for i in range(first, last + 1)]
         start = offset - first * bs
