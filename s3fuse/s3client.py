@@ -9,6 +9,7 @@ turns S3 errors into errno values.
 from __future__ import annotations
 
 import datetime
+import email.utils
 import errno
 import logging
 import time
@@ -117,14 +118,18 @@ class ClientSettings:
 
 
 def parse_timestamp(value: str) -> datetime.datetime:
-    """botocore's timestamp parser, minus dateutil for the ISO 8601 form S3 lists use.
+    """botocore's timestamp parser, minus dateutil for the two forms S3 sends.
 
-    dateutil costs about 0.13 s per 1000-entry listing page, as much as the request.
+    dateutil costs about 0.13 s per 1000-entry listing page (ISO 8601), as much as
+    the request, and 0.2 ms per HEAD or GET (RFC 1123 Last-Modified header).
     """
     try:
         parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return botocore.utils.parse_timestamp(value)  # RFC 1123 headers, epoch numbers
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return botocore.utils.parse_timestamp(value)  # epoch numbers and other rarities
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 

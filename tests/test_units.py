@@ -673,3 +673,28 @@ def test_feed_matches_directory_model_for_any_paging(stream_of, rel_keys, prefix
     got = [(name, "dir" if info.is_dir else "file") for name, info in entries]
     assert len(got) == len({name for name, _ in got}), got  # no name twice
     assert dict(got) == directory_model(keys, prefix)
+
+
+# ---------------------------------------------------------------- timestamps
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-24T15:23:28.000Z",
+        "2026-11-24T15:23:28Z",
+        "2026-11-24T15:23:28.123+01:00",
+        "Tue, 24 Nov 2026 15:23:28 GMT",
+        "1764000000",
+        "1764000000.5",
+    ],
+)
+def test_parse_timestamp_agrees_with_botocore(text):
+    """The fast parser gives what botocore's own (dateutil) parser gives, timezone-aware."""
+    import botocore.utils
+
+    from s3fuse.s3client import parse_timestamp
+
+    ours = parse_timestamp(text)
+    assert ours.tzinfo is not None
+    assert ours == botocore.utils.parse_timestamp(text)
