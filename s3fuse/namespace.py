@@ -21,7 +21,9 @@ from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
 from .names import dir_prefix, file_key, join, split
+from .reader import ObjectReader
 from .s3client import S3Client, S3Error
+from .siblings import SiblingTracker
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Namespace:
         self.inodes = InodeTable(directory())
         self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
+        self.siblings = SiblingTracker(opts.prefetch_files, ObjectReader.SMALL_OBJECT)
 
     # ---- entries
 
@@ -91,6 +94,7 @@ class Namespace:
         for sibling, info in window.entries:
             if sibling != name and (info.is_dir or not self.opts.posix_metadata):
                 self.meta.put(join(parent_path, sibling), info)
+        self.siblings.remember_order(parent_path, window.entries)
         covered = window.complete or (window.last_key is not None and window.last_key >= key + "/")
         if not covered:
             # The window ended before 'name/' could appear: ask for that prefix directly.
@@ -177,6 +181,7 @@ class DirHandle:
                 self.collected = None
         if self.stream is not None and self.stream.done and self.collected is not None:
             self.ns.meta.put_listing(self.path, self.collected)
+            self.ns.siblings.remember_order(self.path, self.collected)
             self.collected = None
 
     async def _with_metadata(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from itertools import count
 
@@ -24,7 +24,8 @@ import trio
 
 from .blockcache import BlockCache
 from .inodes import Node
-from .names import decode_name, file_key, join
+from .metadata import EntryInfo
+from .names import decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
@@ -196,25 +197,31 @@ class S3Operations(pyfuse3.Operations):
         if fresh is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         info = fresh.info
-        assert self.nursery is not None
         fh = next(self._handles)
-        self._files[fh] = reader = ObjectReader(
-            self.s3,
-            self.blocks,
-            self.nursery,
-            file_key(self.opts.prefix, fresh.path),
-            info.size,
-            info.etag,
-            self.opts.block_size,
-            self.opts.read_ahead,
-            on_changed=lambda: self.ns.mark_stale(fresh),
-        )
+        self._files[fh] = reader = self._reader(fresh.path, info, on_changed=lambda: self.ns.mark_stale(fresh))
         # The kernel may keep its cached pages only if they hold this very version.
         keep = info.etag is not None and fresh.kernel_etag == info.etag
         fresh.kernel_etag = info.etag
         if not keep:
             reader.prefetch_small_object()
+        parent, name = split(fresh.path)
+        for sibling, sibling_info in self.ns.siblings.opened(parent, name):
+            self._reader(join(parent, sibling), sibling_info).prefetch_small_object()
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _reader(self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None) -> ObjectReader:
+        assert self.nursery is not None
+        return ObjectReader(
+            self.s3,
+            self.blocks,
+            self.nursery,
+            file_key(self.opts.prefix, path),
+            info.size,
+            info.etag,
+            self.opts.block_size,
+            self.opts.read_ahead,
+            on_changed=on_changed,
+        )
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self._files[fh].read(off, size)

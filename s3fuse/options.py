@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         "so reading many files of one directory costs one LIST per this many (default: %(default)s)",
     )
     cache.add_argument(
+        "--prefetch-files",
+        type=int,
+        default=8,
+        help="once files of a directory are opened in name order (cat *, cp -r, tar c), fetch this many "
+        "following small files ahead; 0 disables (default: %(default)s)",
+    )
+    cache.add_argument(
         "--metadata-cache-entries",
         type=int,
         default=200_000,

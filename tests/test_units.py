@@ -698,3 +698,42 @@ def test_parse_timestamp_agrees_with_botocore(text):
     ours = parse_timestamp(text)
     assert ours.tzinfo is not None
     assert ours == botocore.utils.parse_timestamp(text)
+
+
+# ---------------------------------------------------------------- sibling prefetch
+
+
+def _files(*sizes):
+    from s3fuse.metadata import EntryInfo
+
+    return [(f"f{i}", EntryInfo(is_dir=False, size=size, etag=f'"{i}"')) for i, size in enumerate(sizes)]
+
+
+def test_sibling_prefetch_starts_after_two_in_order_opens():
+    from s3fuse.siblings import SiblingTracker
+
+    tracker = SiblingTracker(depth=2, small_object=100)
+    tracker.remember_order("d", _files(10, 10, 10, 10, 10))
+    assert tracker.opened("d", "f0") == []  # one open is no pattern
+    assert [n for n, _ in tracker.opened("d", "f1")] == ["f2", "f3"]
+    assert [n for n, _ in tracker.opened("d", "f2")] == ["f3", "f4"]
+    assert [n for n, _ in tracker.opened("d", "f4")] == []  # skipped one: the pattern is broken
+    assert tracker.opened("other", "f0") == []  # nothing known of that directory
+
+
+def test_sibling_prefetch_skips_large_empty_and_directories():
+    from s3fuse.metadata import EntryInfo, directory
+    from s3fuse.siblings import SiblingTracker
+
+    small, large, empty = _files(10, 1000, 0)
+    entries = [("a", small[1]), ("b", small[1]), ("c", large[1]), ("d", empty[1]), ("e", directory()), ("f", small[1])]
+    entries.append(("g", EntryInfo(is_dir=False, size=10, etag='"g"')))
+    tracker = SiblingTracker(depth=4, small_object=100)
+    tracker.remember_order("dir", entries)
+    tracker.opened("dir", "a")
+    assert [n for n, _ in tracker.opened("dir", "b")] == ["f"]  # c too large, d empty, e a directory, g too far
+
+    disabled = SiblingTracker(depth=0, small_object=100)
+    disabled.remember_order("dir", entries)
+    disabled.opened("dir", "a")
+    assert disabled.opened("dir", "b") == []
