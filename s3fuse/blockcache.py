@@ -26,8 +26,6 @@ class BlockCache:
     def __init__(self, max_bytes: int) -> None:
         self._lru: LRUCache[Hashable, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
         self._inflight: dict[Hashable, _Fetch] = {}
-        self.hits = 0
-        self.misses = 0
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._lru or key in self._inflight
@@ -39,11 +37,9 @@ class BlockCache:
         """The block's bytes, from the cache, from a fetch already in flight, or fetched now."""
         data = self._lru.get(key)
         if data is not None:
-            self.hits += 1
             return data
         pending = self._inflight.get(key)
         if pending is None:
-            self.misses += 1
             pending = _Fetch()
             self._inflight[key] = pending
             try:
@@ -57,7 +53,6 @@ class BlockCache:
                 del self._inflight[key]
                 pending.done.set()
             return pending.data
-        self.hits += 1
         await pending.done.wait()
         if isinstance(pending.error, trio.Cancelled):
             return await self.get(key, fetch)  # the fetching task was cancelled, not us

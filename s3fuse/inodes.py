@@ -38,9 +38,6 @@ class InodeTable:
         self._by_inode[root.inode] = root
         self._by_path[""] = root
 
-    def __len__(self) -> int:
-        return len(self._by_inode)
-
     def get(self, inode: int) -> Node | None:
         return self._by_inode.get(inode)
 

@@ -173,7 +173,6 @@ class S3Client:
         # botocore's own timeouts bound each attempt; this bounds the whole call.
         self.deadline = settings.timeout * settings.max_attempts + 5.0
         self.max_attempts = settings.max_attempts
-        self.request_counts: dict[str, int] = {}
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking function in the S3 thread pool, under the deadline."""
@@ -185,7 +184,6 @@ class S3Client:
 
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Call one S3 operation on the mounted bucket (Bucket= is filled in)."""
-        self.request_counts[operation] = self.request_counts.get(operation, 0) + 1
         method = getattr(self.client, operation)
         return await self.run(lambda: method(Bucket=self.bucket, **params))
 
@@ -199,7 +197,6 @@ class S3Client:
         def fetch() -> tuple[dict[str, Any], bytes]:
             attempt = 1
             while True:
-                self.request_counts["get_object"] = self.request_counts.get("get_object", 0) + 1
                 resp = self.client.get_object(Bucket=self.bucket, Key=key, **params)
                 try:
                     with resp["Body"] as body:
