@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument(
         "--block-size",
         type=parse_size,
-        default=parse_size("8M"),
-        help="size of the ranged GETs of sequential reads (default: 8M)",
+        default=parse_size("16M"),
+        help="size of the ranged GETs of sequential reads (default: 16M)",
     )
     cache.add_argument(
         "--cache-size", type=parse_size, default=parse_size("64M"), help="memory for cached blocks (default: 64M)"
