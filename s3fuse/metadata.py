@@ -147,8 +147,12 @@ class MetadataCache:
 
     def put_listing(self, path: str, items: list[tuple[str, EntryInfo]]) -> None:
         """Keep a complete listing, if it fits, for repeated readdirs within the dir TTL."""
-        if self.dir_ttl > 0 and len(items) <= self.listings.maxsize // 4:
+        if self.dir_ttl > 0 and self.listing_fits(len(items)):
             self.listings[path] = items
+
+    def listing_fits(self, count: int) -> bool:
+        """Whether a listing of ``count`` entries is small enough to keep whole."""
+        return count <= self.listings.maxsize // 4
 
     def forget_listing(self, path: str) -> None:
         self.listings.pop(path, None)

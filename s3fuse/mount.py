@@ -9,6 +9,7 @@ signal handling, and the unmount at the end.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -86,7 +87,7 @@ def describe_failure(exc: BaseException, opts: argparse.Namespace) -> str:
 
 def check_bucket(opts: argparse.Namespace) -> tuple[Any, list[str]]:
     """HeadBucket (and GetBucketLocation without --region); the client to mount with."""
-    quick = ClientSettings(**{**settings_of(opts).__dict__, "timeout": CHECK_TIMEOUT, "max_attempts": 2})
+    quick = dataclasses.replace(settings_of(opts), timeout=CHECK_TIMEOUT, max_attempts=2)
     try:
         client, secrets = make_boto_client(quick)
         region = opts.region

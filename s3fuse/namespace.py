@@ -58,8 +58,10 @@ class Namespace:
             if old.fetched_at > info.fetched_at:
                 return node
             if old.from_head and not info.from_head and old.same_write(info):
-                info.mode, info.uid, info.gid, info.mtime_ns = old.mode, old.uid, old.gid, old.mtime_ns
-                info.from_head = True
+                # a copy: the listing's entry may be shared with the metadata cache
+                info = dataclasses.replace(
+                    info, mode=old.mode, uid=old.uid, gid=old.gid, mtime_ns=old.mtime_ns, from_head=True
+                )
             if node.kernel_etag is not None and info.etag != node.kernel_etag:
                 node.kernel_etag = None
                 self._invalidate(node.inode)
@@ -177,7 +179,7 @@ class DirHandle:
             self.ns.meta.put(join(self.path, name), info)
         if self.collected is not None:
             self.collected.extend(batch)
-            if len(self.collected) > self.ns.meta.listings.maxsize // 4:
+            if not self.ns.meta.listing_fits(len(self.collected)):
                 self.collected = None
         if self.stream is not None and self.stream.done and self.collected is not None:
             self.ns.meta.put_listing(self.path, self.collected)

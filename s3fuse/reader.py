@@ -60,7 +60,7 @@ class ObjectReader:
         Called at open: the GET then overlaps the open reply and the first read
         request. Limited to small objects, so opening without reading costs little.
         """
-        if 0 < self.size <= self.SMALL_OBJECT and (self.key, self.etag, 0) not in self.cache:
+        if 0 < self.size <= self.SMALL_OBJECT and self._cache_key(0) not in self.cache:
             self.nursery.start_soon(self._prefetch, 0)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
@@ -98,7 +98,7 @@ class ObjectReader:
         nblocks = (self.size + self.block_size - 1) // self.block_size
         end = min(nblocks, last + 1 + min(self._readahead_blocks, self.max_readahead_blocks))
         for index in range(last + 1, end):
-            if (self.key, self.etag, index) not in self.cache:
+            if self._cache_key(index) not in self.cache:
                 self.nursery.start_soon(self._prefetch, index)
         self._readahead_blocks = min(self._readahead_blocks * 2, self.max_readahead_blocks)
 
@@ -108,13 +108,16 @@ class ObjectReader:
         except S3Error as exc:  # the reader that needs this block will see the error itself
             log.debug("read-ahead of %r block %d failed: %s", self.key, index, exc)
 
+    def _cache_key(self, index: int) -> tuple[str, str | None, int]:
+        return (self.key, self.etag, index)
+
     async def _block(self, index: int) -> bytes:
         start = index * self.block_size
         end = min(start + self.block_size, self.size)
-        return await self.cache.get((self.key, self.etag, index), lambda: self._get(start, end))
+        return await self.cache.get(self._cache_key(index), lambda: self._get(start, end))
 
     async def _read_range(self, offset: int, size: int) -> bytes | memoryview:
-        cached = self.cache.peek((self.key, self.etag, offset // self.block_size))
+        cached = self.cache.peek(self._cache_key(offset // self.block_size))
         if cached is not None and offset % self.block_size + size <= len(cached):
             start = offset % self.block_size
             return memoryview(cached)[start : start + size]
