@@ -33,6 +33,11 @@ class BlockCache:
     def peek(self, key: Hashable) -> bytes | None:
         return self._lru.get(key)
 
+    def put(self, key: Hashable, data: bytes) -> None:
+        """Cache bytes known without a fetch (just uploaded)."""
+        if len(data) <= self._lru.maxsize:
+            self._lru[key] = data
+
     async def get(self, key: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
         """The block's bytes, from the cache, from a fetch already in flight, or fetched now."""
         data = self._lru.get(key)

@@ -15,7 +15,7 @@ from .metadata import EntryInfo
 class Node:
     """One inode: its path, the kernel's lookup count and its last known attributes."""
 
-    __slots__ = ("info", "inode", "kernel_etag", "nlookup", "path")
+    __slots__ = ("info", "inode", "kernel_etag", "nlookup", "path", "writers")
 
     def __init__(self, inode: int, path: str, info: EntryInfo) -> None:
         self.inode = inode
@@ -24,6 +24,8 @@ class Node:
         self.info = info
         # The ETag whose bytes the kernel page cache may hold for this inode.
         self.kernel_etag: str | None = None
+        # Handles open for writing: while any is, the local attributes win over S3's.
+        self.writers = 0
 
 
 class InodeTable:
@@ -55,6 +57,28 @@ class InodeTable:
         self._by_inode[node.inode] = node
         self._by_path[path] = node  # an old node of another kind lives on until forgotten
         return node
+
+    def detach(self, path: str, tree: bool) -> None:
+        """Unlink path (and with ``tree`` what is below it) from its nodes.
+
+        The kernel may still hold the nodes; they live on under their inode until forgotten.
+        """
+        for node in self._nodes(path, tree):
+            del self._by_path[node.path]
+
+    def move(self, old: str, new: str, tree: bool) -> None:
+        """Rename: the nodes at (and with ``tree`` below) ``old`` keep their inodes under ``new``."""
+        for node in self._nodes(old, tree):
+            del self._by_path[node.path]
+            node.path = new + node.path[len(old) :]
+            self._by_path[node.path] = node
+
+    def _nodes(self, path: str, tree: bool) -> list[Node]:
+        if not tree:
+            node = self._by_path.get(path)
+            return [node] if node is not None else []
+        below = path + "/"
+        return [node for p, node in self._by_path.items() if p == path or p.startswith(below)]
 
     def forget(self, inode: int, count: int) -> None:
         node = self._by_inode.get(inode)

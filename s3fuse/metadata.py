@@ -9,12 +9,13 @@ bounded in entries, so a bucket of millions of keys cannot grow the daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 # Object metadata headers (without the x-amz-meta- prefix) that carry POSIX attributes.
 # s3fs-fuse writes mode/uid/gid/mtime; rclone writes mtime as fractional seconds.
@@ -38,15 +39,32 @@ class EntryInfo:
     from_head: bool = False  # mode/uid/gid/mtime above were read from the object's headers
     fetched_at: float = field(default_factory=time.monotonic)
 
-    def same_write(self, other: EntryInfo) -> bool:
-        return self.etag == other.etag and self.last_modified_ns == other.last_modified_ns
-
     def age(self) -> float:
         return time.monotonic() - self.fetched_at
 
     @property
     def kind(self) -> int:
-        return stat.S_IFDIR if self.is_dir else stat.S_IFREG
+        if self.is_dir:
+            return stat.S_IFDIR
+        return stat.S_IFLNK if self.is_symlink else stat.S_IFREG
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.mode is not None and stat.S_ISLNK(self.mode)
+
+    def posix_headers(self, with_mtime: bool) -> dict[str, str]:
+        """This entry's attributes as s3fs-fuse style x-amz-meta-* values."""
+        meta = {}
+        if self.mode is not None:
+            meta[META_MODE] = str(self.kind | stat.S_IMODE(self.mode))
+        if self.uid is not None:
+            meta[META_UID] = str(self.uid)
+        if self.gid is not None:
+            meta[META_GID] = str(self.gid)
+        if with_mtime and self.mtime_ns is not None:
+            # whole seconds: s3fs-fuse cannot parse rclone's fractional form
+            meta[META_MTIME] = str(self.mtime_ns // 1_000_000_000)
+        return meta
 
 
 def directory() -> EntryInfo:
@@ -80,9 +98,10 @@ def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
     mtime = parse_seconds_ns(meta.get(META_MTIME, ""))
     if mtime is not None and abs(mtime) < 1 << 63:
         info.mtime_ns = mtime
-    if info.mode is not None and stat.S_IFMT(info.mode) not in (0, info.kind):
-        # A mode whose file type contradicts the object (e.g. a symlink written by
-        # s3fs before symlinks are supported here) keeps only its permission bits.
+    allowed = (0, stat.S_IFDIR) if info.is_dir else (0, stat.S_IFREG, stat.S_IFLNK)
+    if info.mode is not None and stat.S_IFMT(info.mode) not in allowed:
+        # A mode whose file type the object cannot be (a FIFO or device node written by
+        # s3fs-fuse, or a symlink mode on a directory) keeps only its permission bits.
         info.mode = stat.S_IMODE(info.mode)
     return info
 
@@ -110,8 +129,16 @@ class _Negative:
 NEGATIVE = _Negative()
 
 
+Listing = dict[str, EntryInfo]  # name -> entry, for one whole directory
+
+
 class MetadataCache:
-    """Bounded TTL caches of entries by path, and of small complete directory listings."""
+    """Bounded TTL caches of entries by path, and of small complete directory listings.
+
+    Also remembers, without a TTL, the POSIX headers of the last write of each path
+    that s3fuse wrote or HEADed: a listing carries no headers, but its ETag and
+    LastModified say whether they still apply (a symlink stays a symlink).
+    """
 
     def __init__(self, attr_ttl: float, negative_ttl: float, dir_ttl: float, max_entries: int) -> None:
         self.entries: TTLCache[str, EntryInfo] = TTLCache(maxsize=max_entries, ttl=attr_ttl, timer=time.monotonic)
@@ -119,11 +146,12 @@ class MetadataCache:
             maxsize=max(1, max_entries // 10), ttl=max(negative_ttl, 1e-3), timer=time.monotonic
         )
         self.negative_ttl = negative_ttl
-        # dir path -> list of (name, EntryInfo); sized by total entries held
-        self.listings: TTLCache[str, list[tuple[str, EntryInfo]]] = TTLCache(
+        # dir path -> its entries; sized by total entries held
+        self.listings: TTLCache[str, Listing] = TTLCache(
             maxsize=max_entries, ttl=max(dir_ttl, 1e-3), timer=time.monotonic, getsizeof=lambda v: max(1, len(v))
         )
         self.dir_ttl = dir_ttl
+        self.headers: LRUCache[str, EntryInfo] = LRUCache(maxsize=max_entries)
 
     def get(self, path: str) -> EntryInfo | _Negative | None:
         """The cached answer for a path: an EntryInfo, NEGATIVE, or None (unknown)."""
@@ -141,11 +169,17 @@ class MetadataCache:
             self.negatives[path] = NEGATIVE
         self.entries.pop(path, None)
 
-    def forget(self, path: str) -> None:
-        self.entries.pop(path, None)
-        self.negatives.pop(path, None)
+    def forget(self, path: str, tree: bool = False) -> None:
+        """Forget a path; with ``tree`` also everything below it (a directory's contents)."""
+        for cache in (self.entries, self.negatives, self.listings, self.headers):
+            cache.pop(path, None)
+        if tree:
+            below = path + "/"
+            for cache in (self.entries, self.negatives, self.listings, self.headers):
+                for key in [k for k in cache if k.startswith(below)]:
+                    cache.pop(key, None)
 
-    def put_listing(self, path: str, items: list[tuple[str, EntryInfo]]) -> None:
+    def put_listing(self, path: str, items: Listing) -> None:
         """Keep a complete listing, if it fits, for repeated readdirs within the dir TTL."""
         if self.dir_ttl > 0 and self.listing_fits(len(items)):
             self.listings[path] = items
@@ -157,5 +191,22 @@ class MetadataCache:
     def forget_listing(self, path: str) -> None:
         self.listings.pop(path, None)
 
-    def get_listing(self, path: str) -> list[tuple[str, EntryInfo]] | None:
+    def get_listing(self, path: str) -> Listing | None:
         return self.listings.get(path)
+
+    def remember_headers(self, path: str, info: EntryInfo) -> None:
+        if info.from_head and not info.is_dir:
+            self.headers[path] = info
+
+    def with_headers(self, path: str, info: EntryInfo) -> EntryInfo:
+        """A listing's entry completed with the headers known for the same write, if any."""
+        known = self.headers.get(path)
+        if known is None or info.from_head or known.etag != info.etag:
+            return info
+        if known.last_modified_ns is None:
+            known.last_modified_ns = info.last_modified_ns  # our own write: the listing dates it
+        elif known.last_modified_ns != info.last_modified_ns:
+            return info  # rewritten (e.g. a metadata-only copy): the headers may differ
+        return dataclasses.replace(
+            info, mode=known.mode, uid=known.uid, gid=known.gid, mtime_ns=known.mtime_ns, from_head=True
+        )

@@ -150,6 +150,7 @@ async def _serve(ops: S3Operations) -> None:
         ops.nursery = nursery
         nursery.start_soon(stop_on_signals)
         await pyfuse3.main(max_tasks=256)
+        await ops.shutdown()
         nursery.cancel_scope.cancel()
 
 

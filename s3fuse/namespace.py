@@ -49,19 +49,15 @@ class Namespace:
         """The inode for path with the freshest attributes known.
 
         Attributes older than the node's are ignored (a cached listing must not undo
-        a newer HEAD); headers read from the same write of the object are kept, since
-        a listing does not carry them; if the object changed, its kernel cache goes.
+        a newer HEAD), and so is anything S3 says about a file with unsaved local
+        changes; headers known for the same write of the object are kept, since a
+        listing does not carry them; if the object changed, its kernel cache goes.
         """
+        info = self.meta.with_headers(path, info)
         node = self.inodes.by_path(path)
         if node is not None and node.info.is_dir == info.is_dir:
-            old = node.info
-            if old.fetched_at > info.fetched_at:
+            if node.writers or node.info.fetched_at > info.fetched_at:
                 return node
-            if old.from_head and not info.from_head and old.same_write(info):
-                # a copy: the listing's entry may be shared with the metadata cache
-                info = dataclasses.replace(
-                    info, mode=old.mode, uid=old.uid, gid=old.gid, mtime_ns=old.mtime_ns, from_head=True
-                )
             if node.kernel_etag is not None and info.etag != node.kernel_etag:
                 node.kernel_etag = None
                 self._invalidate(node.inode)
@@ -80,6 +76,10 @@ class Namespace:
             return None
         if isinstance(cached, EntryInfo):
             return self.resolve(path, cached)
+        listing = self.meta.get_listing(parent.path)
+        if listing is not None:  # a complete listing answers for absent names too
+            known = listing.get(name)
+            return None if known is None else self.resolve(path, known)
         info = await self._fetch(parent.path, name)
         if info is None:
             self.meta.put_negative(path)
@@ -118,14 +118,59 @@ class Namespace:
 
     async def revalidate(self, node: Node) -> Node | None:
         """Fresh attributes for a file whose cached ones outlived the TTL; None if it is gone."""
-        if node.info.is_dir or node.info.age() < self.opts.attr_ttl:
+        if node.info.is_dir or node.writers or node.info.age() < self.opts.attr_ttl:
             return node
         info = await self.head(file_key(self.root_prefix, node.path))
         if info is None:
             self.meta.forget(node.path)  # not negative: it may have become a directory
             return None
         self.meta.put(node.path, info)
+        self.meta.remember_headers(node.path, info)
         return self.resolve(node.path, info)
+
+    # ---- changes made through this mount
+
+    def added(self, path: str, info: EntryInfo) -> Node:
+        """path now exists with these attributes (created, written or renamed here)."""
+        self.meta.put(path, info)
+        self.meta.remember_headers(path, info)
+        self._update_listing(path, info)
+        node = self.inodes.by_path(path)
+        if node is not None and node.info.is_dir == info.is_dir:
+            node.info = info
+            return node
+        return self.inodes.resolve(path, info)
+
+    def removed(self, path: str, is_dir: bool) -> None:
+        """path no longer exists; open handles keep their inode."""
+        self.meta.forget(path, tree=is_dir)
+        self.meta.put_negative(path)
+        self._update_listing(path, None)
+        self.inodes.detach(path, tree=is_dir)
+
+    def moved(self, old: str, new: str, info: EntryInfo) -> Node:
+        """An entry (and, for a directory, everything below it) now lives at ``new``."""
+        self.meta.forget(new, tree=info.is_dir)
+        self.inodes.detach(new, tree=info.is_dir)  # what the rename replaced
+        self.removed(old, info.is_dir)
+        self.inodes.move(old, new, tree=info.is_dir)
+        return self.added(new, info)
+
+    def _update_listing(self, path: str, info: EntryInfo | None) -> None:
+        """Keep a cached listing of the parent true to a change made here.
+
+        Storing it again restarts its TTL: while a directory is being written through
+        this mount, lookups of new names are answered without a LIST.
+        """
+        parent, name = split(path)
+        listing = self.meta.get_listing(parent)
+        if listing is None:
+            return
+        if info is None:
+            listing.pop(name, None)
+        else:
+            listing[name] = info
+        self.meta.put_listing(parent, listing)
 
     # ---- directories
 
@@ -148,7 +193,7 @@ class DirHandle:
 
     def _restart(self) -> None:
         cached = self.ns.meta.get_listing(self.path)
-        self.entries: list[tuple[str, EntryInfo]] = list(cached) if cached is not None else []
+        self.entries: list[tuple[str, EntryInfo]] = list(cached.items()) if cached is not None else []
         self.base = 0  # index of entries[0]
         self.stream = None if cached is not None else self._new_stream()
         # Small directories are kept whole for the dir TTL; None once too large.
@@ -182,7 +227,7 @@ class DirHandle:
             if not self.ns.meta.listing_fits(len(self.collected)):
                 self.collected = None
         if self.stream is not None and self.stream.done and self.collected is not None:
-            self.ns.meta.put_listing(self.path, self.collected)
+            self.ns.meta.put_listing(self.path, dict(self.collected))
             self.ns.siblings.remember_order(self.path, self.collected)
             self.collected = None
 

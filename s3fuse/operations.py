@@ -2,9 +2,8 @@
 
 Each handler converts between FUSE's types (inodes, bytes names, EntryAttributes)
 and the modules that do the work: ``namespace`` for names and directories,
-``reader`` for file contents, ``s3client`` for the errno of a failed S3 call.
-Changes to the bucket arrive with the write path; until then every mutating call
-fails with EROFS.
+``reader`` for file contents, ``writeback`` for files open for writing,
+``mutations`` for changes to the tree, ``s3client`` for the errno of a failed S3 call.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from itertools import count
 
 import pyfuse3
@@ -25,10 +25,12 @@ import trio
 from .blockcache import BlockCache
 from .inodes import Node
 from .metadata import EntryInfo
-from .names import decode_name, file_key, join, split
+from .mutations import Mutations, new_entry
+from .names import NAME_MAX, decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
+from .writeback import OpenFile, WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,16 @@ def errno_of_s3(action: str, path: str) -> Iterator[None]:
     try:
         yield
     except S3Error as exc:
-        level = logging.DEBUG if exc.errno == errno.ENOENT else logging.WARNING
+        level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENOTEMPTY) else logging.WARNING
         log.log(level, "%s %r failed: %s", action, path, exc)
         raise pyfuse3.FUSEError(exc.errno) from None
+
+
+@dataclass
+class FileHandle:
+    node: Node
+    reader: ObjectReader | None = None  # for the version in S3; replaced when it changes
+    writer: OpenFile | None = None  # set when opened for writing
 
 
 class S3Operations(pyfuse3.Operations):
@@ -58,15 +67,45 @@ class S3Operations(pyfuse3.Operations):
         self.ns = Namespace(s3, opts, self._invalidate_soon)
         self.blocks = BlockCache(opts.cache_size)
         self.mount_time_ns = time.time_ns()
+        self.wb = WriteBack(s3, self.ns, self.blocks, opts)
+        self.mut = Mutations(s3, self.ns, self.wb, self.blocks, opts)
         self._handles = count(1)
-        self._files: dict[int, ObjectReader] = {}
+        self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
-        self.nursery: trio.Nursery | None = None  # set by the mount loop before requests arrive
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        return self._nursery
+
+    @nursery.setter
+    def nursery(self, nursery: trio.Nursery) -> None:
+        """Set by the mount loop before requests arrive: background work runs there."""
+        self._nursery = self.wb.nursery = nursery
 
     # ---- helpers
 
     def _node(self, inode: int) -> Node:
         node = self.ns.inodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _new_path(self, parent_inode: int, name: bytes) -> str:
+        """The path for a name about to be created in a directory."""
+        parent = self._node(parent_inode)
+        if not parent.info.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        text = decode_name(name)
+        if text is None:
+            log.warning("refusing name %r: S3 keys must be UTF-8", name)
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return join(parent.path, text)
+
+    async def _existing(self, parent_inode: int, name: bytes) -> Node:
+        node = await self._lookup(self._node(parent_inode), name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -108,12 +147,7 @@ class S3Operations(pyfuse3.Operations):
     # ---- names and attributes
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = self._node(parent_inode)
-        text = decode_name(name)
-        node = None
-        if text is not None and parent.info.is_dir:
-            with errno_of_s3("lookup", join(parent.path, text)):
-                node = await self.ns.lookup(parent, text)
+        node = await self._lookup(self._node(parent_inode), name)
         if node is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0  # a negative entry the kernel caches for entry_timeout
@@ -121,6 +155,13 @@ class S3Operations(pyfuse3.Operations):
             return negative
         node.nlookup += 1
         return self._attributes(node)
+
+    async def _lookup(self, parent: Node, name: bytes) -> Node | None:
+        text = decode_name(name)
+        if text is None or not parent.info.is_dir:
+            return None
+        with errno_of_s3("lookup", join(parent.path, text)):
+            return await self.ns.lookup(parent, text)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, nlookup in inode_list:
@@ -190,24 +231,38 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise pyfuse3.FUSEError(errno.EROFS)
         with errno_of_s3("open", node.path):
             fresh = await self.ns.revalidate(node)  # close-to-open: at most attr-ttl old
         if fresh is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        info = fresh.info
+        handle = FileHandle(fresh)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            handle.writer = self.wb.open(fresh, exists=True)
+            if flags & os.O_TRUNC:
+                await handle.writer.truncate(0)
         fh = next(self._handles)
-        self._files[fh] = reader = self._reader(fresh.path, info, on_changed=lambda: self.ns.mark_stale(fresh))
+        self._files[fh] = handle
+        info = fresh.info
         # The kernel may keep its cached pages only if they hold this very version.
         keep = info.etag is not None and fresh.kernel_etag == info.etag
         fresh.kernel_etag = info.etag
-        if not keep:
-            reader.prefetch_small_object()
-        parent, name = split(fresh.path)
-        for sibling, sibling_info in self.ns.siblings.opened(parent, name):
-            self._reader(join(parent, sibling), sibling_info).prefetch_small_object()
+        if not keep and handle.writer is None:
+            self._reader_for(handle).prefetch_small_object()
+            parent, name = split(fresh.path)
+            for sibling, sibling_info in self.ns.siblings.opened(parent, name):
+                self._reader(join(parent, sibling), sibling_info).prefetch_small_object()
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = self._new_path(parent_inode, name)
+        node = self.ns.added(path, new_entry(stat.S_IFREG, mode, ctx.uid, ctx.gid))
+        handle = FileHandle(node, writer=self.wb.open(node, exists=False))
+        fh = next(self._handles)
+        self._files[fh] = handle
+        node.nlookup += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._attributes(node)
 
     def _reader(self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None) -> ObjectReader:
         assert self.nursery is not None
@@ -223,11 +278,182 @@ class S3Operations(pyfuse3.Operations):
             on_changed=on_changed,
         )
 
+    def _reader_for(self, handle: FileHandle) -> ObjectReader:
+        """The handle's reader for the version now in S3 (which a save through the mount replaces)."""
+        node = handle.node
+        reader = handle.reader
+        if reader is None or reader.etag != node.info.etag or reader.size != node.info.size:
+            reader = handle.reader = self._reader(node.path, node.info, on_changed=lambda: self.ns.mark_stale(node))
+        return reader
+
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        return await self._files[fh].read(off, size)
+        handle = self._files[fh]
+        writer = self.wb.files.get(handle.node.inode)
+        if writer is not None and writer.spill is not None:  # unsaved changes: read them
+            with errno_of_s3("read", handle.node.path):
+                return await writer.read(off, size)
+        return await self._reader_for(handle).read(off, size)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        writer = self._files[fh].writer
+        if writer is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        await writer.write(off, buf)
+        return len(buf)
+
+    async def flush(self, fh: int) -> None:
+        """close(): with the default durability contract, the data is in S3 when this returns."""
+        handle = self._files[fh]
+        if handle.writer is not None:
+            with errno_of_s3("save", handle.node.path):
+                await handle.writer.save()
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.flush(fh)
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.writer is not None:
+            await self.wb.release(handle.writer)
+
+    # ---- attributes
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = node.info.kind | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if not (changes or fields.update_size):
+            return self._attributes(node)  # atime or ctime alone: not kept
+        with errno_of_s3("setattr", node.path):
+            if node.info.is_dir:
+                if fields.update_size:
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                await self.mut.set_dir_attributes(node, changes)
+                return self._attributes(node)
+            writer = self.wb.files.get(inode)
+            if writer is None:  # not open for writing: a one-off change saved right away
+                fresh = await self.ns.revalidate(node)
+                if fresh is None:
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                node, writer = fresh, self.wb.open(fresh, exists=True)
+                try:
+                    await self._change(writer, fields.update_size, attr.st_size, changes)
+                    await writer.save()
+                finally:
+                    await self.wb.release(writer)
+            else:
+                await self._change(writer, fields.update_size, attr.st_size, changes)
+        return self._attributes(node)
+
+    @staticmethod
+    async def _change(writer: OpenFile, truncate: bool, size: int, changes: dict[str, int]) -> None:
+        if truncate:
+            await writer.truncate(size)
+        if changes:
+            writer.set_attributes(**changes)
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if not node.info.is_symlink:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        with errno_of_s3("readlink", node.path):
+            return bytes(await self._reader(node.path, node.info).fetch_range(0, node.info.size))
+
+    # ---- the tree
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._new_path(parent_inode, name)
+        with errno_of_s3("mkdir", path):
+            node = await self.mut.mkdir(path, new_entry(stat.S_IFDIR, mode, ctx.uid, ctx.gid))
+        node.nlookup += 1
+        return self._attributes(node)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._new_path(parent_inode, name)
+        info = new_entry(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid, size=len(target))
+        with errno_of_s3("symlink", path):
+            node = await self.mut.symlink(path, target, info)
+        node.nlookup += 1
+        return self._attributes(node)
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            log.warning("mknod of %r refused: S3 holds no device nodes, FIFOs or sockets", name)
+            raise pyfuse3.FUSEError(errno.EPERM)
+        fi, attr = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+        await self.flush(fi.fh)
+        await self.release(fi.fh)
+        return attr
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        log.warning("hard link to %r refused: S3 objects have exactly one name", self._node(inode).path)
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = await self._existing(parent_inode, name)
+        if node.info.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        with errno_of_s3("unlink", node.path):
+            await self.mut.unlink(node)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = await self._existing(parent_inode, name)
+        if not node.info.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        with errno_of_s3("rmdir", node.path):
+            await self.mut.rmdir(node)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            log.warning("rename with RENAME_EXCHANGE refused: S3 cannot swap two objects atomically")
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        node = await self._existing(parent_inode_old, name_old)
+        new_path = self._new_path(parent_inode_new, name_new)
+        target = await self._lookup(self._node(parent_inode_new), name_new)
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if target.info.is_dir and not node.info.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if node.info.is_dir and not target.info.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if new_path == node.path:
+            return
+        with errno_of_s3("rename", node.path):
+            await self.mut.rename(node, new_path, target)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        pass  # every change to the tree is in S3 when its call returns
 
     # ---- extended attributes: not supported yet. ENOSYS (not ENODATA) makes the kernel
     # answer every later call itself; 'ls -l' asks for security.selinux on each entry, and
@@ -239,10 +465,12 @@ class S3Operations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    # ---- changes: refused until the write path lands
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    async def _read_only(self, *args: object) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only  # type: ignore[assignment]
-    create = write = setxattr = removexattr = _read_only  # type: ignore[assignment]
+    async def shutdown(self) -> None:
+        """Before exit: every file still open for writing is saved or kept locally."""
+        await self.wb.shutdown()

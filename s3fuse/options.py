@@ -115,9 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
         "per entry; without it such metadata is used whenever a HEAD is made anyway)",
     )
 
+    fs.add_argument(
+        "--on-conflict",
+        choices=["overwrite", "fail"],
+        default="overwrite",
+        help="when a file changed in S3 since it was opened here and is saved: overwrite it (with a "
+        "warning in the log), or fail close()/fsync() with ESTALE and keep the local copy "
+        "(default: %(default)s)",
+    )
+
     cache = p.add_argument_group("caching")
     cache.add_argument(
-        "--cache-dir", default=default_cache_dir(), help="directory for logs and local state (default: %(default)s)"
+        "--cache-dir",
+        default=default_cache_dir(),
+        help="directory for logs, unsaved writes (spill files), the record of multipart uploads in "
+        "progress and lost+found (default: %(default)s)",
     )
     cache.add_argument(
         "--block-size",

@@ -117,11 +117,21 @@ class ObjectReader:
         return await self.cache.get(self._cache_key(index), lambda: self._get(start, end))
 
     async def _read_range(self, offset: int, size: int) -> bytes | memoryview:
+        cached = self._cached_slice(offset, size)
+        return cached if cached is not None else await self._get(offset, offset + size)
+
+    def _cached_slice(self, offset: int, size: int) -> memoryview | None:
+        """The bytes from a cached block, if one block holds them all."""
         cached = self.cache.peek(self._cache_key(offset // self.block_size))
-        if cached is not None and offset % self.block_size + size <= len(cached):
-            start = offset % self.block_size
-            return memoryview(cached)[start : start + size]
-        return await self._get(offset, offset + size)
+        start = offset % self.block_size
+        if cached is None or start + size > len(cached):
+            return None
+        return memoryview(cached)[start : start + size]
+
+    async def fetch_range(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of this version of the object, cached block or one ranged GET."""
+        cached = self._cached_slice(start, end - start)
+        return bytes(cached) if cached is not None else await self._get(start, end)
 
     async def _get(self, start: int, end: int) -> bytes:
         params = {"Range": f"bytes={start}-{end - 1}"}

@@ -85,6 +85,11 @@ class S3Error(Exception):
         self.code = code
 
 
+def s3_error(code: str, message: str) -> S3Error:
+    """An S3Error for an S3 error code, with the errno the table gives it."""
+    return S3Error(ERRNO_BY_CODE.get(code, errno.EIO), code, message or code)
+
+
 def translate(exc: BaseException) -> S3Error:
     """Map a botocore exception (or a deadline) to an S3Error with the right errno."""
     if isinstance(exc, S3Error):
@@ -92,7 +97,7 @@ def translate(exc: BaseException) -> S3Error:
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-        return S3Error(ERRNO_BY_CODE.get(code, errno.EIO), code, str(err.get("Message") or code))
+        return s3_error(code, str(err.get("Message") or ""))
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return S3Error(errno.EACCES, "NoCredentials", "no AWS credentials found")
     if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
@@ -150,6 +155,8 @@ def make_boto_client(settings: ClientSettings, region: str | None = None) -> tup
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
         s3={"addressing_style": settings.addressing_style},
         tcp_keepalive=True,
+        # Uploads carry Content-MD5 (computed by s3fuse); a second checksum would cost CPU.
+        request_checksum_calculation="when_required",
     )
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
     creds = session.get_credentials()

@@ -333,8 +333,12 @@ def test_apply_posix_metadata():
     assert info.mtime_ns == 1_600_000_000_250_000_000
     assert info.from_head
 
-    # a mode whose type contradicts the object keeps its permission bits only
-    assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(0o120777)}).mode == 0o777
+    # an object may be a symlink (s3fs-fuse's representation) ...
+    link = apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(0o120777)})
+    assert (link.mode, link.is_symlink, link.kind) == (0o120777, True, 0o120000)
+    # ... but a mode whose type the entry cannot have keeps its permission bits only
+    assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(0o010644)}).mode == 0o644
+    assert apply_posix_metadata(EntryInfo(is_dir=True), {"mode": str(0o120777)}).mode == 0o777
     assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": "420"}).mode == 0o644
     # garbage is ignored, defaults stay
     info = apply_posix_metadata(EntryInfo(is_dir=False, mtime_ns=7), {"mode": "rw", "uid": "-1", "mtime": "soon"})

@@ -1,0 +1,164 @@
+"""Changes to the tree: mkdir, rmdir, unlink, rename, symlink, directory attributes.
+
+Owns how each maps to S3 requests (a directory is a ``dir/`` marker object, a
+rename is copies then deletes, a symlink is an object holding its target with an
+S_IFLNK mode, as s3fs-fuse writes them) and keeps the namespace caches true to
+every change, so what was just done is seen without asking S3 again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import logging
+import stat
+import time
+from typing import Any
+
+from .blockcache import BlockCache
+from .inodes import Node
+from .metadata import EntryInfo
+from .names import dir_prefix, file_key
+from .namespace import Namespace
+from .s3client import S3Client, S3Error
+from .upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
+from .writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_CONTENT_TYPE = "application/x-directory"  # what s3fs-fuse gives its markers
+
+
+def refuse(code: int, message: str, *args: Any) -> S3Error:
+    """An error that is the file system's answer, not a failed request."""
+    return S3Error(code, errno.errorcode.get(code, "Error"), message % args)
+
+
+class Mutations:
+    def __init__(
+        self, s3: S3Client, ns: Namespace, wb: WriteBack, blocks: BlockCache, opts: argparse.Namespace
+    ) -> None:
+        self.s3 = s3
+        self.ns = ns
+        self.wb = wb
+        self.blocks = blocks
+        self.prefix: str = opts.prefix
+
+    def _marker_key(self, path: str) -> str:
+        return dir_prefix(self.prefix, path)
+
+    # ---- creating
+
+    async def mkdir(self, path: str, info: EntryInfo) -> Node:
+        await self._put_marker(path, info)
+        node = self.ns.added(path, info)
+        self.ns.meta.put_listing(path, {})  # new, so known to be empty
+        return node
+
+    async def symlink(self, path: str, target: bytes, info: EntryInfo) -> Node:
+        headers = ObjectHeaders("application/octet-stream", info.posix_headers(with_mtime=True))
+        key = file_key(self.prefix, path)
+        info.etag = (await put_object(self.s3, key, target, headers))["ETag"]
+        self.blocks.put((key, info.etag, 0), target)  # readlink needs no GET
+        return self.ns.added(path, info)
+
+    async def set_dir_attributes(self, node: Node, changes: dict[str, int]) -> None:
+        """A directory's attributes live on its marker object, created if it had none."""
+        info = dataclasses.replace(node.info, **changes)
+        await self._put_marker(node.path, info)
+        self.ns.added(node.path, info)
+
+    async def _put_marker(self, path: str, info: EntryInfo) -> None:
+        headers = ObjectHeaders(DIRECTORY_CONTENT_TYPE, info.posix_headers(with_mtime=True))
+        await put_object(self.s3, self._marker_key(path), b"", headers)
+
+    # ---- removing
+
+    async def unlink(self, node: Node) -> None:
+        of = self.wb.files.get(node.inode)
+        if of is not None:
+            of.unlink()
+        if of is None or not of.never_saved:  # a file created here and not saved yet is not in S3
+            await self.s3.call("delete_object", Key=file_key(self.prefix, node.path))
+        self.ns.removed(node.path, is_dir=False)
+
+    async def rmdir(self, node: Node) -> None:
+        await self._ensure_empty(node.path)
+        await self.s3.call("delete_object", Key=self._marker_key(node.path))
+        self.ns.removed(node.path, is_dir=True)
+
+    async def _ensure_empty(self, path: str) -> None:
+        marker = self._marker_key(path)
+        page = await self.s3.call("list_objects_v2", Prefix=marker, MaxKeys=2)
+        if any(obj["Key"] != marker for obj in page.get("Contents", ())) or any(
+            of.never_saved for of in self.wb.under(path)
+        ):
+            raise refuse(errno.ENOTEMPTY, "directory %r is not empty", path)
+
+    # ---- renaming
+
+    async def rename(self, node: Node, new_path: str, target: Node | None) -> None:
+        """Move node to new_path, replacing target (already checked to be compatible)."""
+        old_path = node.path
+        if target is not None:
+            if target.info.is_dir:
+                await self._ensure_empty(target.path)
+            for of in self.wb.under(target.path):
+                of.unlink()  # replaced: its pending data must not reach the new object
+        if node.info.is_dir:
+            await self._rename_dir(old_path, new_path)
+        else:
+            await self._rename_file(node, new_path)
+        self.ns.moved(old_path, new_path, node.info)
+
+    async def _rename_file(self, node: Node, new_path: str) -> None:
+        of = self.wb.files.get(node.inode)
+        if of is not None:
+            await of.save()  # the copy must carry the bytes written so far
+        old_key, new_key = file_key(self.prefix, node.path), file_key(self.prefix, new_path)
+        await copy_object(self.s3, old_key, new_key, node.info.size, self.wb.registry, if_match=node.info.etag)
+        await self.s3.call("delete_object", Key=old_key)
+
+    async def _rename_dir(self, old_path: str, new_path: str) -> None:
+        """Parallel copies, then DeleteObjects, one listing page (1000 keys) at a time."""
+        for of in self.wb.under(old_path):
+            await of.save()
+        old, new = self._marker_key(old_path), self._marker_key(new_path)
+        token = None
+        moved = 0
+        while True:
+            params: dict[str, Any] = {"Prefix": old, "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            page = await self.s3.call("list_objects_v2", **params)
+            objects = page.get("Contents", [])
+            await gather(
+                (
+                    lambda obj=obj: self._copy_key(obj, new + obj["Key"][len(old) :])  # type: ignore[misc]
+                    for obj in objects
+                ),
+                PARALLEL_COPIES,
+            )
+            await delete_keys(self.s3, [obj["Key"] for obj in objects])
+            moved += len(objects)
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+        log.info("renamed %r to %r: %d objects", old_path, new_path, moved)
+
+    async def _copy_key(self, obj: dict[str, Any], new_key: str) -> None:
+        await copy_object(self.s3, obj["Key"], new_key, int(obj.get("Size", 0)), self.wb.registry)
+
+
+def new_entry(kind: int, mode: int, uid: int, gid: int, size: int = 0) -> EntryInfo:
+    """Attributes of an entry created through the mount."""
+    return EntryInfo(
+        is_dir=kind == stat.S_IFDIR,
+        size=size,
+        mtime_ns=time.time_ns(),
+        mode=kind | stat.S_IMODE(mode),
+        uid=uid,
+        gid=gid,
+        from_head=True,
+    )

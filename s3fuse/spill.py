@@ -1,0 +1,82 @@
+"""The local copy of a file's unsaved changes: a sparse spill file on disk.
+
+Owns the bytes written since the last upload and the bookkeeping that says where
+each byte of the file now comes from: the spill file (written here), the object
+as it was when opened (below ``base_limit``), or zeros (a hole made by growing the
+file). Memory holds only that bookkeeping, so a file of many GiB costs disk, not RAM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+
+from .extents import Extents
+
+log = logging.getLogger(__name__)
+
+FetchBase = Callable[[int, int], Awaitable[bytes]]  # (start, end) -> the base object's bytes
+
+
+class SpillFile:
+    def __init__(self, directory: str, base_size: int) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.fd, self.path = tempfile.mkstemp(dir=directory, prefix="spill-")
+        self.size = base_size
+        # Bytes below base_limit that were not written here are the opened object's.
+        self.base_limit = base_size
+        self.written = Extents()
+
+    def write(self, offset: int, data: bytes) -> None:
+        os.pwrite(self.fd, data, offset)
+        self.written.add(offset, offset + len(data))
+        self.size = max(self.size, offset + len(data))
+
+    def truncate(self, size: int) -> None:
+        if size < self.size:
+            self.written.truncate(size)
+            self.base_limit = min(self.base_limit, size)
+            os.ftruncate(self.fd, size)
+        self.size = size
+
+    def needs_base(self, start: int, end: int) -> bool:
+        """Whether [start, end) holds bytes that only the object in S3 has."""
+        return any(not inside and s < self.base_limit for s, _, inside in self.written.segments(start, end))
+
+    async def read(self, start: int, end: int, fetch_base: FetchBase) -> bytes:
+        """The file's bytes in [start, end), assembled from spill, base object and zeros."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        pieces = []
+        for s, e, inside in self.written.segments(start, end):
+            if inside:
+                pieces.append(os.pread(self.fd, e - s, s))
+            elif s < self.base_limit:
+                from_base = min(e, self.base_limit)
+                pieces.append(await fetch_base(s, from_base))
+                pieces.append(bytes(e - from_base))
+            else:
+                pieces.append(bytes(e - s))
+        return b"".join(pieces)
+
+    def keep(self, directory: str, name: str) -> str:
+        """Move the spill file out of the way for a human to recover; returns its new path."""
+        os.makedirs(directory, exist_ok=True)
+        target = os.path.join(directory, name)
+        os.rename(self.path, target)
+        self.path = target
+        self.close(remove=False)
+        return target
+
+    def close(self, remove: bool = True) -> None:
+        if self.fd < 0:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)

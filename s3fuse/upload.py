@@ -1,0 +1,259 @@
+"""Putting bytes into S3 and copying objects server-side.
+
+Owns the part-size rules (parts grow with the file, so 10,000 parts still reach
+5 TiB), Content-MD5 on every upload, multipart uploads (created, fed, completed or
+aborted), server-side copies (CopyObject, or UploadPartCopy for objects over
+5 GiB), batched deletes, and the registry of the multipart uploads s3fuse started:
+``s3fuse cleanup`` reads it to abort orphans without touching anyone else's uploads.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import mimetypes
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import trio
+
+from .s3client import S3Client, S3Error, s3_error
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+S3_MIN_PART = 5 * MiB  # every part but the last must be at least this big
+MIN_PART = 8 * MiB
+MAX_PARTS = 10_000
+MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit; larger objects are copied part by part
+SINGLE_PUT_LIMIT = MIN_PART  # files up to this size are one PutObject
+DELETE_BATCH = 1000  # DeleteObjects' limit
+PARALLEL_COPIES = 16
+
+
+def planned_part_size(size: int) -> int:
+    """Part size for an upload of known size: at least MIN_PART, at most 10,000 parts."""
+    part = max(MIN_PART, -(-size // MAX_PARTS))
+    return -(-part // MiB) * MiB
+
+
+def streamed_part_size(index: int) -> int:
+    """Part size for part ``index`` (0-based) of an upload whose final size is unknown.
+
+    8 MiB for the first 1000 parts, doubling every 1000 parts: 10,000 parts reach
+    8 TiB, and no part exceeds 4 GiB.
+    """
+    return MIN_PART << min(index // 1000, 9)
+
+
+def content_md5(data: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def guess_content_type(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+@dataclass
+class ObjectHeaders:
+    """What a write gives an object besides its bytes."""
+
+    content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_head(cls, resp: dict[str, Any]) -> ObjectHeaders:
+        return cls(resp.get("ContentType") or "application/octet-stream", dict(resp.get("Metadata") or {}))
+
+    def params(self) -> dict[str, Any]:
+        return {"ContentType": self.content_type, "Metadata": self.metadata}
+
+
+async def put_object(s3: S3Client, key: str, data: bytes, headers: ObjectHeaders) -> dict[str, Any]:
+    """PutObject with Content-MD5, hashed in the worker thread."""
+
+    def send() -> dict[str, Any]:
+        return s3.client.put_object(
+            Bucket=s3.bucket, Key=key, Body=data, ContentMD5=content_md5(data), **headers.params()
+        )
+
+    return await s3.run(send)
+
+
+async def gather(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> None:
+    """Run jobs concurrently, at most ``limit`` at a time; the first failure cancels the rest."""
+    slots = trio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[None]]) -> None:
+        async with slots:
+            await job()
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            await slots.acquire()  # don't queue millions of tasks for a huge directory
+            slots.release()
+            nursery.start_soon(one, job)
+
+
+class UploadRegistry:
+    """The multipart uploads s3fuse started and has not finished, one small file each.
+
+    Lives in the cache dir, so it survives a crash; S3 itself cannot tell whose an
+    upload is, and cleanup must never abort another program's upload.
+    """
+
+    def __init__(self, cache_dir: str, bucket: str) -> None:
+        self.directory = os.path.join(cache_dir, "uploads", quote(bucket, safe=""))
+
+    def _path(self, upload_id: str) -> str:
+        return os.path.join(self.directory, hashlib.sha1(upload_id.encode()).hexdigest() + ".json")
+
+    def record(self, upload_id: str, key: str) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        with open(self._path(upload_id), "w") as f:
+            json.dump({"upload_id": upload_id, "key": key, "started": time.time(), "pid": os.getpid()}, f)
+
+    def forget(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(upload_id))
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """upload id -> what was recorded about it."""
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            try:
+                with open(os.path.join(self.directory, name)) as f:
+                    entry = json.load(f)
+                out[entry["upload_id"]] = entry
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring unreadable upload record %s: %s", name, exc)
+        return out
+
+
+class MultipartUpload:
+    """One multipart upload: parts may be sent or copied in any order, then completed."""
+
+    def __init__(self, s3: S3Client, key: str, headers: ObjectHeaders, registry: UploadRegistry) -> None:
+        self.s3 = s3
+        self.key = key
+        self.headers = headers
+        self.registry = registry
+        self.upload_id: str | None = None
+        self.parts: dict[int, str] = {}
+
+    async def start(self) -> None:
+        resp = await self.s3.call("create_multipart_upload", Key=self.key, **self.headers.params())
+        self.upload_id = resp["UploadId"]
+        self.registry.record(self.upload_id, self.key)
+
+    async def send_part(self, number: int, read: Callable[[], bytes]) -> None:
+        """Upload part ``number``; ``read`` produces its bytes inside the worker thread."""
+
+        def send() -> dict[str, Any]:
+            data = read()
+            return self.s3.client.upload_part(
+                Bucket=self.s3.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=content_md5(data),
+            )
+
+        self.parts[number] = (await self.s3.run(send))["ETag"]
+
+    async def copy_part(self, number: int, source_key: str, start: int, end: int, if_match: str | None) -> None:
+        """Part ``number`` is bytes [start, end) of another object, copied inside S3."""
+        params: dict[str, Any] = {"CopySourceIfMatch": if_match} if if_match else {}
+        resp = await self.s3.call(
+            "upload_part_copy",
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.s3.bucket, "Key": source_key},
+            CopySourceRange=f"bytes={start}-{end - 1}",
+            **params,
+        )
+        self.parts[number] = resp["CopyPartResult"]["ETag"]
+
+    async def complete(self) -> dict[str, Any]:
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self.parts.items())]
+        resp = await self.s3.call(
+            "complete_multipart_upload", Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+        )
+        assert self.upload_id is not None
+        self.registry.forget(self.upload_id)
+        return resp
+
+    async def abort(self) -> None:
+        """Best effort: an upload that cannot be aborted now stays registered for cleanup."""
+        if self.upload_id is None:
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await self.s3.call("abort_multipart_upload", Key=self.key, UploadId=self.upload_id)
+        except S3Error as exc:
+            log.warning(
+                "could not abort the upload of %r (%s); 's3fuse cleanup %s' will", self.key, exc, self.s3.bucket
+            )
+            return
+        self.registry.forget(self.upload_id)
+
+
+async def copy_object(
+    s3: S3Client,
+    source_key: str,
+    dest_key: str,
+    size: int,
+    registry: UploadRegistry,
+    headers: ObjectHeaders | None = None,
+    if_match: str | None = None,
+) -> str:
+    """Copy an object inside S3, optionally with new headers; returns the new ETag."""
+    if size <= MAX_SINGLE_COPY:
+        params: dict[str, Any] = {"CopySource": {"Bucket": s3.bucket, "Key": source_key}}
+        if headers is not None:
+            params.update(MetadataDirective="REPLACE", **headers.params())
+        if if_match:
+            params["CopySourceIfMatch"] = if_match
+        resp = await s3.call("copy_object", Key=dest_key, **params)
+        return resp["CopyObjectResult"]["ETag"]
+    if headers is None:  # a multipart copy does not carry the source's headers by itself
+        headers = ObjectHeaders.from_head(await s3.call("head_object", Key=source_key))
+    upload = MultipartUpload(s3, dest_key, headers, registry)
+    await upload.start()
+    part = planned_part_size(size)
+    try:
+        await gather(
+            (
+                lambda n=n, start=start: upload.copy_part(n, source_key, start, min(start + part, size), if_match)
+                for n, start in enumerate(range(0, size, part), 1)
+            ),
+            PARALLEL_COPIES,
+        )
+        resp = await upload.complete()
+    except BaseException:
+        await upload.abort()
+        raise
+    return resp["ETag"]
+
+
+async def delete_keys(s3: S3Client, keys: list[str]) -> None:
+    """DeleteObjects in batches of 1000; any key that could not be deleted fails the call."""
+    for i in range(0, len(keys), DELETE_BATCH):
+        batch = keys[i : i + DELETE_BATCH]
+        resp = await s3.call("delete_objects", Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        errors = resp.get("Errors") or []
+        if errors:
+            raise s3_error(errors[0].get("Code", "InternalError"), errors[0].get("Message", ""))

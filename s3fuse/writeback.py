@@ -1,0 +1,422 @@
+"""Files open for writing: their unsaved changes, and how those reach S3.
+
+Owns ``OpenFile`` (one per inode with writable handles, shared by all of them):
+the spill file of unsaved bytes, pending attribute changes, the multipart upload
+that streams a file written front to back while it is being written, and
+``save``, the upload that makes close() and fsync() durable. A file written
+sequentially is mostly in S3 by the time it is closed; a changed existing object
+is rebuilt from unchanged ranges copied inside S3 (UploadPartCopy) and changed
+ranges uploaded; a small file is one PutObject. A file whose upload fails keeps
+its spill file, which is moved to CACHE_DIR/lost+found when the file is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import logging
+import os
+import time
+from urllib.parse import quote
+
+import trio
+
+from .blockcache import BlockCache
+from .inodes import Node
+from .metadata import META_MTIME, EntryInfo
+from .names import file_key
+from .namespace import Namespace
+from .reader import ObjectReader
+from .s3client import S3Client, S3Error
+from .spill import SpillFile
+from .upload import (
+    MAX_SINGLE_COPY,
+    SINGLE_PUT_LIMIT,
+    MultipartUpload,
+    ObjectHeaders,
+    UploadRegistry,
+    copy_object,
+    gather,
+    guess_content_type,
+    planned_part_size,
+    put_object,
+    streamed_part_size,
+)
+
+log = logging.getLogger(__name__)
+
+PARTS_IN_FLIGHT = 4  # per file: bounds the memory of a streaming upload to 4 parts
+
+
+class WriteBack:
+    """Every file open for writing, by inode, and the places their data may go."""
+
+    def __init__(self, s3: S3Client, ns: Namespace, blocks: BlockCache, opts: argparse.Namespace) -> None:
+        self.s3 = s3
+        self.ns = ns
+        self.blocks = blocks
+        self.opts = opts
+        self.registry = UploadRegistry(opts.cache_dir, opts.bucket_name)
+        self.spill_dir = os.path.join(opts.cache_dir, "spill", str(os.getpid()))
+        self.kept_dir = os.path.join(opts.cache_dir, "lost+found")
+        self.files: dict[int, OpenFile] = {}
+        self.nursery: trio.Nursery | None = None  # for streaming parts; set by the mount loop
+
+    def open(self, node: Node, exists: bool) -> OpenFile:
+        """A writable handle on node: the inode's OpenFile, shared with its other handles."""
+        of = self.files.get(node.inode)
+        if of is None:
+            of = self.files[node.inode] = OpenFile(self, node, exists)
+        of.handles += 1
+        node.writers += 1
+        return of
+
+    async def release(self, of: OpenFile) -> None:
+        """One writable handle is gone; the last one saves what is left or keeps it locally."""
+        of.handles -= 1
+        of.node.writers -= 1
+        if of.handles > 0:
+            return
+        try:
+            await of.save()
+        except S3Error as exc:
+            of.keep_locally(str(exc))
+        finally:
+            of.close()
+            self.files.pop(of.node.inode, None)
+
+    def under(self, path: str) -> list[OpenFile]:
+        """Open files at or below a path."""
+        below = path + "/"
+        return [of for of in self.files.values() if of.node.path == path or of.node.path.startswith(below)]
+
+    async def shutdown(self) -> None:
+        """Unmounting: every file still open is saved, or kept in lost+found."""
+        for of in list(self.files.values()):
+            try:
+                await of.save()
+            except S3Error as exc:
+                of.keep_locally(str(exc))
+            of.close()
+        self.files.clear()
+
+
+class OpenFile:
+    def __init__(self, wb: WriteBack, node: Node, exists: bool) -> None:
+        self.wb = wb
+        self.node = node
+        self.handles = 0
+        # The object as it is in S3 (None: not there yet), which unwritten bytes come from.
+        self.base: EntryInfo | None = node.info if exists else None
+        self.spill: SpillFile | None = None
+        self.never_saved = not exists  # created here: must reach S3 even if left empty
+        self.attributes_changed = False
+        self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
+        self.unlinked = False
+        self.stream: StreamingUpload | None = None
+        self.lock = trio.Lock()  # one save at a time, and no write while one runs
+        self._base_reader: ObjectReader | None = None
+
+    @property
+    def key(self) -> str:
+        return file_key(self.wb.opts.prefix, self.node.path)
+
+    @property
+    def dirty(self) -> bool:
+        return self.never_saved or self.spill is not None or self.attributes_changed
+
+    # ---- changes
+
+    def _spill(self) -> SpillFile:
+        if self.spill is None:
+            self.spill = SpillFile(self.wb.spill_dir, self.base.size if self.base else 0)
+            if self.wb.nursery is not None:
+                self.stream = StreamingUpload(self, self.wb.nursery)
+        return self.spill
+
+    async def write(self, offset: int, data: bytes) -> None:
+        async with self.lock:
+            spill = self._spill()
+            spill.write(offset, data)
+            self._touch(spill.size)
+            if self.stream is not None:
+                self.stream.wrote(offset, offset + len(data), spill)
+
+    async def truncate(self, size: int) -> None:
+        async with self.lock:
+            spill = self._spill()
+            spill.truncate(size)
+            self._touch(size)
+            if self.stream is not None:
+                self.stream.truncated(size)
+
+    def _touch(self, size: int) -> None:
+        now = time.time_ns()
+        self.node.info = dataclasses.replace(self.node.info, size=size, mtime_ns=now, fetched_at=time.monotonic())
+
+    def set_attributes(self, **changes: int) -> None:
+        """chmod/chown/utimens on an open file: folded into its next upload."""
+        self.node.info = dataclasses.replace(self.node.info, **changes)
+        self.attributes_changed = True
+        if "mtime_ns" in changes:
+            self.mtime_set = True
+
+    def unlink(self) -> None:
+        """The name is gone: nothing of this file may reach S3 any more."""
+        self.unlinked = True
+
+    async def read(self, offset: int, size: int) -> bytes:
+        assert self.spill is not None
+        return await self.spill.read(offset, offset + size, self._fetch_base)
+
+    async def _fetch_base(self, start: int, end: int) -> bytes:
+        assert self.base is not None
+        if self._base_reader is None or self._base_reader.etag != self.base.etag:
+            self._base_reader = ObjectReader(
+                self.wb.s3,
+                self.wb.blocks,
+                self.wb.nursery,  # type: ignore[arg-type]
+                self.key,
+                self.base.size,
+                self.base.etag,
+                self.wb.opts.block_size,
+                0,
+                on_changed=lambda: None,
+            )
+        return await self._base_reader.fetch_range(start, end)
+
+    # ---- saving
+
+    async def save(self) -> None:
+        """Make S3 hold this file as it is now; S3Error if that failed (the data stays here)."""
+        async with self.lock:
+            if self.unlinked:
+                await self._drop_stream()
+                return
+            if not self.dirty:
+                return
+            try:
+                await self._save()
+            except S3Error as exc:
+                await self._drop_stream()
+                log.warning("saving %r to S3 failed: %s", self.key, exc)
+                raise
+
+    async def _save(self) -> None:
+        if self.spill is None and not self.never_saved:  # attributes only: copy onto itself
+            assert self.base is not None
+            headers = await self._headers(needs_base=True)
+            etag = await copy_object(
+                self.wb.s3, self.key, self.key, self.base.size, self.wb.registry, headers, if_match=self.base.etag
+            )
+            self._saved(etag, self.base.size)
+            return
+        spill = self._spill()
+        size = spill.size
+        if self.stream is not None and self.stream.usable:
+            etag = await self.stream.finish(size)
+        else:
+            await self._drop_stream()
+            headers = await self._headers(needs_base=spill.needs_base(0, size))
+            if size <= SINGLE_PUT_LIMIT:
+                data = await spill.read(0, size, self._fetch_base)
+                etag = (await put_object(self.wb.s3, self.key, data, headers))["ETag"]
+                if 0 < size <= self.wb.opts.block_size:
+                    self.wb.blocks.put((self.key, etag, 0), data)  # reading it back costs no GET
+            else:
+                etag = await self._rebuild(spill, headers)
+        self._saved(etag, size)
+
+    async def _headers(self, needs_base: bool) -> ObjectHeaders:
+        """Headers for the new object: the current object's, with this file's POSIX attributes.
+
+        Asking S3 for them (HeadObject) also detects a conflict: the object changed
+        since it was opened here.
+        """
+        headers = ObjectHeaders(guess_content_type(self.key))
+        if self.base is not None and self.base.etag is not None:
+            try:
+                current = await self.wb.s3.call("head_object", Key=self.key)
+            except S3Error as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                current = None
+            if current is None or current.get("ETag") != self.base.etag:
+                self._conflict(needs_base)
+            if current is not None:
+                headers = ObjectHeaders.from_head(current)
+        return self.with_attributes(headers)
+
+    def with_attributes(self, headers: ObjectHeaders) -> ObjectHeaders:
+        """headers with this file's current POSIX attributes written over them."""
+        posix = self.node.info.posix_headers(with_mtime=self.mtime_set or META_MTIME in headers.metadata)
+        return ObjectHeaders(headers.content_type, {**headers.metadata, **posix})
+
+    def _conflict(self, needs_base: bool) -> None:
+        what = f"{self.key!r} changed in S3 since it was opened here"
+        if needs_base:
+            raise S3Error(errno.ESTALE, "Conflict", f"{what}; its unchanged bytes can no longer be copied")
+        if self.wb.opts.on_conflict == "fail":
+            raise S3Error(errno.ESTALE, "Conflict", f"{what} (--on-conflict fail)")
+        log.warning("%s; overwriting it (--on-conflict overwrite)", what)
+
+    async def _rebuild(self, spill: SpillFile, headers: ObjectHeaders) -> str:
+        """A multipart upload of a large file: unchanged ranges copied, changed ranges sent."""
+        size = spill.size
+        part = planned_part_size(size)
+        base = self.base
+        plan: list[tuple[int, int, bool]] = []  # (start, end, copy)
+        for start in range(0, size, part):
+            end = min(start + part, size)
+            copy = base is not None and end <= spill.base_limit and not spill.written.intersects(start, end)
+            if copy and plan and plan[-1][2] and end - plan[-1][0] <= MAX_SINGLE_COPY:
+                plan[-1] = (plan[-1][0], end, True)  # one copy part for a long unchanged run
+            else:
+                plan.append((start, end, copy))
+        upload = MultipartUpload(self.wb.s3, self.key, headers, self.wb.registry)
+        await upload.start()
+
+        async def send(number: int, start: int, end: int) -> None:
+            data = await spill.read(start, end, self._fetch_base)
+            await upload.send_part(number, lambda: data)
+
+        jobs = [
+            (
+                (lambda n=n, s=s, e=e: upload.copy_part(n, self.key, s, e, base.etag))  # type: ignore[union-attr]
+                if copy
+                else (lambda n=n, s=s, e=e: send(n, s, e))
+            )
+            for n, (s, e, copy) in enumerate(plan, 1)
+        ]
+        try:
+            await gather(jobs, PARTS_IN_FLIGHT)
+            return (await upload.complete())["ETag"]
+        except BaseException:
+            await upload.abort()
+            raise
+
+    def _saved(self, etag: str, size: int) -> None:
+        info = dataclasses.replace(
+            self.node.info, size=size, etag=etag, last_modified_ns=None, from_head=True, fetched_at=time.monotonic()
+        )
+        if self.spill is not None:
+            self.spill.close()
+        self.spill, self.stream, self.base = None, None, info
+        self.never_saved = self.attributes_changed = False
+        self.node.kernel_etag = etag  # the kernel's pages hold exactly what was written
+        self.wb.ns.added(self.node.path, info)
+
+    async def _drop_stream(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            await stream.abort()
+
+    # ---- giving up
+
+    def keep_locally(self, reason: str) -> None:
+        """The last handle closed with data S3 does not have: keep it for a human."""
+        if self.spill is None or self.unlinked:
+            log.error("could not save %r (%s); its attribute changes are lost", self.key, reason)
+            return
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{quote(self.key, safe='')}"[:255]
+        path = self.spill.keep(self.wb.kept_dir, name)
+        partial = "" if self.spill.base_limit == 0 else " (only the ranges written here; the rest is the old object)"
+        log.error("could not save %r to S3 (%s); its data is kept at %s%s", self.key, reason, path, partial)
+        self.spill = None
+
+    def close(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
+
+
+class StreamingUpload:
+    """A multipart upload fed while its file is still being written front to back.
+
+    Each part is sent as soon as the writer has moved past it, PARTS_IN_FLIGHT at
+    a time, read back from the spill file. A write or truncate that reaches into
+    bytes already sent makes the stream unusable; the file is then uploaded whole
+    when saved.
+    """
+
+    def __init__(self, of: OpenFile, nursery: trio.Nursery) -> None:
+        self.of = of
+        self.nursery = nursery
+        self.upload: MultipartUpload | None = None
+        self.headers: ObjectHeaders | None = None
+        self.sent_end = 0  # parts cover [0, sent_end)
+        self.parts = 0
+        self.broken = False
+        self.error: S3Error | None = None
+        self.in_flight = 0
+        self.idle = trio.Event()
+        self.idle.set()
+        self.slots = trio.Semaphore(PARTS_IN_FLIGHT)
+        self.starting = trio.Lock()
+
+    @property
+    def usable(self) -> bool:
+        return self.parts > 0 and not self.broken and self.error is None
+
+    def wrote(self, start: int, end: int, spill: SpillFile) -> None:
+        if start < self.sent_end:
+            self.broken = True
+        if self.broken or spill.base_limit > 0:
+            return  # changes to an existing object: uploaded as a plan when saved
+        while end >= self.sent_end + streamed_part_size(self.parts):
+            part_end = self.sent_end + streamed_part_size(self.parts)
+            self.parts += 1
+            self.in_flight += 1
+            self.idle = trio.Event() if self.in_flight == 1 else self.idle
+            self.nursery.start_soon(self._send, self.parts, self.sent_end, part_end, spill.fd)
+            self.sent_end = part_end
+
+    def truncated(self, size: int) -> None:
+        if size < self.sent_end:
+            self.broken = True
+
+    async def _send(self, number: int, start: int, end: int, fd: int) -> None:
+        try:
+            async with self.slots:
+                if self.broken or self.error is not None:
+                    return
+                await self._start()
+                assert self.upload is not None
+                await self.upload.send_part(number, lambda: os.pread(fd, end - start, start))
+        except S3Error as exc:
+            self.error = self.error or exc
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    async def _start(self) -> None:
+        async with self.starting:
+            if self.upload is None:
+                self.headers = await self.of._headers(needs_base=False)
+                upload = MultipartUpload(self.of.wb.s3, self.of.key, self.headers, self.of.wb.registry)
+                await upload.start()
+                self.upload = upload
+
+    async def finish(self, size: int) -> str:
+        """Send the tail, complete the upload; returns the new object's ETag."""
+        await self.idle.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.upload is not None and self.headers is not None and self.of.spill is not None
+        if size > self.sent_end:
+            fd, start = self.of.spill.fd, self.sent_end
+            await self.upload.send_part(self.parts + 1, lambda: os.pread(fd, size - start, start))
+        etag: str = (await self.upload.complete())["ETag"]
+        final = self.of.with_attributes(self.headers)
+        if final.metadata != self.headers.metadata:
+            # attributes changed after the upload began (tar sets mtime last): one copy onto itself
+            etag = await copy_object(self.of.wb.s3, self.of.key, self.of.key, size, self.of.wb.registry, final)
+        return etag
+
+    async def abort(self) -> None:
+        self.broken = True
+        await self.idle.wait()
+        if self.upload is not None:
+            await self.upload.abort()
