@@ -1,11 +1,12 @@
-"""The ``s3fuse`` command: ``s3fuse BUCKET[:PREFIX] MOUNTPOINT`` and ``s3fuse demo MOUNTPOINT``."""
+"""The ``s3fuse`` command: ``s3fuse BUCKET[:PREFIX] MOUNTPOINT``, ``s3fuse demo MOUNTPOINT``
+and ``s3fuse cleanup BUCKET``."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from . import mount
+from . import cleanup, mount
 from .localserver import DEMO_BUCKET, DEMO_CREDENTIALS
 from .options import parse_args
 
@@ -14,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:
         return demo(argv[1:])
+    if argv[:1] == ["cleanup"]:
+        return cleanup.main(argv[1:])
     return mount.run(parse_args(argv))
 
 

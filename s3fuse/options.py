@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="s3fuse",
         description="Mount an S3 bucket (or a prefix of it) as a directory.",
-        epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server. "
+        epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server; "
+        "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished. "
         "Credentials come from boto3's usual chain: environment, ~/.aws profiles, SSO, instance metadata.",
     )
     p.add_argument("--version", action="version", version=f"s3fuse {__version__}")

@@ -1,0 +1,132 @@
+"""``s3fuse cleanup BUCKET``: abort the multipart uploads s3fuse started and never finished.
+
+An upload is s3fuse's when this machine's upload registry (in the cache dir) recorded
+it; S3 cannot tell whose an upload is, so any other upload in the bucket is listed
+and left alone. Uploads of a daemon that is still running are left alone too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from typing import Any
+
+import botocore.exceptions
+
+from .options import default_cache_dir
+from .s3client import ClientSettings, make_boto_client
+from .upload import MiB, UploadRegistry
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '30m', '12h', '1d' or '2w' to seconds."""
+    m = _DURATION_RE.match(text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 12h, 1d)")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="s3fuse cleanup",
+        description="Abort the multipart uploads that s3fuse started in BUCKET and never finished "
+        "(after a crash or a lost connection). Uploads started by other programs are never touched.",
+    )
+    p.add_argument("bucket", metavar="BUCKET")
+    p.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=parse_duration("1d"),
+        metavar="AGE",
+        help="only uploads started at least this long ago, e.g. 0, 30m, 12h, 1d (default: 1d)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report what would be aborted, abort nothing")
+    p.add_argument(
+        "--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    p.add_argument("--profile", default=None)
+    p.add_argument("--region", default=None)
+    p.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default=None)
+    p.add_argument(
+        "--cache-dir", default=default_cache_dir(), help="the cache dir the mounts used (default: %(default)s)"
+    )
+    return p
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: float, dry_run: bool) -> int:
+    """Abort s3fuse's orphaned uploads in bucket; prints one line per upload and a summary."""
+    ours = registry.entries()
+    seen: set[str] = set()
+    # The registry's start time, not S3's 'Initiated': some servers (moto) report a fixed date.
+    cutoff = time.time() - older_than
+    aborted = others = kept = 0
+    freed = 0
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+        for upload in page.get("Uploads", []):
+            upload_id, key = upload["UploadId"], upload["Key"]
+            entry = ours.get(upload_id)
+            if entry is None:
+                others += 1
+                continue
+            seen.add(upload_id)
+            in_progress = _alive(entry.get("pid")) and entry.get("pid") != os.getpid()
+            started = float(entry.get("started", 0))
+            if started > cutoff or in_progress:
+                kept += 1
+                continue
+            parts = [
+                part
+                for parts_page in client.get_paginator("list_parts").paginate(
+                    Bucket=bucket, Key=key, UploadId=upload_id
+                )
+                for part in parts_page.get("Parts", [])
+            ]
+            size = sum(part["Size"] for part in parts)
+            verb = "would abort" if dry_run else "aborted"
+            if not dry_run:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                registry.forget(upload_id)
+            print(
+                f"{verb} upload of {key!r} started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}: "
+                f"{len(parts)} parts, {size / MiB:.1f} MiB"
+            )
+            aborted += 1
+            freed += size
+    if not dry_run:
+        for upload_id in ours.keys() - seen:  # finished or aborted meanwhile
+            registry.forget(upload_id)
+    verb = "would abort" if dry_run else "aborted"
+    print(
+        f"{verb} {aborted} upload(s) ({freed / MiB:.1f} MiB); left {kept} newer or still in progress, "
+        f"and {others} that s3fuse did not start"
+    )
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    style = args.addressing_style or ("path" if args.endpoint_url else "auto")
+    settings = ClientSettings(
+        endpoint_url=args.endpoint_url, region=args.region, profile=args.profile, addressing_style=style
+    )
+    registry = UploadRegistry(os.path.abspath(args.cache_dir), args.bucket)
+    try:
+        client, _ = make_boto_client(settings)
+        return cleanup(client, args.bucket, registry, args.older_than, args.dry_run)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        print(f"s3fuse cleanup: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,68 @@
+"""``s3fuse cleanup``: orphaned multipart uploads of a crashed daemon are aborted, others kept."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import pytest
+from conftest import ROOT, base_env, fusermount_u, run, wait_until
+
+from s3fuse.cleanup import parse_duration
+
+MIB = 1 << 20
+
+
+def uploads(s3, bucket: str) -> dict[str, str]:
+    """key -> upload id of the multipart uploads in progress."""
+    return {u["Key"]: u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+
+
+def test_cleanup_aborts_only_what_a_crashed_daemon_left(s3, bucket, mount, moto, tmp_path):
+    foreign = s3.create_multipart_upload(Bucket=bucket, Key="other/upload")["UploadId"]
+    mnt = mount(bucket)
+    daemon = mount.get(mnt)
+    fd = os.open(mnt / "big.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+    chunk = os.urandom(MIB)
+    for _ in range(20):  # more than two 8 MiB parts: the streaming upload has begun
+        os.write(fd, chunk)
+
+    def part_sent() -> bool:
+        upload_id = uploads(s3, bucket).get("big.bin")
+        return bool(upload_id and s3.list_parts(Bucket=bucket, Key="big.bin", UploadId=upload_id).get("Parts"))
+
+    assert wait_until(part_sent, 30)
+    daemon.proc.kill()  # a crash: the upload stays unfinished in S3
+    daemon.proc.wait()
+    daemon.checked = True
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    fusermount_u(mnt)
+    orphan = uploads(s3, bucket)["big.bin"]
+
+    def cleanup(*args: str) -> str:
+        cmd = [sys.executable, "-m", "s3fuse", "cleanup", bucket, "--endpoint-url", moto.url, *args]
+        return run(cmd, env=base_env(XDG_CACHE_HOME=str(tmp_path / "xdg")), cwd=ROOT, text=True).stdout
+
+    # too recent for the default --older-than 1d
+    assert "aborted 0 upload(s)" in cleanup()
+    out = cleanup("--older-than", "0", "--dry-run")
+    assert "would abort upload of 'big.bin'" in out and "1 that s3fuse did not start" in out
+    assert uploads(s3, bucket) == {"big.bin": orphan, "other/upload": foreign}
+
+    out = cleanup("--older-than", "0")
+    assert "aborted upload of 'big.bin'" in out
+    assert "aborted 1 upload(s)" in out and "1 that s3fuse did not start" in out
+    assert uploads(s3, bucket) == {"other/upload": foreign}  # never another program's upload
+    assert "aborted 0 upload(s)" in cleanup("--older-than", "0")  # and the record is gone
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0", 0), ("90", 90), ("30m", 1800), ("12h", 43200), ("1d", 86400)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects_garbage():
+    with pytest.raises(Exception, match="not a duration"):
+        parse_duration("soon")
