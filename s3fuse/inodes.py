@@ -46,10 +46,10 @@ class InodeTable:
     def by_path(self, path: str) -> Node | None:
         return self._by_path.get(path)
 
-    def resolve(self, path: str, info: EntryInfo) -> Node:
-        """The node for a path with fresh attributes; a new inode if it is new or changed kind."""
+    def resolve(self, path: str, info: EntryInfo, new_inode: bool = False) -> Node:
+        """The node for a path with fresh attributes; a new inode if it is new, changed kind or ``new_inode``."""
         node = self._by_path.get(path)
-        if node is not None and node.info.is_dir == info.is_dir:
+        if node is not None and node.info.is_dir == info.is_dir and not new_inode:
             node.info = info
             return node
         node = Node(self._next, path, info)

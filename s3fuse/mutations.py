@@ -66,7 +66,8 @@ class Mutations:
     async def set_dir_attributes(self, node: Node, changes: dict[str, int]) -> None:
         """A directory's attributes live on its marker object, created if it had none."""
         info = dataclasses.replace(node.info, **changes)
-        await self._put_marker(node.path, info)
+        if node.path or self.prefix:  # the bucket's root has no marker: kept in memory only
+            await self._put_marker(node.path, info)
         self.ns.added(node.path, info)
 
     async def _put_marker(self, path: str, info: EntryInfo) -> None:
@@ -78,7 +79,8 @@ class Mutations:
     async def unlink(self, node: Node) -> None:
         of = self.wb.files.get(node.inode)
         if of is not None:
-            of.unlink()
+            async with of.lock:  # a save in flight must not re-create the object afterwards
+                of.unlink()
         if of is None or not of.never_saved:  # a file created here and not saved yet is not in S3
             await self.s3.call("delete_object", Key=file_key(self.prefix, node.path))
         self.ns.removed(node.path, is_dir=False)
@@ -108,17 +110,21 @@ class Mutations:
                 of.unlink()  # replaced: its pending data must not reach the new object
         if node.info.is_dir:
             await self._rename_dir(old_path, new_path)
+            info = node.info
         else:
-            await self._rename_file(node, new_path)
-        self.ns.moved(old_path, new_path, node.info)
+            etag = await self._rename_file(node, new_path)
+            # a copy is a new write: its LastModified is learnt from the next listing
+            info = dataclasses.replace(node.info, etag=etag, last_modified_ns=None)
+        self.ns.moved(old_path, new_path, info)
 
-    async def _rename_file(self, node: Node, new_path: str) -> None:
+    async def _rename_file(self, node: Node, new_path: str) -> str:
         of = self.wb.files.get(node.inode)
         if of is not None:
             await of.save()  # the copy must carry the bytes written so far
         old_key, new_key = file_key(self.prefix, node.path), file_key(self.prefix, new_path)
-        await copy_object(self.s3, old_key, new_key, node.info.size, self.wb.registry, if_match=node.info.etag)
+        etag = await copy_object(self.s3, old_key, new_key, node.info.size, self.wb.registry, if_match=node.info.etag)
         await self.s3.call("delete_object", Key=old_key)
+        return etag
 
     async def _rename_dir(self, old_path: str, new_path: str) -> None:
         """Parallel copies, then DeleteObjects, one listing page (1000 keys) at a time."""

@@ -51,16 +51,19 @@ class Namespace:
         Attributes older than the node's are ignored (a cached listing must not undo
         a newer HEAD), and so is anything S3 says about a file with unsaved local
         changes; headers known for the same write of the object are kept, since a
-        listing does not carry them; if the object changed, its kernel cache goes.
+        listing does not carry them; a changed object gets a new inode.
         """
         info = self.meta.with_headers(path, info)
         node = self.inodes.by_path(path)
         if node is not None and node.info.is_dir == info.is_dir:
             if node.writers or node.info.fetched_at > info.fetched_at:
                 return node
-            if node.kernel_etag is not None and info.etag != node.kernel_etag:
-                node.kernel_etag = None
-                self._invalidate(node.inode)
+            if node.info.etag is not None and info.etag is not None and info.etag != node.info.etag:
+                # Another version of the object gets another inode: with the kernel's
+                # writeback cache on, the kernel keeps its own size for a cached inode.
+                if node.kernel_etag is not None:
+                    self._invalidate(node.inode)  # free the old version's pages
+                return self.inodes.resolve(path, info, new_inode=True)
         return self.inodes.resolve(path, info)
 
     def mark_stale(self, node: Node) -> None:
@@ -152,8 +155,10 @@ class Namespace:
         """An entry (and, for a directory, everything below it) now lives at ``new``."""
         self.meta.forget(new, tree=info.is_dir)
         self.inodes.detach(new, tree=info.is_dir)  # what the rename replaced
-        self.removed(old, info.is_dir)
         self.inodes.move(old, new, tree=info.is_dir)
+        self.meta.forget(old, tree=info.is_dir)
+        self.meta.put_negative(old)
+        self._update_listing(old, None)
         return self.added(new, info)
 
     def _update_listing(self, path: str, info: EntryInfo | None) -> None:

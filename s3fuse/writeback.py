@@ -116,6 +116,7 @@ class OpenFile:
         self.unlinked = False
         self.stream: StreamingUpload | None = None
         self.lock = trio.Lock()  # one save at a time, and no write while one runs
+        self.opened_ns = time.time_ns()
         self._base_reader: ObjectReader | None = None
 
     @property
@@ -158,6 +159,10 @@ class OpenFile:
     def set_attributes(self, **changes: int) -> None:
         """chmod/chown/utimens on an open file: folded into its next upload."""
         self.node.info = dataclasses.replace(self.node.info, **changes)
+        if set(changes) == {"mtime_ns"} and self.spill is not None and changes["mtime_ns"] >= self.opened_ns - 10**9:
+            # The kernel stamping the time of writes it sends (writeback cache), not a
+            # chosen time: the upload's LastModified says as much, no header needed.
+            return
         self.attributes_changed = True
         if "mtime_ns" in changes:
             self.mtime_set = True
@@ -364,7 +369,7 @@ class StreamingUpload:
             self.broken = True
         if self.broken or spill.base_limit > 0:
             return  # changes to an existing object: uploaded as a plan when saved
-        while end >= self.sent_end + streamed_part_size(self.parts):
+        while end > self.sent_end + streamed_part_size(self.parts):  # the writer moved past the part
             part_end = self.sent_end + streamed_part_size(self.parts)
             self.parts += 1
             self.in_flight += 1
@@ -405,9 +410,12 @@ class StreamingUpload:
         if self.error is not None:
             raise self.error
         assert self.upload is not None and self.headers is not None and self.of.spill is not None
-        if size > self.sent_end:
-            fd, start = self.of.spill.fd, self.sent_end
-            await self.upload.send_part(self.parts + 1, lambda: os.pread(fd, size - start, start))
+        fd, start, number = self.of.spill.fd, self.sent_end, self.parts
+        while start < size:  # the tail: usually less than one part
+            end = min(size, start + streamed_part_size(number))
+            number += 1
+            await self.upload.send_part(number, lambda s=start, e=end: os.pread(fd, e - s, s))
+            start = end
         etag: str = (await self.upload.complete())["ETag"]
         final = self.of.with_attributes(self.headers)
         if final.metadata != self.headers.metadata:
