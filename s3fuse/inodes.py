@@ -49,7 +49,7 @@ class InodeTable:
     def resolve(self, path: str, info: EntryInfo, new_inode: bool = False) -> Node:
         """The node for a path with fresh attributes; a new inode if it is new, changed kind or ``new_inode``."""
         node = self._by_path.get(path)
-        if node is not None and node.info.is_dir == info.is_dir and not new_inode:
+        if node is not None and node.info.kind == info.kind and not new_inode:
             node.info = info
             return node
         node = Node(self._next, path, info)

@@ -55,7 +55,7 @@ class Namespace:
         """
         info = self.meta.with_headers(path, info)
         node = self.inodes.by_path(path)
-        if node is not None and node.info.is_dir == info.is_dir:
+        if node is not None and node.info.kind == info.kind:
             if node.writers or node.info.fetched_at > info.fetched_at:
                 return node
             if node.info.etag is not None and info.etag is not None and info.etag != node.info.etag:
@@ -139,7 +139,7 @@ class Namespace:
         self.meta.remember_headers(path, info)
         self._update_listing(path, info)
         node = self.inodes.by_path(path)
-        if node is not None and node.info.is_dir == info.is_dir:
+        if node is not None and node.info.kind == info.kind:
             node.info = info
             return node
         return self.inodes.resolve(path, info)

@@ -18,13 +18,14 @@ import errno
 import logging
 import os
 import time
+from typing import Any
 from urllib.parse import quote
 
 import trio
 
 from .blockcache import BlockCache
 from .inodes import Node
-from .metadata import META_MTIME, EntryInfo
+from .metadata import META_MTIME, EntryInfo, from_head
 from .names import file_key
 from .namespace import Namespace
 from .reader import ObjectReader
@@ -113,6 +114,7 @@ class OpenFile:
         self.never_saved = not exists  # created here: must reach S3 even if left empty
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
+        self.changed: set[str] = set()  # attributes set here since the last save
         self.unlinked = False
         self.stream: StreamingUpload | None = None
         self.lock = trio.Lock()  # one save at a time, and no write while one runs
@@ -164,6 +166,7 @@ class OpenFile:
             # chosen time: the upload's LastModified says as much, no header needed.
             return
         self.attributes_changed = True
+        self.changed.update(changes)
         if "mtime_ns" in changes:
             self.mtime_set = True
 
@@ -251,11 +254,23 @@ class OpenFile:
                 self._conflict(needs_base)
             if current is not None:
                 headers = ObjectHeaders.from_head(current)
+                self._adopt_stored_attributes(current)
         return self.with_attributes(headers)
+
+    def _adopt_stored_attributes(self, head: dict[str, Any]) -> None:
+        """Attributes the object's headers hold and nobody changed here are kept as they are."""
+        if self.node.info.from_head:
+            return
+        stored = from_head(head)
+        fields = {"mode", "uid", "gid"} if self.spill is not None else {"mode", "uid", "gid", "mtime_ns"}
+        keep = {f: getattr(stored, f) for f in fields - self.changed if getattr(stored, f) is not None}
+        self.node.info = dataclasses.replace(self.node.info, **keep, from_head=True)
 
     def with_attributes(self, headers: ObjectHeaders) -> ObjectHeaders:
         """headers with this file's current POSIX attributes written over them."""
-        posix = self.node.info.posix_headers(with_mtime=self.mtime_set or META_MTIME in headers.metadata)
+        # a stored mtime is rewritten only when it changed: set here, or the bytes changed
+        rewrite_mtime = self.mtime_set or (META_MTIME in headers.metadata and self.spill is not None)
+        posix = self.node.info.posix_headers(with_mtime=rewrite_mtime)
         return ObjectHeaders(headers.content_type, {**headers.metadata, **posix})
 
     def _conflict(self, needs_base: bool) -> None:
@@ -309,6 +324,7 @@ class OpenFile:
             self.spill.close()
         self.spill, self.stream, self.base = None, None, info
         self.never_saved = self.attributes_changed = False
+        self.changed.clear()
         self.node.kernel_etag = etag  # the kernel's pages hold exactly what was written
         self.wb.ns.added(self.node.path, info)
 

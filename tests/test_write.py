@@ -779,3 +779,17 @@ def test_failed_upload_reports_error_and_keeps_data(s3, bucket, mount, tmp_path)
     for name in ("small.txt", "big.bin"):
         assert f"could not save {name!r} to S3" in log and "its data is kept at" in log
     assert keys_of(s3, bucket) == {}
+
+
+def test_chmod_keeps_headers_it_did_not_change(s3, bucket, mount):
+    """chmod of a file whose headers were never read keeps another tool's mtime, owner and metadata."""
+    stored = {"mtime": "1600000000.5", "uid": "1234", "gid": "4321", "custom": "kept"}
+    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"data\n", Metadata=stored, ContentType="text/x-custom")
+    mnt = mount(bucket)
+    os.chmod(mnt / "f.txt", 0o600)
+    head = s3.head_object(Bucket=bucket, Key="f.txt")
+    assert head["Metadata"] == {**stored, "mode": str(0o100600)}
+    assert head["ContentType"] == "text/x-custom"
+    st = os.stat(mnt / "f.txt")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 1234, 4321)
+    # (st_mtime stays what the kernel first saw: with the writeback cache it keeps its own)
