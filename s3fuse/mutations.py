@@ -63,12 +63,14 @@ class Mutations:
         self.blocks.put((key, info.etag, 0), target)  # readlink needs no GET
         return self.ns.added(path, info)
 
-    async def set_dir_attributes(self, node: Node, changes: dict[str, int]) -> None:
-        """A directory's attributes live on its marker object, created if it had none."""
-        info = dataclasses.replace(node.info, **changes)
-        if node.path or self.prefix:  # the bucket's root has no marker: kept in memory only
-            await self._put_marker(node.path, info)
-        self.ns.added(node.path, info)
+    def set_dir_attributes(self, node: Node, changes: dict[str, int]) -> None:
+        """chmod/chown/utimes of a directory: kept in memory, not in S3.
+
+        Listings carry no headers, so a marker's headers would never be read back;
+        writing them would cost a PutObject per change (two per directory of a tar
+        archive) for nothing s3fuse could see. mkdir does store the initial ones.
+        """
+        self.ns.added(node.path, dataclasses.replace(node.info, **changes))
 
     async def _put_marker(self, path: str, info: EntryInfo) -> None:
         headers = ObjectHeaders(DIRECTORY_CONTENT_TYPE, info.posix_headers(with_mtime=True))

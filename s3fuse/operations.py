@@ -356,7 +356,7 @@ class S3Operations(pyfuse3.Operations):
             if node.info.is_dir:
                 if fields.update_size:
                     raise pyfuse3.FUSEError(errno.EISDIR)
-                await self.mut.set_dir_attributes(node, changes)
+                self.mut.set_dir_attributes(node, changes)
                 return self._attributes(node)
             writer = self.wb.files.get(inode)
             if writer is None:  # not open for writing: a one-off change saved right away
