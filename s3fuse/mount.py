@@ -9,6 +9,7 @@ signal handling, and the unmount at the end.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ from .s3client import ClientSettings, RedactSecrets, S3Client, make_boto_client
 
 log = logging.getLogger("s3fuse")
 
+SYNC_TIMEOUT = 60.0  # seconds a signal-initiated unmount waits for the kernel's cached writes
 CHECK_TIMEOUT = 5.0  # seconds per attempt of the start-up checks (2 attempts: well under 15 s)
 
 
@@ -138,11 +140,25 @@ def tune_kernel_read_ahead(mountpoint: str, size: int) -> None:
         log.debug("could not set the kernel read-ahead: %s", exc)
 
 
+def sync_mount(mountpoint: str) -> None:
+    """syncfs(2) on the mount, without holding the GIL (the daemon serves the writes it causes)."""
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            log.warning("syncfs of %s failed: %s", mountpoint, os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)
+
+
 async def _serve(ops: S3Operations) -> None:
     async def stop_on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
-                log.info("received %s; unmounting", signal.Signals(signum).name)
+                log.info("received %s; saving open files and unmounting", signal.Signals(signum).name)
+                with trio.move_on_after(SYNC_TIMEOUT):
+                    # The kernel's writeback cache may hold written data s3fuse has not
+                    # received yet; after the unmount it would be gone.
+                    await trio.to_thread.run_sync(sync_mount, ops.opts.mountpoint, abandon_on_cancel=True)
                 pyfuse3.terminate()
                 return
 

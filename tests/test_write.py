@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -793,3 +794,62 @@ def test_chmod_keeps_headers_it_did_not_change(s3, bucket, mount):
     st = os.stat(mnt / "f.txt")
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 1234, 4321)
     # (st_mtime stays what the kernel first saw: with the writeback cache it keeps its own)
+
+
+def test_conflict_overwrite_is_the_default_with_a_warning(s3, bucket, mount):
+    """The object changed in S3 after open: a save that needs none of its bytes overwrites it."""
+    s3.put_object(Bucket=bucket, Key="c.txt", Body=b"version 1\n")
+    mnt = mount(bucket)
+    with open(mnt / "c.txt", "wb") as f:  # O_TRUNC: the save needs nothing of the old object
+        s3.put_object(Bucket=bucket, Key="c.txt", Body=b"changed elsewhere\n")
+        f.write(b"mine\n")
+    assert body_of(s3, bucket, "c.txt") == b"mine\n"
+    assert "'c.txt' changed in S3 since it was opened here; overwriting it" in mount.log_text(mnt)
+
+
+def test_conflict_fail_keeps_s3_and_the_local_copy(s3, bucket, mount, tmp_path):
+    s3.put_object(Bucket=bucket, Key="c.txt", Body=b"version 1\n")
+    mnt = mount(bucket, "--on-conflict", "fail")
+    fd = os.open(mnt / "c.txt", os.O_WRONLY | os.O_TRUNC)
+    s3.put_object(Bucket=bucket, Key="c.txt", Body=b"changed elsewhere\n")
+    os.write(fd, b"mine\n")
+    with pytest.raises(OSError) as err:
+        os.close(fd)
+    assert err.value.errno == errno.ESTALE
+    assert body_of(s3, bucket, "c.txt") == b"changed elsewhere\n"
+    kept_dir = tmp_path / "xdg/s3fuse/lost+found"
+    assert wait_until(lambda: kept_dir.is_dir() and any(kept_dir.iterdir()), 30)  # at release
+    assert [p.read_bytes() for p in kept_dir.iterdir()] == [b"mine\n"]
+    assert "its data is kept at" in mount.log_text(mnt)
+
+
+def test_conflict_when_unchanged_bytes_are_gone_always_fails(s3, bucket, mount):
+    """A partial overwrite needs the rest of the object as it was: if it changed, ESTALE."""
+    s3.put_object(Bucket=bucket, Key="p.bin", Body=b"a" * 8192)
+    mnt = mount(bucket)  # --on-conflict overwrite
+    fd = os.open(mnt / "p.bin", os.O_WRONLY)
+    try:
+        s3.put_object(Bucket=bucket, Key="p.bin", Body=b"b" * 8192)
+        os.pwrite(fd, b"c" * 4096, 0)  # a whole page: the kernel reads nothing first
+    finally:
+        with pytest.raises(OSError) as err:
+            os.close(fd)
+    assert err.value.errno == errno.ESTALE
+    assert body_of(s3, bucket, "p.bin") == b"b" * 8192
+
+
+def test_sigterm_saves_files_still_open(s3, bucket, mount):
+    """Unmounting by signal first collects the kernel's cached writes and saves them."""
+    mnt = mount(bucket)
+    daemon = mount.get(mnt)
+    data = randbytes(18, 300_000)
+    fd = os.open(mnt / "open.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, data)  # still in the kernel's page cache (writeback cache)
+    daemon.proc.terminate()
+    try:
+        assert daemon.proc.wait(30) == 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    daemon.checked = True
+    assert body_of(s3, bucket, "open.bin") == data

@@ -1,0 +1,50 @@
+"""upload.py against the real moto server: multipart copies, batched deletes, part sizes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+from conftest import boto_client, keys_of
+
+from s3fuse import upload
+from s3fuse.s3client import ClientSettings, S3Client
+from s3fuse.upload import MiB, UploadRegistry, copy_object, delete_keys, planned_part_size, streamed_part_size
+
+
+def test_part_sizes_reach_five_tib_within_10000_parts():
+    assert planned_part_size(1) == 8 * MiB
+    five_tib = 5 << 40
+    part = planned_part_size(five_tib)
+    assert part % MiB == 0 and -(-five_tib // part) <= 10_000 and part <= 5 << 30
+    streamed = sum(streamed_part_size(i) for i in range(10_000))
+    assert streamed >= five_tib and max(streamed_part_size(i) for i in range(10_000)) <= 5 << 30
+
+
+@pytest.fixture
+def client(moto, bucket):
+    return S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url))
+
+
+def test_copy_above_the_single_copy_limit_is_a_multipart_copy(s3, bucket, client, tmp_path, monkeypatch):
+    """Objects over 5 GiB are copied part by part; here the limit is lowered to 1 MiB."""
+    data = random.Random(1).randbytes(20 * MiB + 3)
+    s3.put_object(Bucket=bucket, Key="src", Body=data, ContentType="text/x-test", Metadata={"mode": "33188"})
+    monkeypatch.setattr(upload, "MAX_SINGLE_COPY", MiB)
+    registry = UploadRegistry(str(tmp_path), bucket)
+    etag = trio.run(copy_object, client, "src", "dst", len(data), registry)
+    assert etag.strip('"').endswith("-3")  # three 8 MiB parts (the last one short)
+    head = s3.head_object(Bucket=bucket, Key="dst")
+    assert (head["ContentType"], head["Metadata"]) == ("text/x-test", {"mode": "33188"})
+    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == data
+    assert registry.entries() == {}  # completed uploads leave no record
+
+
+def test_delete_keys_in_batches_of_1000(s3, bucket, client, monkeypatch):
+    keys = [f"k/{i:04d}" for i in range(25)]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    monkeypatch.setattr(upload, "DELETE_BATCH", 10)  # 3 batches
+    trio.run(delete_keys, client, keys[:-1])
+    assert list(keys_of(s3, bucket)) == keys[-1:]
