@@ -59,7 +59,7 @@ class Mutations:
     async def symlink(self, path: str, target: bytes, info: EntryInfo) -> Node:
         headers = ObjectHeaders("application/octet-stream", info.posix_headers(with_mtime=True))
         key = file_key(self.prefix, path)
-        info.etag = (await put_object(self.s3, key, target, headers))["ETag"]
+        info.etag = await put_object(self.s3, key, target, headers)
         self.blocks.put((key, info.etag, 0), target)  # readlink needs no GET
         return self.ns.added(path, info)
 
@@ -135,6 +135,7 @@ class Mutations:
         old, new = self._marker_key(old_path), self._marker_key(new_path)
         token = None
         moved = 0
+        directories = {old}  # every directory below old, as a marker key
         while True:
             params: dict[str, Any] = {"Prefix": old, "MaxKeys": 1000}
             if token:
@@ -149,13 +150,28 @@ class Mutations:
                 PARALLEL_COPIES,
             )
             await delete_keys(self.s3, [obj["Key"] for obj in objects])
+            for obj in objects:
+                parent = obj["Key"].rstrip("/").rpartition("/")[0]
+                while len(parent) >= len(old):
+                    directories.add(parent + "/")
+                    parent = parent.rpartition("/")[0]
             moved += len(objects)
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 break
+        # Servers that keep directories as such (SeaweedFS) do not list every marker
+        # and keep emptied directories: delete them all, deepest first (on S3 the
+        # markers not listed do not exist, and deleting them is a no-op).
+        await delete_keys(self.s3, sorted(directories, key=lambda key: -key.count("/")))
         log.info("renamed %r to %r: %d objects", old_path, new_path, moved)
 
     async def _copy_key(self, obj: dict[str, Any], new_key: str) -> None:
+        if obj["Key"].endswith("/"):
+            # A marker is written anew: servers that keep directories as such
+            # (SeaweedFS) cannot copy one.
+            head = await self.s3.call("head_object", Key=obj["Key"])
+            await put_object(self.s3, new_key, b"", ObjectHeaders.from_head(head))
+            return
         await copy_object(self.s3, obj["Key"], new_key, int(obj.get("Size", 0)), self.wb.registry)
 
 

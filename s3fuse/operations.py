@@ -9,6 +9,7 @@ and the modules that do the work: ``namespace`` for names and directories,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -350,6 +351,9 @@ class S3Operations(pyfuse3.Operations):
             (fields.update_mtime, "mtime_ns", attr.st_mtime_ns, now.st_mtime_ns),
         )
         changes = {name: new for wanted, name, new, old in requested if wanted and new != old}
+        if self._memory_only(node, changes):
+            node.info = dataclasses.replace(node.info, **changes)
+            return self._attributes(node)
         if not (changes or fields.update_size):
             return self._attributes(node)  # atime or ctime alone: not kept
         with errno_of_s3("setattr", node.path):
@@ -369,6 +373,18 @@ class S3Operations(pyfuse3.Operations):
             else:
                 await self._change(writer, fields.update_size, attr.st_size, changes)
         return self._attributes(node)
+
+    def _memory_only(self, node: Node, changes: dict[str, int]) -> bool:
+        """Changes not worth a request: to an inode no name leads to any more (the kernel
+        sends the times of unlinked or replaced files when it evicts them), or an mtime
+        that moved by less than a second, the precision of x-amz-meta-mtime (the
+        kernel's own stamp of a write s3fuse already saved, sent late)."""
+        if self.ns.inodes.by_path(node.path) is not node:
+            return True
+        if set(changes) != {"mtime_ns"} or node.info.is_dir or node.writers:
+            return False
+        current = node.info.mtime_ns if node.info.mtime_ns is not None else self.mount_time_ns
+        return abs(changes["mtime_ns"] - current) < 1_000_000_000
 
     @staticmethod
     async def _change(writer: OpenFile, truncate: bool, size: int, changes: dict[str, int]) -> None:

@@ -135,7 +135,7 @@ def parse_timestamp(value: str) -> datetime.datetime:
             parsed = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return botocore.utils.parse_timestamp(value)  # epoch numbers and other rarities
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def make_boto_client(settings: ClientSettings, region: str | None = None) -> tuple[Any, list[str]]:

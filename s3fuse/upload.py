@@ -76,15 +76,21 @@ class ObjectHeaders:
         return {"ContentType": self.content_type, "Metadata": self.metadata}
 
 
-async def put_object(s3: S3Client, key: str, data: bytes, headers: ObjectHeaders) -> dict[str, Any]:
-    """PutObject with Content-MD5, hashed in the worker thread."""
+def quoted_etag(etag: str) -> str:
+    """An ETag as HeadObject and listings give it: some servers (SeaweedFS) answer
+    CopyObject with the ETag unquoted, which would look like another version."""
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+async def put_object(s3: S3Client, key: str, data: bytes, headers: ObjectHeaders) -> str:
+    """PutObject with Content-MD5, hashed in the worker thread; returns the new ETag."""
 
     def send() -> dict[str, Any]:
         return s3.client.put_object(
             Bucket=s3.bucket, Key=key, Body=data, ContentMD5=content_md5(data), **headers.params()
         )
 
-    return await s3.run(send)
+    return quoted_etag((await s3.run(send))["ETag"])
 
 
 async def gather(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> None:
@@ -95,11 +101,21 @@ async def gather(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> N
         async with slots:
             await job()
 
-    async with trio.open_nursery() as nursery:
-        for job in jobs:
-            await slots.acquire()  # don't queue millions of tasks for a huge directory
-            slots.release()
-            nursery.start_soon(one, job)
+    try:
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                await slots.acquire()  # don't queue millions of tasks for a huge directory
+                slots.release()
+                nursery.start_soon(one, job)
+    except BaseExceptionGroup as group:
+        # Callers map an S3Error to an errno; a group of them would reach nobody.
+        failures = group.subgroup(S3Error)
+        if failures is None:
+            raise
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from group
 
 
 class UploadRegistry:
@@ -187,14 +203,15 @@ class MultipartUpload:
         )
         self.parts[number] = resp["CopyPartResult"]["ETag"]
 
-    async def complete(self) -> dict[str, Any]:
+    async def complete(self) -> str:
+        """Complete the upload; returns the new object's ETag."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self.parts.items())]
         resp = await self.s3.call(
             "complete_multipart_upload", Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
         )
         assert self.upload_id is not None
         self.registry.forget(self.upload_id)
-        return resp
+        return quoted_etag(resp["ETag"])
 
     async def abort(self) -> None:
         """Best effort: an upload that cannot be aborted now stays registered for cleanup."""
@@ -228,7 +245,7 @@ async def copy_object(
         if if_match:
             params["CopySourceIfMatch"] = if_match
         resp = await s3.call("copy_object", Key=dest_key, **params)
-        return resp["CopyObjectResult"]["ETag"]
+        return quoted_etag(resp["CopyObjectResult"]["ETag"])
     if headers is None:  # a multipart copy does not carry the source's headers by itself
         headers = ObjectHeaders.from_head(await s3.call("head_object", Key=source_key))
     upload = MultipartUpload(s3, dest_key, headers, registry)
@@ -242,11 +259,11 @@ async def copy_object(
             ),
             PARALLEL_COPIES,
         )
-        resp = await upload.complete()
+        etag = await upload.complete()
     except BaseException:
         await upload.abort()
         raise
-    return resp["ETag"]
+    return etag
 
 
 async def delete_keys(s3: S3Client, keys: list[str]) -> None:

@@ -229,7 +229,7 @@ class OpenFile:
             headers = await self._headers(needs_base=spill.needs_base(0, size))
             if size <= SINGLE_PUT_LIMIT:
                 data = await spill.read(0, size, self._fetch_base)
-                etag = (await put_object(self.wb.s3, self.key, data, headers))["ETag"]
+                etag = await put_object(self.wb.s3, self.key, data, headers)
                 if 0 < size <= self.wb.opts.block_size:
                     self.wb.blocks.put((self.key, etag, 0), data)  # reading it back costs no GET
             else:
@@ -311,7 +311,7 @@ class OpenFile:
         ]
         try:
             await gather(jobs, PARTS_IN_FLIGHT)
-            return (await upload.complete())["ETag"]
+            return await upload.complete()
         except BaseException:
             await upload.abort()
             raise
@@ -407,6 +407,9 @@ class StreamingUpload:
                 await self.upload.send_part(number, lambda: os.pread(fd, end - start, start))
         except S3Error as exc:
             self.error = self.error or exc
+        except Exception as exc:  # a background task: anything uncaught would end the daemon
+            log.exception("sending part %d of %r failed", number, self.of.key)
+            self.error = self.error or S3Error(errno.EIO, type(exc).__name__, str(exc))
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -432,7 +435,7 @@ class StreamingUpload:
             number += 1
             await self.upload.send_part(number, lambda s=start, e=end: os.pread(fd, e - s, s))
             start = end
-        etag: str = (await self.upload.complete())["ETag"]
+        etag = await self.upload.complete()
         final = self.of.with_attributes(self.headers)
         if final.metadata != self.headers.metadata:
             # attributes changed after the upload began (tar sets mtime last): one copy onto itself

@@ -152,7 +152,7 @@ def test_signal_unmounts_cleanly(s3, bucket, mount, signum):
     assert proc.wait(EXIT_TIMEOUT) == 0
     assert not is_mounted(mnt)
     log = mount.log_text(mnt)
-    assert f"received {signum.name}; unmounting" in log
+    assert f"received {signum.name}; saving open files and unmounting" in log
     assert TRACEBACK not in log
 
 

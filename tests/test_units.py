@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import botocore.exceptions
 import pyfuse3
@@ -376,7 +376,7 @@ def test_posix_metadata_always_fits_the_kernel(meta):
 
 
 def test_from_head():
-    when = datetime(2020, 9, 13, 12, 26, 40, tzinfo=timezone.utc)
+    when = datetime(2020, 9, 13, 12, 26, 40, tzinfo=UTC)
     info = from_head({"ContentLength": 12, "LastModified": when, "ETag": '"abc"', "Metadata": {"uid": "7"}})
     assert (info.is_dir, info.size, info.etag, info.uid) == (False, 12, '"abc"', 7)
     assert info.mtime_ns == 1_600_000_000_000_000_000
@@ -411,7 +411,7 @@ def test_metadata_cache():
 
 # ---------------------------------------------------------------- listing rules
 
-WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def obj(key: str, size: int = 1) -> dict:
