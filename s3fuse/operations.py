@@ -352,7 +352,11 @@ class S3Operations(pyfuse3.Operations):
         )
         changes = {name: new for wanted, name, new, old in requested if wanted and new != old}
         if self._memory_only(node, changes):
-            node.info = dataclasses.replace(node.info, **changes)
+            info = dataclasses.replace(node.info, **changes)
+            if self.ns.inodes.by_path(node.path) is node:
+                self.ns.added(node.path, info)  # the caches too, or a listing would bring back the old time
+            else:
+                node.info = info
             return self._attributes(node)
         if not (changes or fields.update_size):
             return self._attributes(node)  # atime or ctime alone: not kept
