@@ -64,6 +64,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def weed_port() -> int:
     """A free port whose gRPC twin (port + 10000, as SeaweedFS uses) is free too."""
     rng = random.Random()
@@ -250,12 +259,7 @@ class MotoServer:
             return False
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10)
         self._log.close()
 
     def mark(self) -> int:
@@ -336,11 +340,7 @@ class SeaweedServer:
             return False
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 20)
         self.log.close()
 
 
