@@ -18,7 +18,7 @@ import botocore.exceptions
 
 from .options import default_cache_dir
 from .s3client import ClientSettings, make_boto_client
-from .upload import MiB, UploadRegistry
+from .upload import MiB, UploadRegistry, process_alive
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -59,14 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
-
-
 def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: float, dry_run: bool) -> int:
     """Abort s3fuse's orphaned uploads in bucket; prints one line per upload and a summary."""
     ours = registry.entries()
@@ -83,7 +75,7 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
                 others += 1
                 continue
             seen.add(upload_id)
-            in_progress = _alive(entry.get("pid")) and entry.get("pid") != os.getpid()
+            in_progress = process_alive(entry.get("pid")) and entry.get("pid") != os.getpid()
             started = float(entry.get("started", 0))
             if started > cutoff or in_progress:
                 kept += 1

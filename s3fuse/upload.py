@@ -36,6 +36,7 @@ MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit; larger objects are copied part 
 SINGLE_PUT_LIMIT = MIN_PART  # files up to this size are one PutObject
 DELETE_BATCH = 1000  # DeleteObjects' limit
 PARALLEL_COPIES = 16
+COPY_PART = 512 * MiB  # parts of a server-side copy: no bytes pass through s3fuse, so few and large
 
 
 def planned_part_size(size: int) -> int:
@@ -116,6 +117,17 @@ async def gather(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> N
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise first from group
+
+
+def process_alive(pid: Any) -> bool:
+    """Whether a process with this id runs (on this machine)."""
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # another user's process, but alive
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
 
 
 class UploadRegistry:
@@ -250,7 +262,7 @@ async def copy_object(
         headers = ObjectHeaders.from_head(await s3.call("head_object", Key=source_key))
     upload = MultipartUpload(s3, dest_key, headers, registry)
     await upload.start()
-    part = planned_part_size(size)
+    part = max(planned_part_size(size), COPY_PART)
     try:
         await gather(
             (

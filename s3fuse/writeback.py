@@ -13,6 +13,7 @@ its spill file, which is moved to CACHE_DIR/lost+found when the file is closed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -41,6 +42,7 @@ from .upload import (
     gather,
     guess_content_type,
     planned_part_size,
+    process_alive,
     put_object,
     streamed_part_size,
 )
@@ -63,6 +65,21 @@ class WriteBack:
         self.kept_dir = os.path.join(opts.cache_dir, "lost+found")
         self.files: dict[int, OpenFile] = {}
         self.nursery: trio.Nursery | None = None  # for streaming parts; set by the mount loop
+        self._report_leftovers()
+
+    def _report_leftovers(self) -> None:
+        """Spill files of daemons that died: data acknowledged to no one, but worth a look."""
+        base = os.path.dirname(self.spill_dir)
+        with contextlib.suppress(OSError):
+            for pid in os.listdir(base):
+                path = os.path.join(base, pid)
+                if pid.isdigit() and not process_alive(pid) and os.listdir(path):
+                    log.warning(
+                        "%s holds the unsaved writes of s3fuse process %s, which did not exit cleanly; "
+                        "nothing uploads them automatically",
+                        path,
+                        pid,
+                    )
 
     def open(self, node: Node, exists: bool) -> OpenFile:
         """A writable handle on node: the inode's OpenFile, shared with its other handles."""
@@ -101,6 +118,8 @@ class WriteBack:
                 of.keep_locally(str(exc))
             of.close()
         self.files.clear()
+        with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is
+            os.rmdir(self.spill_dir)
 
 
 class OpenFile:

@@ -58,6 +58,10 @@ def test_cleanup_aborts_only_what_a_crashed_daemon_left(s3, bucket, mount, moto,
     assert uploads(s3, bucket) == {"other/upload": foreign}  # never another program's upload
     assert "aborted 0 upload(s)" in cleanup("--older-than", "0")  # and the record is gone
 
+    # the next mount with that cache dir points at the crashed daemon's unsaved writes
+    again = mount(bucket)
+    assert f"s3fuse process {daemon.proc.pid}, which did not exit cleanly" in mount.log_text(again)
+
 
 @pytest.mark.parametrize(("text", "seconds"), [("0", 0), ("90", 90), ("30m", 1800), ("12h", 43200), ("1d", 86400)])
 def test_parse_duration(text, seconds):

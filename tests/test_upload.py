@@ -32,6 +32,7 @@ def test_copy_above_the_single_copy_limit_is_a_multipart_copy(s3, bucket, client
     data = random.Random(1).randbytes(20 * MiB + 3)
     s3.put_object(Bucket=bucket, Key="src", Body=data, ContentType="text/x-test", Metadata={"mode": "33188"})
     monkeypatch.setattr(upload, "MAX_SINGLE_COPY", MiB)
+    monkeypatch.setattr(upload, "COPY_PART", 0)  # parts of planned_part_size: 8 MiB
     registry = UploadRegistry(str(tmp_path), bucket)
     etag = trio.run(copy_object, client, "src", "dst", len(data), registry)
     assert etag.strip('"').endswith("-3")  # three 8 MiB parts (the last one short)

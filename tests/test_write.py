@@ -565,24 +565,25 @@ def test_rsync_twice_transfers_nothing_the_second_time(s3, bucket, mount, tmp_pa
 
 
 def test_dd_notrunc_copies_unchanged_ranges_in_s3(s3, bucket, mount, proxy, tmp_path):
-    """A 1 MiB patch into a 40 MiB object: the unchanged parts are UploadPartCopy, not re-sent."""
-    size = 40 * MIB
-    original = randbytes(10, size)
+    """A 1 MiB patch into a 256 MiB object: the unchanged parts are UploadPartCopy, not re-sent."""
+    size = 256 * MIB
+    original = os.urandom(size)  # (random.randbytes is limited to 2**31 bits)
     s3.put_object(Bucket=bucket, Key="obj", Body=original)
     patch = randbytes(11, MIB)
     (tmp_path / "patch").write_bytes(patch)
     mnt = mount(bucket, "--endpoint-url", proxy.url, endpoint=False)
     mark = proxy.mark()
-    run(["dd", f"if={tmp_path / 'patch'}", f"of={mnt / 'obj'}", "bs=1M", "seek=17", "count=1", "conv=notrunc"])
+    run(["dd", f"if={tmp_path / 'patch'}", f"of={mnt / 'obj'}", "bs=1M", "seek=129", "count=1", "conv=notrunc"])
     seen = [r for r in proxy.since(mark) if r.key == "obj"]
 
-    expected = original[: 17 * MIB] + patch + original[18 * MIB :]
+    expected = original[: 129 * MIB] + patch + original[130 * MIB :]
     assert body_of(s3, bucket, "obj") == expected
     copies = [r for r in seen if is_part_upload(r) and r.copy_source is not None]
     sends = [r for r in seen if is_part_upload(r) and r.copy_source is None]
     assert copies and sends, seen
     assert len(copies) + len(sends) <= 3
-    assert sum(r.sent for r in sends) <= 8 * MIB, "only the part holding the patch is uploaded"
+    sent = sum(r.sent for r in seen)  # every byte sent to the server, request bodies included
+    assert sent < 20 * MIB and sum(r.sent for r in sends) <= 8 * MIB, "only the part holding the patch is sent"
     copied = 0
     for r in copies:
         first, last = r.headers["x-amz-copy-source-range"].removeprefix("bytes=").split("-")
