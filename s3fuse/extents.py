@@ -17,12 +17,6 @@ class Extents:
         self._starts: list[int] = []
         self._ends: list[int] = []
 
-    def __bool__(self) -> bool:
-        return bool(self._starts)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(zip(self._starts, self._ends, strict=True))
-
     def add(self, start: int, end: int) -> None:
         if start >= end:
             return

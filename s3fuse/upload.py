@@ -29,8 +29,7 @@ from .s3client import S3Client, S3Error, s3_error
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-S3_MIN_PART = 5 * MiB  # every part but the last must be at least this big
-MIN_PART = 8 * MiB
+MIN_PART = 8 * MiB  # S3 wants at least 5 MiB in every part but the last
 MAX_PARTS = 10_000
 MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit; larger objects are copied part by part
 SINGLE_PUT_LIMIT = MIN_PART  # files up to this size are one PutObject

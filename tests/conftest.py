@@ -276,7 +276,8 @@ class MotoServer:
             if not m:
                 continue
             split = urlsplit(m.group(2))
-            req = Request(m.group(1), unquote(split.path), parse_qs(split.query, keep_blank_values=True), int(m.group(3)))
+            query = parse_qs(split.query, keep_blank_values=True)  # '?uploads' has no value
+            req = Request(m.group(1), unquote(split.path), query, int(m.group(3)))
             if bucket is None or req.bucket == bucket:
                 out.append(req)
         return out
