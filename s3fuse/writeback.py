@@ -94,8 +94,11 @@ class WriteBack:
         """One writable handle is gone; the last one saves what is left or keeps it locally."""
         of.handles -= 1
         of.node.writers -= 1
-        if of.handles > 0:
-            return
+        if of.handles == 0:
+            await self._last_close(of)
+
+    async def _last_close(self, of: OpenFile) -> None:
+        """Save what is left, or keep it locally; then the OpenFile is gone."""
         try:
             await of.save()
         except S3Error as exc:
@@ -112,17 +115,14 @@ class WriteBack:
     async def shutdown(self) -> None:
         """Unmounting: every file still open is saved, or kept in lost+found."""
         for of in list(self.files.values()):
-            try:
-                await of.save()
-            except S3Error as exc:
-                of.keep_locally(str(exc))
-            of.close()
-        self.files.clear()
+            await self._last_close(of)
         with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is
             os.rmdir(self.spill_dir)
 
 
 class OpenFile:
+    """One inode open for writing: its unsaved bytes and attributes, and how to save them."""
+
     def __init__(self, wb: WriteBack, node: Node, exists: bool) -> None:
         self.wb = wb
         self.node = node
