@@ -1,4 +1,4 @@
-"""Changes to the tree: mkdir, rmdir, unlink, rename, symlink, directory attributes.
+"""Changes to the tree: mkdir, rmdir, unlink, rename, symlink.
 
 Owns how each maps to S3 requests (a directory is a ``dir/`` marker object, a
 rename is copies then deletes, a symlink is an object holding its target with an
@@ -62,15 +62,6 @@ class Mutations:
         info.etag = await put_object(self.s3, key, target, headers)
         self.blocks.put((key, info.etag, 0), target)  # readlink needs no GET
         return self.ns.added(path, info)
-
-    def set_dir_attributes(self, node: Node, changes: dict[str, int]) -> None:
-        """chmod/chown/utimes of a directory: kept in memory, not in S3.
-
-        Listings carry no headers, so a marker's headers would never be read back;
-        writing them would cost a PutObject per change (two per directory of a tar
-        archive) for nothing s3fuse could see. mkdir does store the initial ones.
-        """
-        self.ns.added(node.path, dataclasses.replace(node.info, **changes))
 
     async def _put_marker(self, path: str, info: EntryInfo) -> None:
         headers = ObjectHeaders(DIRECTORY_CONTENT_TYPE, info.posix_headers(with_mtime=True))

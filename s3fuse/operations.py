@@ -351,21 +351,18 @@ class S3Operations(pyfuse3.Operations):
             (fields.update_mtime, "mtime_ns", attr.st_mtime_ns, now.st_mtime_ns),
         )
         changes = {name: new for wanted, name, new, old in requested if wanted and new != old}
-        if self._memory_only(node, changes):
+        if not (changes or fields.update_size):
+            return self._attributes(node)  # atime or ctime alone: not kept
+        if not fields.update_size and self._memory_only(node, changes):
             info = dataclasses.replace(node.info, **changes)
             if self.ns.inodes.by_path(node.path) is node:
-                self.ns.added(node.path, info)  # the caches too, or a listing would bring back the old time
+                self.ns.added(node.path, info)  # the caches too, or a listing would bring back the old value
             else:
                 node.info = info
             return self._attributes(node)
-        if not (changes or fields.update_size):
-            return self._attributes(node)  # atime or ctime alone: not kept
+        if node.info.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)  # a truncate
         with errno_of_s3("setattr", node.path):
-            if node.info.is_dir:
-                if fields.update_size:
-                    raise pyfuse3.FUSEError(errno.EISDIR)
-                self.mut.set_dir_attributes(node, changes)
-                return self._attributes(node)
             writer = self.wb.files.get(inode)
             if writer is None:  # not open for writing: a one-off change saved right away
                 writer = self.wb.open(await self._revalidate(node, "setattr"), exists=True)
@@ -379,13 +376,19 @@ class S3Operations(pyfuse3.Operations):
         return self._attributes(node)
 
     def _memory_only(self, node: Node, changes: dict[str, int]) -> bool:
-        """Changes not worth a request: to an inode no name leads to any more (the kernel
-        sends the times of unlinked or replaced files when it evicts them), or an mtime
-        that moved by less than a second, the precision of x-amz-meta-mtime (the
-        kernel's own stamp of a write s3fuse already saved, sent late)."""
-        if self.ns.inodes.by_path(node.path) is not node:
+        """Changes kept in memory, with no request to S3.
+
+        - to an inode no name leads to any more (the kernel sends the times of
+          unlinked or replaced files when it evicts them);
+        - to a directory: listings carry no headers and s3fuse never reads a marker's,
+          so stored directory attributes could not be seen, while writing them would
+          cost a PutObject per change (two per directory of a tar archive);
+        - an mtime that moved by less than a second, the precision of x-amz-meta-mtime
+          (the kernel's own stamp of a write s3fuse already saved, sent late).
+        """
+        if node.info.is_dir or self.ns.inodes.by_path(node.path) is not node:
             return True
-        if set(changes) != {"mtime_ns"} or node.info.is_dir or node.writers:
+        if set(changes) != {"mtime_ns"} or node.writers:
             return False
         current = node.info.mtime_ns if node.info.mtime_ns is not None else self.mount_time_ns
         return abs(changes["mtime_ns"] - current) < 1_000_000_000

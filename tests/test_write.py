@@ -854,3 +854,20 @@ def test_sigterm_saves_files_still_open(s3, bucket, mount):
             os.close(fd)
     daemon.checked = True
     assert body_of(s3, bucket, "open.bin") == data
+
+
+def test_unlinked_open_file_still_truncates(s3, bucket, mount):
+    """An open file keeps working after unlink, truncate included; nothing reaches S3."""
+    mnt = mount(bucket)
+    fd = os.open(mnt / "tmp.bin", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, b"0123456789")
+        os.fsync(fd)
+        os.unlink(mnt / "tmp.bin")
+        os.ftruncate(fd, 4)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read from the daemon, not the page cache
+        assert os.pread(fd, 100, 0) == b"0123"
+        assert os.fstat(fd).st_size == 4
+    finally:
+        os.close(fd)
+    assert keys_of(s3, bucket) == {}
