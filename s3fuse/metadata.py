@@ -171,13 +171,11 @@ class MetadataCache:
 
     def forget(self, path: str, tree: bool = False) -> None:
         """Forget a path; with ``tree`` also everything below it (a directory's contents)."""
+        below = path + "/"
         for cache in (self.entries, self.negatives, self.listings, self.headers):
             cache.pop(path, None)
-        if tree:
-            below = path + "/"
-            for cache in (self.entries, self.negatives, self.listings, self.headers):
-                for key in [k for k in cache if k.startswith(below)]:
-                    cache.pop(key, None)
+            for key in [k for k in cache if k.startswith(below)] if tree else ():
+                cache.pop(key, None)
 
     def put_listing(self, path: str, items: Listing) -> None:
         """Keep a complete listing, if it fits, for repeated readdirs within the dir TTL."""

@@ -138,28 +138,26 @@ class Namespace:
         self.meta.put(path, info)
         self.meta.remember_headers(path, info)
         self._update_listing(path, info)
-        node = self.inodes.by_path(path)
-        if node is not None and node.info.kind == info.kind:
-            node.info = info
-            return node
         return self.inodes.resolve(path, info)
 
     def removed(self, path: str, is_dir: bool) -> None:
         """path no longer exists; open handles keep their inode."""
-        self.meta.forget(path, tree=is_dir)
-        self.meta.put_negative(path)
-        self._update_listing(path, None)
         self.inodes.detach(path, tree=is_dir)
+        self._forget_name(path, is_dir)
 
     def moved(self, old: str, new: str, info: EntryInfo) -> Node:
         """An entry (and, for a directory, everything below it) now lives at ``new``."""
         self.meta.forget(new, tree=info.is_dir)
         self.inodes.detach(new, tree=info.is_dir)  # what the rename replaced
         self.inodes.move(old, new, tree=info.is_dir)
-        self.meta.forget(old, tree=info.is_dir)
-        self.meta.put_negative(old)
-        self._update_listing(old, None)
+        self._forget_name(old, info.is_dir)
         return self.added(new, info)
+
+    def _forget_name(self, path: str, is_dir: bool) -> None:
+        """The caches learn that nothing is at path any more."""
+        self.meta.forget(path, tree=is_dir)
+        self.meta.put_negative(path)
+        self._update_listing(path, None)
 
     def _update_listing(self, path: str, info: EntryInfo | None) -> None:
         """Keep a cached listing of the parent true to a change made here.
