@@ -37,6 +37,8 @@ class Extents:
             self._ends[-1] = size
 
     def intersects(self, start: int, end: int) -> bool:
+        if start >= end:
+            return False  # an empty range holds nothing
         i = bisect_right(self._ends, start)
         return i < len(self._starts) and self._starts[i] < end
 

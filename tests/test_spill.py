@@ -72,3 +72,9 @@ def test_spill_file_reads_what_a_local_file_would_hold(tmp_path_factory, base, o
         assert spill.needs_base(start, end) == bool(fetched)
     finally:
         spill.close()
+
+
+def test_an_empty_range_intersects_nothing():
+    extents = Extents()
+    extents.add(0, 2)  # the case hypothesis found
+    assert not extents.intersects(1, 1)
