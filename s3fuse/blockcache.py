@@ -2,11 +2,13 @@
 
 Owns the cached bytes and the fetches in flight: two readers that want the same
 block wait for one GET. Blocks are keyed by (key, ETag, index), so a new version of
-an object can never be served from an old version's blocks.
+an object can never be served from an old version's blocks; the buckets of an
+all-buckets mount share one cache through ``scoped`` views, whose keys never meet.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Hashable
 
 import trio
@@ -26,20 +28,31 @@ class BlockCache:
     def __init__(self, max_bytes: int) -> None:
         self._lru: LRUCache[Hashable, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
         self._inflight: dict[Hashable, _Fetch] = {}
+        self._scope: Hashable = None
+
+    def scoped(self, scope: Hashable) -> BlockCache:
+        """A view on the same memory whose keys are apart from every other scope's (one per bucket).
+
+        ETags are not unique across buckets: some servers derive them from other than the content.
+        """
+        view = copy.copy(self)
+        view._scope = scope
+        return view
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._lru or key in self._inflight
+        return (self._scope, key) in self._lru or (self._scope, key) in self._inflight
 
     def peek(self, key: Hashable) -> bytes | None:
-        return self._lru.get(key)
+        return self._lru.get((self._scope, key))
 
     def put(self, key: Hashable, data: bytes) -> None:
         """Cache bytes known without a fetch (just uploaded)."""
         if len(data) <= self._lru.maxsize:
-            self._lru[key] = data
+            self._lru[(self._scope, key)] = data
 
-    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def get(self, block: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
         """The block's bytes, from the cache, from a fetch already in flight, or fetched now."""
+        key = (self._scope, block)
         data = self._lru.get(key)
         if data is not None:
             return data
@@ -60,7 +73,7 @@ class BlockCache:
             return pending.data
         await pending.done.wait()
         if isinstance(pending.error, trio.Cancelled):
-            return await self.get(key, fetch)  # the fetching task was cancelled, not us
+            return await self.get(block, fetch)  # the fetching task was cancelled, not us
         if pending.error is not None:
             raise pending.error
         assert pending.data is not None

@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from typing import Any
 
 import botocore.exceptions
 
-from .options import default_cache_dir
+from .options import default_cache_dir, parse_duration
 from .s3client import ClientSettings, make_boto_client
 from .upload import MiB, UploadRegistry, process_alive
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """'90', '30m', '12h', '1d' or '2w' to seconds."""
-    m = _DURATION_RE.match(text.lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 12h, 1d)")
-    return float(m.group(1)) * _SECONDS[m.group(2)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""The ``s3fuse`` command: ``s3fuse BUCKET[:PREFIX] MOUNTPOINT``, ``s3fuse demo MOUNTPOINT``
-and ``s3fuse cleanup BUCKET``."""
+"""The ``s3fuse`` command: ``s3fuse BUCKET[:PREFIX] MOUNTPOINT``, ``s3fuse s3:// MOUNTPOINT`` (every
+bucket), ``s3fuse demo MOUNTPOINT`` and ``s3fuse cleanup BUCKET``."""
 
 from __future__ import annotations
 

@@ -31,11 +31,13 @@ class Node:
 class InodeTable:
     """inode <-> Node, path -> Node."""
 
-    def __init__(self, root_info: EntryInfo) -> None:
+    def __init__(self, root_info: EntryInfo, root_inode: int = pyfuse3.ROOT_INODE) -> None:
+        """New inodes are numbered up from root_inode (an all-buckets mount gives each bucket a range)."""
         self._by_inode: dict[int, Node] = {}
         self._by_path: dict[str, Node] = {}
-        self._next = pyfuse3.ROOT_INODE + 1
-        root = Node(pyfuse3.ROOT_INODE, "", root_info)
+        self.root_inode = root_inode
+        self._next = root_inode + 1
+        root = Node(root_inode, "", root_info)
         root.nlookup = 1  # the root is never forgotten
         self._by_inode[root.inode] = root
         self._by_path[""] = root
@@ -82,7 +84,7 @@ class InodeTable:
 
     def forget(self, inode: int, count: int) -> None:
         node = self._by_inode.get(inode)
-        if node is None or inode == pyfuse3.ROOT_INODE:
+        if node is None or inode == self.root_inode:
             return
         node.nlookup -= count
         if node.nlookup <= 0:

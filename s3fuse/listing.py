@@ -1,4 +1,5 @@
-"""Directory contents from delimited ListObjectsV2, streamed a page at a time.
+"""Directory contents from delimited ListObjectsV2 (or ListObjects v1: ``S3Client.list_page``),
+streamed a page at a time.
 
 Owns the rules that turn a listing into directory entries: common prefixes are
 directories (a ``dir/`` marker object is one too), other keys are files, names that
@@ -44,7 +45,7 @@ class DirectoryStream:
         params: dict[str, Any] = {"Prefix": self.prefix, "Delimiter": "/", "MaxKeys": self.page_size}
         if self._token:
             params["ContinuationToken"] = self._token
-        page = await self.s3.call("list_objects_v2", **params)
+        page = await self.s3.list_page(**params)
         batch = self.feed(page)
         self._token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not self._token:
@@ -112,7 +113,7 @@ async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Wind
     """
     start_after = start_after_for(prefix + name)
     stream = DirectoryStream(s3, prefix, page_size=size)
-    resp = await s3.call("list_objects_v2", Prefix=prefix, Delimiter="/", StartAfter=start_after, MaxKeys=size)
+    resp = await s3.list_page(Prefix=prefix, Delimiter="/", StartAfter=start_after, MaxKeys=size)
     entries = stream.feed(resp)
     complete = not resp.get("IsTruncated")
     held = stream.release_held()

@@ -21,9 +21,11 @@ import botocore.exceptions
 import pyfuse3
 import trio
 
+from .allbuckets import AllBucketsOperations
 from .localserver import start_demo_server
 from .operations import S3Operations
-from .s3client import ClientSettings, RedactSecrets, S3Client, make_boto_client
+from .options import ALL_BUCKETS
+from .s3client import ClientSettings, RedactSecrets, RequestOptions, S3Client, make_boto_client, region_of
 
 log = logging.getLogger("s3fuse")
 
@@ -44,6 +46,13 @@ def settings_of(opts: argparse.Namespace) -> ClientSettings:
         max_connections=opts.max_connections,
         timeout=opts.timeout,
         max_attempts=opts.retries,
+        request=RequestOptions(
+            requester_pays=opts.requester_pays,
+            sse_c_key=opts.sse_c_key,
+            acl=opts.acl,
+            storage_class=opts.storage_class,
+            list_version=opts.list_version,
+        ),
     )
 
 
@@ -66,6 +75,7 @@ def describe_failure(exc: BaseException, opts: argparse.Namespace) -> str:
     """One line naming the cause of a failed start-up check."""
     where = opts.endpoint_url or "AWS S3"
     bucket = opts.bucket_name
+    checked = "the list of buckets" if opts.all_buckets else f"bucket {bucket!r}"
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile"
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
@@ -76,34 +86,37 @@ def describe_failure(exc: BaseException, opts: argparse.Namespace) -> str:
         return f"cannot connect to S3 endpoint {where}"
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code"))
-        if code in ("404", "NoSuchBucket", "NotFound"):
+        if code in ("404", "NoSuchBucket", "NotFound") and not opts.all_buckets:
             return f"bucket {bucket!r} does not exist at {where}"
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return f"access to bucket {bucket!r} denied at {where}: check the credentials ({code})"
-        if code in ("301", "PermanentRedirect"):
+            return f"access to {checked} denied at {where}: check the credentials ({code})"
+        if code in ("301", "PermanentRedirect") and not opts.all_buckets:
             region = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
             return f"bucket {bucket!r} is in another region{f' ({region}); use --region {region}' if region else ''}"
-        return f"S3 refused access to bucket {bucket!r}: {code}"
-    return f"checking bucket {bucket!r} at {where} failed: {exc}"
+        return f"S3 refused access to {checked}: {code}"
+    return f"checking {checked} at {where} failed: {exc}"
 
 
 def check_bucket(opts: argparse.Namespace) -> tuple[Any, list[str]]:
-    """HeadBucket (and GetBucketLocation without --region); the client to mount with."""
+    """HeadBucket (and GetBucketLocation without --region), or ListBuckets with --all-buckets;
+    the client to mount with."""
     quick = dataclasses.replace(settings_of(opts), timeout=CHECK_TIMEOUT, max_attempts=2)
     try:
         client, secrets = make_boto_client(quick)
         region = opts.region
-        if region is None:
+        if region is None and not opts.all_buckets:  # all buckets: each one's region is asked at its first use
             try:
-                location = client.get_bucket_location(Bucket=opts.bucket_name).get("LocationConstraint")
-                region = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
+                region = region_of(client.get_bucket_location(Bucket=opts.bucket_name).get("LocationConstraint"))
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchBucket", "404"):
                     raise
                 # Not allowed to ask: HeadBucket below still proves access.
             if region and region != client.meta.region_name:
                 client, secrets = make_boto_client(quick, region)
-        client.head_bucket(Bucket=opts.bucket_name)
+        if opts.all_buckets:
+            client.list_buckets()
+        else:
+            client.head_bucket(Bucket=opts.bucket_name)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise MountError(describe_failure(exc, opts)) from exc
     full, _ = make_boto_client(settings_of(opts), client.meta.region_name)
@@ -150,7 +163,7 @@ def sync_mount(mountpoint: str) -> None:
         os.close(fd)
 
 
-async def _serve(ops: S3Operations) -> None:
+async def _serve(ops: S3Operations | AllBucketsOperations) -> None:
     async def stop_on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -200,8 +213,9 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
     handler.addFilter(RedactSecrets(secrets))
 
     s3 = S3Client(client, opts.bucket_name, settings_of(opts))
-    ops = S3Operations(s3, opts)
-    fuse_options = set(pyfuse3.default_options) | {f"fsname=s3fuse:{opts.bucket_name}", "subtype=s3fuse", "noatime"}
+    ops = AllBucketsOperations(s3, settings_of(opts), opts) if opts.all_buckets else S3Operations(s3, opts)
+    fsname = ALL_BUCKETS if opts.all_buckets else opts.bucket_name
+    fuse_options = set(pyfuse3.default_options) | {f"fsname=s3fuse:{fsname}", "subtype=s3fuse", "noatime"}
     if opts.read_only:
         fuse_options.add("ro")
     if opts.allow_other:
@@ -213,7 +227,8 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
         return 1
     tune_kernel_read_ahead(opts.mountpoint, opts.kernel_read_ahead)
     where = opts.endpoint_url or "AWS"
-    log.info("mounted s3://%s/%s (%s) at %s", opts.bucket_name, opts.prefix, where, opts.mountpoint)
+    source = ALL_BUCKETS if opts.all_buckets else f"s3://{opts.bucket_name}/{opts.prefix}"
+    log.info("mounted %s (%s) at %s", source, where, opts.mountpoint)
     report("ok")
     if report_fd is not None:
         detach_stdio()

@@ -85,7 +85,7 @@ class Mutations:
 
     async def _ensure_empty(self, path: str) -> None:
         marker = self._marker_key(path)
-        page = await self.s3.call("list_objects_v2", Prefix=marker, MaxKeys=2)
+        page = await self.s3.list_page(Prefix=marker, MaxKeys=2)
         if any(obj["Key"] != marker for obj in page.get("Contents", ())) or any(
             of.never_saved for of in self.wb.under(path)
         ):
@@ -131,7 +131,7 @@ class Mutations:
             params: dict[str, Any] = {"Prefix": old, "MaxKeys": 1000}
             if token:
                 params["ContinuationToken"] = token
-            page = await self.s3.call("list_objects_v2", **params)
+            page = await self.s3.list_page(**params)
             objects = page.get("Contents", [])
             await gather(
                 (

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -34,11 +34,12 @@ class Namespace:
         s3: S3Client,
         opts: argparse.Namespace,
         invalidate: Callable[[int], None],
+        root_inode: int,
     ) -> None:
         self.s3 = s3
         self.opts = opts
         self.root_prefix: str = opts.prefix
-        self.inodes = InodeTable(directory())
+        self.inodes = InodeTable(directory(), root_inode)
         self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
         self.siblings = SiblingTracker(opts.prefetch_files, ObjectReader.SMALL_OBJECT)
@@ -103,7 +104,7 @@ class Namespace:
         covered = window.complete or (window.last_key is not None and window.last_key >= key + "/")
         if not covered:
             # The window ended before 'name/' could appear: ask for that prefix directly.
-            probe = await self.s3.call("list_objects_v2", Prefix=key + "/", MaxKeys=1)
+            probe = await self.s3.list_page(Prefix=key + "/", MaxKeys=1)
             if probe.get("KeyCount", 0) or probe.get("Contents"):
                 return directory()
         if found is not None and not found.is_dir and self.opts.posix_metadata:
@@ -177,8 +178,9 @@ class Namespace:
 
     # ---- directories
 
-    def open_dir(self, node: Node) -> DirHandle:
-        return DirHandle(self, node.path)
+    def open_dir(self, node: Node, reserved: Sequence[tuple[str, EntryInfo | None]] = ()) -> DirHandle:
+        """A handle on node's listing; ``reserved`` names are the mount's own (listed when info is given)."""
+        return DirHandle(self, node.path, reserved)
 
 
 class DirHandle:
@@ -189,14 +191,17 @@ class DirHandle:
     directory. Seeking back (rewinddir) restarts the listing.
     """
 
-    def __init__(self, ns: Namespace, path: str) -> None:
+    def __init__(self, ns: Namespace, path: str, reserved: Sequence[tuple[str, EntryInfo | None]] = ()) -> None:
         self.ns = ns
         self.path = path
+        # Names of the mount's control directories: keys of the same name are hidden.
+        self.shown = [(name, info) for name, info in reserved if info is not None]
+        self.hidden = {name for name, _ in reserved}
         self._restart()
 
     def _restart(self) -> None:
         cached = self.ns.meta.get_listing(self.path)
-        self.entries: list[tuple[str, EntryInfo]] = list(cached.items()) if cached is not None else []
+        self.entries: list[tuple[str, EntryInfo]] = self.shown + (list(cached.items()) if cached is not None else [])
         self.base = 0  # index of entries[0]
         self.stream = None if cached is not None else self._new_stream()
         # Small directories are kept whole for the dir TTL; None once too large.
@@ -212,7 +217,7 @@ class DirHandle:
         while index >= self.base + len(self.entries):
             if self.stream is None or self.stream.done:
                 return None
-            batch = await self.stream.next_batch()
+            batch = [item for item in await self.stream.next_batch() if item[0] not in self.hidden]
             if self.ns.opts.posix_metadata:
                 batch = await self._with_metadata(batch)
             self._remember(batch)

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import count
@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from .blockcache import BlockCache
+from .controldir import CONTROL_DIR, ControlDir, ControlDirHandle, ControlFile, document_name, in_control_dir
 from .inodes import Node
 from .metadata import EntryInfo
 from .mutations import Mutations, new_entry
@@ -31,7 +32,9 @@ from .names import NAME_MAX, decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
+from .upload import HeaderChanges
 from .writeback import OpenFile, WriteBack
+from .xattrs import Xattrs
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def errno_of_s3(action: str, path: str) -> Iterator[None]:
     try:
         yield
     except S3Error as exc:
-        level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENOTEMPTY) else logging.WARNING
+        level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.ENODATA) else logging.WARNING
         log.log(level, "%s %r failed: %s", action, path, exc)
         raise pyfuse3.FUSEError(exc.errno) from None
 
@@ -55,6 +58,7 @@ class FileHandle:
     node: Node
     reader: ObjectReader | None = None  # for the version in S3; replaced when it changes
     writer: OpenFile | None = None  # set when opened for writing
+    control: ControlFile | None = None  # a file of the control directory .s3/
 
 
 class S3Operations(pyfuse3.Operations):
@@ -63,18 +67,30 @@ class S3Operations(pyfuse3.Operations):
     # trip) and sends them all before close() reaches flush, so durability holds.
     enable_writeback_cache = True
 
-    def __init__(self, s3: S3Client, opts: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        s3: S3Client,
+        opts: argparse.Namespace,
+        root_inode: int = pyfuse3.ROOT_INODE,
+        blocks: BlockCache | None = None,
+    ) -> None:
+        """root_inode: the first inode and handle number of this tree; blocks: a block cache to share.
+
+        Both let allbuckets.py run one tree per bucket in one mount.
+        """
         super().__init__()
         self.s3 = s3
         self.opts = opts
-        self.ns = Namespace(s3, opts, self._invalidate_soon)
-        self.blocks = BlockCache(opts.cache_size)
+        self.ns = Namespace(s3, opts, self._invalidate_soon, root_inode)
+        self.blocks = blocks if blocks is not None else BlockCache(opts.cache_size)
         self.mount_time_ns = time.time_ns()
         self.wb = WriteBack(s3, self.ns, self.blocks, opts)
         self.mut = Mutations(s3, self.ns, self.wb, self.blocks, opts)
-        self._handles = count(1)
+        self.control = ControlDir(s3, opts)
+        self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers)
+        self._handles = count(root_inode)
         self._files: dict[int, FileHandle] = {}
-        self._dirs: dict[int, DirHandle] = {}
+        self._dirs: dict[int, DirHandle | ControlDirHandle] = {}
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -99,6 +115,7 @@ class S3Operations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         if not parent.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self._refuse_in_control_dir(parent)
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         text = decode_name(name)
@@ -106,6 +123,13 @@ class S3Operations(pyfuse3.Operations):
             log.warning("refusing name %r: S3 keys must be UTF-8", name)
             raise pyfuse3.FUSEError(errno.EINVAL)
         return join(parent.path, text)
+
+    @staticmethod
+    def _refuse_in_control_dir(*nodes: Node) -> None:
+        """.s3/ holds the bucket's configuration files, which are edited, not moved or created."""
+        if any(in_control_dir(node.path) for node in nodes):
+            log.warning("%s/ holds bucket configuration files only; they can be read, written and removed", CONTROL_DIR)
+            raise pyfuse3.FUSEError(errno.EPERM)
 
     async def _revalidate(self, node: Node, action: str) -> Node:
         """node with attributes at most attr-ttl old.
@@ -134,6 +158,8 @@ class S3Operations(pyfuse3.Operations):
         # A file's attributes may be trusted only for what is left of their TTL; a
         # directory has none that change.
         ttl = opts.attr_ttl if info.is_dir else max(0.0, opts.attr_ttl - info.age())
+        if in_control_dir(node.path):
+            ttl = 0.0  # a configuration file's size changes with what another client puts
         attr.entry_timeout = attr.attr_timeout = ttl
         perm = info.mode if info.mode is not None else (opts.dir_mode if info.is_dir else opts.file_mode)
         attr.st_mode = info.kind | stat.S_IMODE(perm)
@@ -178,6 +204,17 @@ class S3Operations(pyfuse3.Operations):
         if text is None or not parent.info.is_dir:
             return None
         with errno_of_s3("lookup", join(parent.path, text)):
+            if parent.path == "" and text == CONTROL_DIR:
+                return self.ns.inodes.resolve(CONTROL_DIR, self.control.info())
+            if parent.path == CONTROL_DIR:
+                info = await self.control.lookup(text)
+                if info is None:
+                    return None
+                # The kernel keeps its own size for a regular file (writeback cache): a
+                # document of another length needs another inode.
+                known = self.ns.inodes.by_path(join(CONTROL_DIR, text))
+                changed = known is not None and known.info.size != info.size
+                return self.ns.inodes.resolve(join(CONTROL_DIR, text), info, new_inode=changed)
             return await self.ns.lookup(parent, text)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -186,6 +223,8 @@ class S3Operations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if in_control_dir(node.path):
+            return self._attributes(node)
         with errno_of_s3("stat", node.path):
             fresh = await self.ns.revalidate(node)
         if fresh is None:
@@ -211,7 +250,13 @@ class S3Operations(pyfuse3.Operations):
         if not node.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = next(self._handles)
-        self._dirs[fh] = self.ns.open_dir(node)
+        if node.path == CONTROL_DIR:
+            self._dirs[fh] = ControlDirHandle(self.control)
+        elif node.path == "":
+            shown = self.control.info() if self.opts.show_control_dir else None
+            self._dirs[fh] = self.ns.open_dir(node, reserved=[(CONTROL_DIR, shown)])
+        else:
+            self._dirs[fh] = self.ns.open_dir(node)
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -219,7 +264,7 @@ class S3Operations(pyfuse3.Operations):
         with errno_of_s3("list", handle.path):
             await self._readdir(handle, start_id, token)
 
-    async def _readdir(self, handle: DirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def _readdir(self, handle: DirHandle | ControlDirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         index = start_id
         while True:
             try:
@@ -248,6 +293,8 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if in_control_dir(node.path):
+            return await self._open_control(node, flags, create=False)
         fresh = await self._revalidate(node, "open")  # close-to-open: at most attr-ttl old
         handle = FileHandle(fresh)
         if flags & os.O_ACCMODE != os.O_RDONLY:
@@ -267,9 +314,31 @@ class S3Operations(pyfuse3.Operations):
                 self._reader(join(parent, sibling), sibling_info).prefetch_small_object()
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
+    async def _open_control(self, node: Node, flags: int, create: bool) -> pyfuse3.FileInfo:
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        with errno_of_s3("open", node.path):
+            document = self.control.document(document_name(node.path))
+            if writing and not document.writable:
+                raise pyfuse3.FUSEError(errno.EACCES)
+            opened = await self.control.open(document.name, truncate=bool(flags & os.O_TRUNC), create=create)
+        fh = next(self._handles)
+        self._files[fh] = FileHandle(node, control=opened)
+        node.info = dataclasses.replace(node.info, size=len(opened.content))
+        # direct_io: reads and writes reach the document itself, never a stale page cache
+        return pyfuse3.FileInfo(fh=fh, direct_io=True)
+
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._node(parent_inode)
+        if parent.path == CONTROL_DIR:
+            text = name.decode(errors="replace")
+            if not self.control.knows(text):
+                self._refuse_in_control_dir(parent)
+            node = self.ns.inodes.resolve(join(CONTROL_DIR, text), self.control.file_info(text, b""))
+            fi = await self._open_control(node, flags | os.O_TRUNC, create=True)
+            node.nlookup += 1
+            return fi, self._attributes(node)
         path = self._new_path(parent_inode, name)
         node = self.ns.added(path, new_entry(stat.S_IFREG, mode, ctx.uid, ctx.gid))
         handle = FileHandle(node, writer=self.wb.open(node, exists=False))
@@ -302,6 +371,8 @@ class S3Operations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._files[fh]
+        if handle.control is not None:
+            return handle.control.read(off, size)
         writer = self.wb.files.get(handle.node.inode)
         if writer is not None and writer.spill is not None:  # unsaved changes: read them
             with errno_of_s3("read", handle.node.path):
@@ -309,7 +380,12 @@ class S3Operations(pyfuse3.Operations):
         return await self._reader_for(handle).read(off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        writer = self._files[fh].writer
+        handle = self._files[fh]
+        if handle.control is not None:
+            handle.control.write(off, buf)
+            handle.node.info = dataclasses.replace(handle.node.info, size=len(handle.control.content))
+            return len(buf)
+        writer = handle.writer
         if writer is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         await writer.write(off, buf)
@@ -318,6 +394,9 @@ class S3Operations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         """close(): with the default durability contract, the data is in S3 when this returns."""
         handle = self._files[fh]
+        if handle.control is not None:
+            with errno_of_s3("save", handle.node.path):
+                await self.control.save(handle.control)
         if handle.writer is not None:
             with errno_of_s3("save", handle.node.path):
                 await handle.writer.save()
@@ -341,6 +420,8 @@ class S3Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if in_control_dir(node.path):
+            return self._setattr_control(node, attr, fields, fh)
         # Only real changes: with the writeback cache the kernel also sends the times it
         # already has (after a rename, for instance), which must not cost a copy.
         now = self._attributes(node)
@@ -363,16 +444,45 @@ class S3Operations(pyfuse3.Operations):
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)  # a truncate
         with errno_of_s3("setattr", node.path):
-            writer = self.wb.files.get(inode)
-            if writer is None:  # not open for writing: a one-off change saved right away
-                writer = self.wb.open(await self._revalidate(node, "setattr"), exists=True)
-                try:
-                    await self._change(writer, fields.update_size, attr.st_size, changes)
-                    await writer.save()
-                finally:
-                    await self.wb.release(writer)
-            else:
-                await self._change(writer, fields.update_size, attr.st_size, changes)
+            await self._change_file(
+                node, lambda writer: self._change(writer, fields.update_size, attr.st_size, changes)
+            )
+        return self._attributes(node)
+
+    async def _change_file(self, node: Node, change: Callable[[OpenFile], Awaitable[None]]) -> None:
+        """Apply a change to a file: folded into its pending upload, or saved right away."""
+        writer = self.wb.files.get(node.inode)
+        if writer is not None:
+            await change(writer)
+            return
+        writer = self.wb.open(await self._revalidate(node, "change"), exists=True)
+        try:
+            await change(writer)
+            await writer.save()
+        finally:
+            await self.wb.release(writer)
+
+    async def _change_headers(self, node: Node, changes: HeaderChanges) -> None:
+        async def apply(writer: OpenFile) -> None:
+            writer.set_headers(changes)
+
+        await self._change_file(node, apply)
+
+    def _setattr_control(
+        self, node: Node, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None
+    ) -> pyfuse3.EntryAttributes:
+        """Only a truncate of an open configuration file means something (O_TRUNC, shell '>')."""
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            self._refuse_in_control_dir(node)
+        if fields.update_size:
+            handle = self._files.get(fh) if fh is not None else None
+            opened = handle.control if handle is not None else None
+            if opened is None:
+                opened = next((h.control for h in self._files.values() if h.node is node and h.control), None)
+            if opened is None:
+                self._refuse_in_control_dir(node)
+            opened.truncate(attr.st_size)  # type: ignore[union-attr]
+            node.info = dataclasses.replace(node.info, size=attr.st_size)
         return self._attributes(node)
 
     def _memory_only(self, node: Node, changes: dict[str, int]) -> bool:
@@ -450,12 +560,17 @@ class S3Operations(pyfuse3.Operations):
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         with errno_of_s3("unlink", node.path):
+            if in_control_dir(node.path):
+                await self.control.delete(document_name(node.path))
+                self.ns.inodes.detach(node.path, tree=False)
+                return
             await self.mut.unlink(node)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._existing(parent_inode, name)
         if not node.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self._refuse_in_control_dir(node)
         with errno_of_s3("rmdir", node.path):
             await self.mut.rmdir(node)
 
@@ -472,6 +587,7 @@ class S3Operations(pyfuse3.Operations):
             log.warning("rename with RENAME_EXCHANGE refused: S3 cannot swap two objects atomically")
             raise pyfuse3.FUSEError(errno.EINVAL)
         node = await self._existing(parent_inode_old, name_old)
+        self._refuse_in_control_dir(node)
         new_path = self._new_path(parent_inode_new, name_new)
         target = await self._lookup(self._node(parent_inode_new), name_new)
         if target is not None:
@@ -489,21 +605,35 @@ class S3Operations(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         pass  # every change to the tree is in S3 when its call returns
 
-    # ---- extended attributes: not supported yet. ENOSYS (not ENODATA) makes the kernel
-    # answer every later call itself; 'ls -l' asks for security.selinux on each entry, and
-    # a round trip to this daemon costs about as much as listing the entry from S3.
+    # ---- extended attributes (see xattrs.py)
+
+    def _xattr_node(self, inode: int) -> Node:
+        node = self._node(inode)
+        if in_control_dir(node.path):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return node
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        node = self._xattr_node(inode)
+        with errno_of_s3("getxattr", node.path):
+            return await self.xattrs.get(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        node = self._node(inode)
+        if in_control_dir(node.path):
+            return []
+        with errno_of_s3("listxattr", node.path):
+            return [name.encode() for name in await self.xattrs.names(node, is_root=node.path == "")]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        node = self._xattr_node(inode)
+        with errno_of_s3("setxattr", node.path):
+            await self.xattrs.set(node, name.decode(errors="surrogateescape"), value, is_root=node.path == "")
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        node = self._xattr_node(inode)
+        with errno_of_s3("removexattr", node.path):
+            await self.xattrs.remove(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 
     async def shutdown(self) -> None:
         """Before exit: every file still open for writing is saved or kept locally."""

@@ -12,9 +12,21 @@ import os
 import re
 
 from . import __version__
+from .s3client import read_sse_c_key
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '30m', '12h', '1d' or '2w' to seconds."""
+    m = _DURATION_RE.match(text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 12h, 1d)")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
+
 
 # Mount-helper and generic FUSE options that need no action from s3fuse.
 IGNORED_MOUNT_OPTIONS = {
@@ -22,6 +34,12 @@ IGNORED_MOUNT_OPTIONS = {
     "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
     "nonempty", "async", "sync",
 }  # fmt: skip
+# The canned ACLs S3 accepts for objects (log-delivery-write is for buckets only).
+CANNED_OBJECT_ACLS = [
+    "private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
+    "bucket-owner-read", "bucket-owner-full-control",
+]  # fmt: skip
+ALL_BUCKETS = "s3://"  # as BUCKET: mount every bucket of the account
 # -o names that differ from the long option they mean.
 MOUNT_OPTION_ALIASES = {"ro": "read-only", "allow_other": "allow-other"}
 
@@ -49,14 +67,25 @@ def default_cache_dir() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="s3fuse",
-        description="Mount an S3 bucket (or a prefix of it) as a directory.",
+        description="Mount an S3 bucket (or a prefix of it), or every bucket of the account, as a directory.",
         epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server; "
         "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished. "
         "Credentials come from boto3's usual chain: environment, ~/.aws profiles, SSO, instance metadata.",
     )
     p.add_argument("--version", action="version", version=f"s3fuse {__version__}")
-    p.add_argument("bucket", metavar="BUCKET[:PREFIX]", help="bucket to mount, optionally with a key prefix")
+    p.add_argument(
+        "bucket",
+        nargs="?",
+        metavar="BUCKET[:PREFIX]",
+        help=f"bucket to mount, optionally with a key prefix; {ALL_BUCKETS} mounts every bucket (--all-buckets)",
+    )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    p.add_argument(
+        "--all-buckets",
+        action="store_true",
+        help="mount every bucket of the account, one directory each (mkdir and rmdir there create and "
+        f"delete buckets); the same as BUCKET {ALL_BUCKETS}",
+    )
     p.add_argument(
         "-o",
         dest="mount_options",
@@ -75,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="S3 endpoint (MinIO, Ceph, SeaweedFS, ...); default: AWS_ENDPOINT_URL(_S3) or AWS",
     )
     s3.add_argument("--profile", default=None, help="AWS profile from ~/.aws/config")
-    s3.add_argument("--region", default=None, help="bucket region; default: asked from S3 with GetBucketLocation")
+    s3.add_argument(
+        "--region",
+        default=None,
+        help="bucket region (with --all-buckets: of new buckets); default: asked from S3 with GetBucketLocation",
+    )
     s3.add_argument(
         "--addressing-style",
         choices=["auto", "path", "virtual"],
@@ -101,6 +134,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="attempts per S3 request (botocore 'standard' retry mode, with backoff; default: %(default)s)",
     )
 
+    req = p.add_argument_group("S3 requests (added to every request that takes them)")
+    req.add_argument(
+        "--requester-pays",
+        action="store_true",
+        help="send x-amz-request-payer: requester, to use a Requester Pays bucket (you pay for the requests)",
+    )
+    req.add_argument(
+        "--sse-c-key-file",
+        metavar="FILE",
+        default=None,
+        help="encrypt and decrypt every object with this SSE-C key: a file holding exactly 32 bytes, or "
+        "their base64; objects not written with this key cannot be read",
+    )
+    req.add_argument(
+        "--acl",
+        choices=CANNED_OBJECT_ACLS,
+        default=None,
+        help="canned ACL of every object s3fuse writes or copies (default: none sent, the bucket's default)",
+    )
+    req.add_argument(
+        "--storage-class",
+        metavar="CLASS",
+        default=None,
+        help="storage class of the objects s3fuse writes, e.g. STANDARD_IA or INTELLIGENT_TIERING; an object "
+        "rewritten in place keeps a class its HeadObject reports (default: the server's, STANDARD)",
+    )
+    req.add_argument(
+        "--list-version",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="1 lists with ListObjects (v1, markers), for servers without ListObjectsV2 (default: %(default)s)",
+    )
+
     fs = p.add_argument_group("file system")
     fs.add_argument("-f", "--foreground", action="store_true", help="stay attached to the terminal (default: detach)")
     fs.add_argument("--read-only", action="store_true", help="mount read-only")
@@ -123,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="when a file changed in S3 since it was opened here and is saved: overwrite it (with a "
         "warning in the log), or fail close()/fsync() with ESTALE and keep the local copy "
         "(default: %(default)s)",
+    )
+
+    fs.add_argument(
+        "--show-control-dir",
+        action="store_true",
+        help="list the control directory .s3/ (bucket configuration files) in the mount root; "
+        "it is always reachable by its name",
+    )
+    fs.add_argument(
+        "--presign-expiry",
+        type=parse_duration,
+        default=parse_duration("1h"),
+        help="how long the URL in the xattr s3.presigned_url stays valid, e.g. 30m, 12h, 7d (default: 1h)",
     )
 
     cache = p.add_argument_group("caching")
@@ -228,10 +308,20 @@ def expand_mount_options(argv: list[str], parser: argparse.ArgumentParser) -> li
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(expand_mount_options(argv, parser))
-    bucket, _, prefix = args.bucket.partition(":")
-    if not bucket:
-        parser.error("BUCKET is empty")
+    # intermixed: BUCKET is optional, and options may still come between BUCKET and MOUNTPOINT
+    args = parser.parse_intermixed_args(expand_mount_options(argv, parser))
+    if args.bucket == ALL_BUCKETS:
+        args.all_buckets = True
+    elif args.all_buckets and args.bucket is not None:
+        parser.error(f"--all-buckets mounts every bucket: give no BUCKET, or {ALL_BUCKETS}")
+    if args.all_buckets:
+        bucket, prefix = "", ""  # each bucket's own options get its name (allbuckets.py)
+    elif args.bucket is None:
+        parser.error(f"BUCKET[:PREFIX] is missing (every bucket: {ALL_BUCKETS} or --all-buckets)")
+    else:
+        bucket, _, prefix = args.bucket.partition(":")
+        if not bucket:
+            parser.error("BUCKET is empty")
     args.bucket_name = bucket
     args.embedded_s3 = False
     args.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -243,4 +333,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.cache_dir = os.path.abspath(args.cache_dir)  # the daemon runs in /
     if args.log_file:
         args.log_file = os.path.abspath(args.log_file)
+    args.sse_c_key = None
+    if args.sse_c_key_file:
+        try:
+            args.sse_c_key = read_sse_c_key(args.sse_c_key_file)
+        except ValueError as exc:
+            parser.exit(1, f"s3fuse: {exc}\n")  # not a usage error: one line, no usage text
     return args

@@ -4,14 +4,15 @@ Owns the access-pattern detection of one file handle. Sequential reads are serve
 from whole blocks in the shared block cache, with a read-ahead window of parallel
 GETs that doubles up to ``max_readahead``; random reads fetch just the bytes asked
 for. Every GET carries If-Match, so a replaced object fails the read (EIO) instead
-of mixing two versions.
+of mixing two versions. A reader given a ``version_id`` reads that version of the
+object (GetObject VersionId, for ``.versions/``).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import pyfuse3
 import trio
@@ -40,6 +41,7 @@ class ObjectReader:
         block_size: int,
         max_readahead: int,
         on_changed: Callable[[], None],
+        version_id: str | None = None,
     ) -> None:
         self.s3 = s3
         self.cache = cache
@@ -47,6 +49,7 @@ class ObjectReader:
         self.key = key
         self.size = size
         self.etag = etag
+        self.version_id = version_id
         self.block_size = block_size
         self.max_readahead_blocks = max(0, max_readahead // block_size)
         self.on_changed = on_changed  # called when S3 says the object is not the one opened
@@ -108,8 +111,11 @@ class ObjectReader:
         except S3Error as exc:  # the reader that needs this block will see the error itself
             log.debug("read-ahead of %r block %d failed: %s", self.key, index, exc)
 
-    def _cache_key(self, index: int) -> tuple[str, str | None, int]:
-        return (self.key, self.etag, index)
+    def _cache_key(self, index: int) -> Hashable:
+        if self.version_id is None:
+            return (self.key, self.etag, index)  # the form writeback.py and mutations.py fill in too
+        # Apart from the current object's blocks: without ETags, two versions would share them.
+        return (self.key, self.etag, index, self.version_id)
 
     async def _block(self, index: int) -> bytes:
         start = index * self.block_size
@@ -136,7 +142,9 @@ class ObjectReader:
     async def _get(self, start: int, end: int) -> bytes:
         params = {"Range": f"bytes={start}-{end - 1}"}
         if self.etag:
-            params["IfMatch"] = self.etag
+            params["IfMatch"] = self.etag  # with a VersionId too: the 'null' version can be overwritten
+        if self.version_id is not None:
+            params["VersionId"] = self.version_id
         _, data = await self.s3.get_bytes(self.key, **params)
         if len(data) != end - start:
             raise S3Error(errno.EIO, "ShortRead", f"got {len(data)} of {end - start} bytes at offset {start}")
@@ -147,5 +155,13 @@ class ObjectReader:
             self.on_changed()
             log.warning("%r changed or vanished in S3 while open (%s); reopen the file to read it again", self.key, exc)
             return pyfuse3.FUSEError(errno.EIO)
+        if exc.code == "InvalidObjectState":
+            log.warning(
+                "%r is archived (GLACIER or DEEP_ARCHIVE) and not restored; restore a copy first, e.g. "
+                "'setfattr -n s3.restore -v 7 FILE' for 7 days, and read it once 'getfattr -n s3.restore FILE' "
+                'shows ongoing-request="false"',
+                self.key,
+            )
+            return pyfuse3.FUSEError(exc.errno)
         log.warning("reading %r failed: %s", self.key, exc)
         return pyfuse3.FUSEError(exc.errno)

@@ -2,19 +2,23 @@
 
 Owns the boto3 client (credentials, signing and retries come from botocore), the
 thread limiter that lets trio code call it without blocking the event loop, the
-per-call deadline, the retry of response bodies that break off, and the table that
-turns S3 errors into errno values.
+per-call deadline, the retry of response bodies that break off, the table that
+turns S3 errors into errno values, and the mount's request options (requester pays,
+SSE-C, ACL, storage class, ListObjects version), added to every call that takes them.
 """
 
 from __future__ import annotations
 
+import base64
+import copy
 import datetime
 import email.utils
 import errno
+import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -50,8 +54,11 @@ ERRNO_BY_CODE: dict[str, int] = {
     "InvalidArgument": errno.EINVAL,
     "InvalidRequest": errno.EINVAL,
     "MalformedXML": errno.EINVAL,
-    "InvalidObjectState": errno.EAGAIN,
+    # An archived object that is not restored: EACCES, as mountpoint-s3 answers. Not
+    # EAGAIN, which Python's read() and others take for "no data yet" and return empty.
+    "InvalidObjectState": errno.EACCES,
     "BucketNotEmpty": errno.ENOTEMPTY,
+    "InvalidBucketName": errno.EINVAL,
     "BucketAlreadyExists": errno.EEXIST,
     "BucketAlreadyOwnedByYou": errno.EEXIST,
     "EntityTooLarge": errno.EFBIG,
@@ -109,9 +116,71 @@ def translate(exc: BaseException) -> S3Error:
     return S3Error(errno.EIO, type(exc).__name__, str(exc))
 
 
+SSE_C_KEY_BYTES = 32  # SSE-C is AES-256
+
+
+def read_sse_c_key(path: str) -> bytes:
+    """The SSE-C key in a file: exactly 32 bytes taken as they are, or else base64 text of 32 bytes.
+
+    Raises ValueError with a one-line message that never contains the key.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 16)  # a key file is tiny: no need to read a wrong one whole
+    except OSError as exc:
+        raise ValueError(f"cannot read the SSE-C key file {path}: {exc.strerror}") from None
+    if len(data) == SSE_C_KEY_BYTES:
+        return data
+    try:
+        key = base64.b64decode(data.strip(), validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != SSE_C_KEY_BYTES:
+        raise ValueError(f"the SSE-C key file {path} must hold a 32-byte key, raw or base64 (found {len(data)} bytes)")
+    return key
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What the mount adds to, or changes in, the S3 requests it sends."""
+
+    requester_pays: bool = False
+    sse_c_key: bytes | None = field(default=None, repr=False)
+    acl: str | None = None  # canned ACL of the objects s3fuse writes
+    storage_class: str | None = None  # of the objects s3fuse writes, unless one is kept (upload.ObjectHeaders)
+    list_version: int = 2  # 1: ListObjects with markers, for servers without ListObjectsV2
+
+    def params_for(self, accepted: Collection[str]) -> dict[str, Any]:
+        """The parameters for an operation whose input shape has the members ``accepted``."""
+        params: dict[str, Any] = {}
+        if self.requester_pays:
+            params["RequestPayer"] = "requester"
+        if self.sse_c_key is not None:
+            # Encoded here, MD5 included: botocore would encode a raw key only for some operations.
+            key, md5 = self.sse_c_key_b64, base64.b64encode(hashlib.md5(self.sse_c_key).digest()).decode()
+            for prefix in ("SSECustomer", "CopySourceSSECustomer"):
+                params.update({prefix + "Algorithm": "AES256", prefix + "Key": key, prefix + "KeyMD5": md5})
+        # ACL and storage class are for the operations that write an object, which are
+        # those that take a StorageClass (PutObjectAcl takes an ACL but writes none).
+        if "StorageClass" in accepted:
+            if self.acl:
+                params["ACL"] = self.acl
+            if self.storage_class:
+                params["StorageClass"] = self.storage_class
+        return {name: value for name, value in params.items() if name in accepted}
+
+    @property
+    def sse_c_key_b64(self) -> str:
+        return base64.b64encode(self.sse_c_key).decode() if self.sse_c_key is not None else ""
+
+    def secrets(self) -> list[str]:
+        """Strings the log must never show."""
+        return [self.sse_c_key_b64] if self.sse_c_key is not None else []
+
+
 @dataclass(frozen=True)
 class ClientSettings:
-    """What a boto3 client needs; built from the mount options."""
+    """What a boto3 client and S3Client need; built from the mount options."""
 
     endpoint_url: str | None = None
     region: str | None = None
@@ -120,6 +189,7 @@ class ClientSettings:
     max_connections: int = 32
     timeout: float = 30.0
     max_attempts: int = 4
+    request: RequestOptions = RequestOptions()
 
 
 def parse_timestamp(value: str) -> datetime.datetime:
@@ -138,8 +208,12 @@ def parse_timestamp(value: str) -> datetime.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
+def _add_request_payer_header(params: dict[str, Any], **_: Any) -> None:
+    params["headers"]["x-amz-request-payer"] = "requester"
+
+
 def make_boto_client(settings: ClientSettings, region: str | None = None) -> tuple[Any, list[str]]:
-    """A boto3 S3 client and the secret strings of its credentials (for log redaction).
+    """A boto3 S3 client and the secret strings of its credentials and SSE-C key (for log redaction).
 
     botocore does credentials (env, profiles, SSO, instance metadata), signing and
     retries with backoff.
@@ -155,14 +229,27 @@ def make_boto_client(settings: ClientSettings, region: str | None = None) -> tup
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
         s3={"addressing_style": settings.addressing_style},
         tcp_keepalive=True,
+        signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2)
         # Uploads carry Content-MD5 (computed by s3fuse); a second checksum would cost CPU.
         request_checksum_calculation="when_required",
     )
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    if settings.request.requester_pays:
+        # The start-up checks have no RequestPayer parameter, but a Requester Pays bucket
+        # of another account refuses requests without the header.
+        for operation in ("HeadBucket", "GetBucketLocation"):
+            client.meta.events.register(f"before-call.s3.{operation}", _add_request_payer_header)
     creds = session.get_credentials()
     frozen = creds.get_frozen_credentials() if creds else None
     secrets = [s for s in (frozen.secret_key, frozen.token) if s] if frozen else []
-    return client, secrets
+    return client, secrets + settings.request.secrets()
+
+
+def region_of(location: str | None) -> str:
+    """The region named by a GetBucketLocation answer (None or "" is us-east-1, EU the old eu-west-1)."""
+    if not location:
+        return "us-east-1"
+    return "eu-west-1" if location == "EU" else location
 
 
 class S3Client:
@@ -171,6 +258,7 @@ class S3Client:
     Every call runs in a worker thread under a CapacityLimiter sized like the
     connection pool, so trio never blocks and botocore never waits for a socket.
     A call that outlives ``deadline`` seconds (all retries included) fails with EIO.
+    Every call's parameters come from ``params``, which adds the mount's request options.
     """
 
     def __init__(self, client: Any, bucket: str, settings: ClientSettings) -> None:
@@ -180,6 +268,24 @@ class S3Client:
         # botocore's own timeouts bound each attempt; this bounds the whole call.
         self.deadline = settings.timeout * settings.max_attempts + 5.0
         self.max_attempts = settings.max_attempts
+        self.request = settings.request
+        self._options: dict[str, dict[str, Any]] = {}  # boto3 method name -> its request options
+
+    def params(self, operation: str, **params: Any) -> dict[str, Any]:
+        """The parameters of one call of ``operation`` (a boto3 method name, like "put_object"):
+        Bucket=, the request options its input shape accepts, and ``params``, which win."""
+        options = self._options.get(operation)
+        if options is None:
+            name = self.client.meta.method_to_api_mapping[operation]
+            shape = self.client.meta.service_model.operation_model(name).input_shape
+            options = self._options[operation] = self.request.params_for(shape.members)
+        return {"Bucket": self.bucket, **options, **params}
+
+    def for_bucket(self, bucket: str, client: Any) -> S3Client:
+        """Another bucket, through a client of its region, sharing this one's thread limiter and options."""
+        other = copy.copy(self)
+        other.bucket, other.client = bucket, client
+        return other
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking function in the S3 thread pool, under the deadline."""
@@ -190,9 +296,29 @@ class S3Client:
             raise translate(exc) from exc
 
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """Call one S3 operation on the mounted bucket (Bucket= is filled in)."""
+        """Call one S3 operation on the mounted bucket (Bucket= and the request options are filled in)."""
         method = getattr(self.client, operation)
-        return await self.run(lambda: method(Bucket=self.bucket, **params))
+        kwargs = self.params(operation, **params)
+        return await self.run(lambda: method(**kwargs))
+
+    async def list_page(self, **params: Any) -> dict[str, Any]:
+        """One page of ListObjectsV2, or with list version 1 one page of ListObjects, in V2's terms.
+
+        Callers pass StartAfter and ContinuationToken and read NextContinuationToken
+        and KeyCount. V1's Marker is a key, which serves as both StartAfter and token.
+        """
+        if self.request.list_version == 2:
+            return await self.call("list_objects_v2", **params)
+        token, start_after = params.pop("ContinuationToken", None), params.pop("StartAfter", None)
+        if token or start_after:
+            params["Marker"] = token or start_after
+        page = await self.call("list_objects", **params)
+        names = [obj["Key"] for obj in page.get("Contents", ())] + [p["Prefix"] for p in page.get("CommonPrefixes", ())]
+        page["KeyCount"] = len(names)
+        if page.get("IsTruncated"):
+            # S3 sends NextMarker only with a Delimiter; without one the last key is the marker.
+            page["NextContinuationToken"] = page.get("NextMarker") or max(names, default=None)
+        return page
 
     async def get_bytes(self, key: str, **params: Any) -> tuple[dict[str, Any], bytes]:
         """GetObject with the body read inside the worker thread.
@@ -200,11 +326,12 @@ class S3Client:
         botocore retries a request that fails, but not a body that breaks off while
         being read; those are retried here, with the same backoff budget.
         """
+        kwargs = self.params("get_object", Key=key, **params)
 
         def fetch() -> tuple[dict[str, Any], bytes]:
             attempt = 1
             while True:
-                resp = self.client.get_object(Bucket=self.bucket, Key=key, **params)
+                resp = self.client.get_object(**kwargs)
                 try:
                     with resp["Body"] as body:
                         return resp, body.read()

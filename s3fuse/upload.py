@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,6 +36,8 @@ MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit; larger objects are copied part 
 SINGLE_PUT_LIMIT = MIN_PART  # files up to this size are one PutObject
 DELETE_BATCH = 1000  # DeleteObjects' limit
 PARALLEL_COPIES = 16
+# HeadObject fields that are also PutObject/CopyObject parameters of the same name.
+KEPT_HEADERS = ("CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage", "Expires")
 COPY_PART = 512 * MiB  # parts of a server-side copy: no bytes pass through s3fuse, so few and large
 
 
@@ -67,13 +70,55 @@ class ObjectHeaders:
 
     content_type: str
     metadata: dict[str, str] = field(default_factory=dict)
+    # None: the server's default. Kept from the object's HEAD, or a copy onto itself
+    # (chmod, setxattr) would move an infrequent-access object to STANDARD.
+    storage_class: str | None = None
+    # Cache-Control, Content-Encoding and the like: a copy that replaces the metadata
+    # drops every header it does not repeat.
+    other: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_head(cls, resp: dict[str, Any]) -> ObjectHeaders:
-        return cls(resp.get("ContentType") or "application/octet-stream", dict(resp.get("Metadata") or {}))
+        return cls(
+            resp.get("ContentType") or "application/octet-stream",
+            dict(resp.get("Metadata") or {}),
+            resp.get("StorageClass"),
+            {name: resp[name] for name in KEPT_HEADERS if resp.get(name)},
+        )
 
     def params(self) -> dict[str, Any]:
-        return {"ContentType": self.content_type, "Metadata": self.metadata}
+        params: dict[str, Any] = {"ContentType": self.content_type, "Metadata": self.metadata, **self.other}
+        if self.storage_class is not None:
+            params["StorageClass"] = self.storage_class
+        return params
+
+
+@dataclass
+class HeaderChanges:
+    """Headers set through xattrs, waiting for the object's next upload or copy."""
+
+    metadata: dict[str, str | None] = field(default_factory=dict)  # None: removed
+    content_type: str | None = None
+    storage_class: str | None = None
+
+    def update(self, other: HeaderChanges) -> None:
+        self.metadata.update(other.metadata)
+        self.content_type = other.content_type or self.content_type
+        self.storage_class = other.storage_class or self.storage_class
+
+    def applied_to(self, headers: ObjectHeaders) -> ObjectHeaders:
+        metadata = dict(headers.metadata)
+        for name, value in self.metadata.items():
+            if value is None:
+                metadata.pop(name, None)
+            else:
+                metadata[name] = value
+        return dataclasses.replace(
+            headers,
+            metadata=metadata,
+            content_type=self.content_type or headers.content_type,
+            storage_class=self.storage_class or headers.storage_class,
+        )
 
 
 def quoted_etag(etag: str) -> str:
@@ -85,10 +130,10 @@ def quoted_etag(etag: str) -> str:
 async def put_object(s3: S3Client, key: str, data: bytes, headers: ObjectHeaders) -> str:
     """PutObject with Content-MD5, hashed in the worker thread; returns the new ETag."""
 
+    params = s3.params("put_object", Key=key, Body=data, **headers.params())
+
     def send() -> dict[str, Any]:
-        return s3.client.put_object(
-            Bucket=s3.bucket, Key=key, Body=data, ContentMD5=content_md5(data), **headers.params()
-        )
+        return s3.client.put_object(ContentMD5=content_md5(data), **params)
 
     return quoted_etag((await s3.run(send))["ETag"])
 
@@ -187,16 +232,11 @@ class MultipartUpload:
     async def send_part(self, number: int, read: Callable[[], bytes]) -> None:
         """Upload part ``number``; ``read`` produces its bytes inside the worker thread."""
 
+        params = self.s3.params("upload_part", Key=self.key, UploadId=self.upload_id, PartNumber=number)
+
         def send() -> dict[str, Any]:
             data = read()
-            return self.s3.client.upload_part(
-                Bucket=self.s3.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=data,
-                ContentMD5=content_md5(data),
-            )
+            return self.s3.client.upload_part(Body=data, ContentMD5=content_md5(data), **params)
 
         self.parts[number] = (await self.s3.run(send))["ETag"]
 

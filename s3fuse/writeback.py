@@ -35,6 +35,7 @@ from .spill import SpillFile
 from .upload import (
     MAX_SINGLE_COPY,
     SINGLE_PUT_LIMIT,
+    HeaderChanges,
     MultipartUpload,
     ObjectHeaders,
     UploadRegistry,
@@ -90,6 +91,11 @@ class WriteBack:
         node.writers += 1
         return of
 
+    def pending_headers(self, node: Node) -> HeaderChanges | None:
+        """Headers set on an open file that its next upload will carry."""
+        of = self.files.get(node.inode)
+        return of.header_changes if of is not None else None
+
     async def release(self, of: OpenFile) -> None:
         """One writable handle is gone; the last one saves what is left or keeps it locally."""
         of.handles -= 1
@@ -134,6 +140,7 @@ class OpenFile:
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
         self.changed: set[str] = set()  # attributes set here since the last save
+        self.header_changes = HeaderChanges()  # xattrs set here since the last save
         self.unlinked = False
         self.stream: StreamingUpload | None = None
         self.lock = trio.Lock()  # one save at a time, and no write while one runs
@@ -188,6 +195,11 @@ class OpenFile:
         self.changed.update(changes)
         if "mtime_ns" in changes:
             self.mtime_set = True
+
+    def set_headers(self, changes: HeaderChanges) -> None:
+        """setxattr of user metadata, content type or storage class: folded into the next upload."""
+        self.header_changes.update(changes)
+        self.attributes_changed = True
 
     def unlink(self) -> None:
         """The name is gone: nothing of this file may reach S3 any more."""
@@ -290,7 +302,7 @@ class OpenFile:
         # a stored mtime is rewritten only when it changed: set here, or the bytes changed
         rewrite_mtime = self.mtime_set or (META_MTIME in headers.metadata and self.spill is not None)
         posix = self.node.info.posix_headers(with_mtime=rewrite_mtime)
-        return ObjectHeaders(headers.content_type, {**headers.metadata, **posix})
+        return self.header_changes.applied_to(dataclasses.replace(headers, metadata={**headers.metadata, **posix}))
 
     def _conflict(self, needs_base: bool) -> None:
         what = f"{self.key!r} changed in S3 since it was opened here"
@@ -344,6 +356,7 @@ class OpenFile:
         self.spill, self.stream, self.base = None, None, info
         self.never_saved = self.attributes_changed = False
         self.changed.clear()
+        self.header_changes = HeaderChanges()
         self.node.kernel_etag = etag  # the kernel's pages hold exactly what was written
         self.wb.ns.added(self.node.path, info)
 

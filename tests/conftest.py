@@ -2,7 +2,8 @@
 
 - ``moto`` (session): ``moto_server`` on a free 127.0.0.1 port; its werkzeug request
   log goes to a file, so tests can count the S3 requests a mount made (``moto.mark()``,
-  ``moto.requests(mark, bucket)``).
+  ``moto.requests(mark, bucket)``). For requests with their headers, moto's recorder:
+  ``moto.start_recording()`` ... ``moto.stop_recording(bucket)``.
 - ``s3`` (session): a boto3 client on that server, the ground truth of every test.
 - ``bucket`` / ``new_bucket``: a fresh, uniquely named bucket per test.
 - ``mount`` (function): ``mount(bucket, *extra_args)`` runs ``python -m s3fuse BUCKET MNT
@@ -207,6 +208,7 @@ def put_objects(s3, bucket: str, objects: dict[str, bytes], **extra) -> None:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _REQUEST = re.compile(r'"([A-Z]+) (.*) HTTP/1\.[01]" (\d{3}) ')
+_SPACE = re.compile(r"\s*")
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,14 @@ class Request:
     method: str
     path: str  # decoded, e.g. /bucket/key
     query: dict[str, list[str]]
-    status: int
+    status: int  # 0 from moto's recorder, which keeps no status
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names; only from moto's recorder
+
+    @classmethod
+    def parse(cls, method: str, url: str, status: int, headers: dict[str, str] | None = None) -> Request:
+        split = urlsplit(url)
+        query = parse_qs(split.query, keep_blank_values=True)  # '?uploads' has no value
+        return cls(method, unquote(split.path), query, status, {k.lower(): v for k, v in (headers or {}).items()})
 
     @property
     def bucket(self) -> str:
@@ -235,13 +244,14 @@ class MotoServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"moto-{self.port}.log"
+        self.recording_path = workdir / f"moto-{self.port}-recording.jsonl"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "MOTO_RECORDER_FILEPATH": str(self.recording_path), **(env or {})},
         )
         if not wait_until(self._answers, 30, 0.1):
             self.stop()
@@ -275,9 +285,31 @@ class MotoServer:
             m = _REQUEST.search(line)
             if not m:
                 continue
-            split = urlsplit(m.group(2))
-            query = parse_qs(split.query, keep_blank_values=True)  # '?uploads' has no value
-            req = Request(m.group(1), unquote(split.path), query, int(m.group(3)))
+            req = Request.parse(m.group(1), m.group(2), int(m.group(3)))
+            if bucket is None or req.bucket == bucket:
+                out.append(req)
+        return out
+
+    def _recorder(self, action: str) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/recorder/{action}", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def start_recording(self) -> None:
+        """Record every request from now on, with headers and bodies (slow for large uploads)."""
+        self._recorder("reset-recording")
+        self._recorder("start-recording")
+
+    def stop_recording(self, bucket: str | None = None) -> list[Request]:
+        """Stop recording; the requests recorded since start_recording."""
+        self._recorder("stop-recording")
+        text = self.recording_path.read_text() if self.recording_path.exists() else ""
+        decoder = json.JSONDecoder()
+        out, pos = [], 0
+        # Not line by line: moto's threads append an entry and its newline with separate writes.
+        while (pos := _SPACE.match(text, pos).end()) < len(text):
+            entry, pos = decoder.raw_decode(text, pos)
+            req = Request.parse(entry["method"], entry["url"], 0, entry["headers"])
             if bucket is None or req.bucket == bucket:
                 out.append(req)
         return out

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, base_env, fusermount_u, run, wait_until
 
-from s3fuse.cleanup import parse_duration
+from s3fuse.options import parse_duration
 
 MIB = 1 << 20
 

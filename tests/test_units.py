@@ -540,7 +540,7 @@ def test_translate_keeps_s3_errors():
     ],
 )
 def test_describe_failure(exc, expected):
-    opts = argparse.Namespace(endpoint_url="http://s3.test", bucket_name="bkt", profile=None)
+    opts = argparse.Namespace(endpoint_url="http://s3.test", bucket_name="bkt", profile=None, all_buckets=False)
     line = describe_failure(exc, opts)
     assert expected in line
     assert "\n" not in line
@@ -554,7 +554,7 @@ def test_describe_failure_wrong_region():
         },
         "HeadBucket",
     )
-    opts = argparse.Namespace(endpoint_url=None, bucket_name="bkt", profile=None)
+    opts = argparse.Namespace(endpoint_url=None, bucket_name="bkt", profile=None, all_buckets=False)
     assert describe_failure(exc, opts) == "bucket 'bkt' is in another region (eu-west-1); use --region eu-west-1"
 
 
