@@ -540,6 +540,8 @@ class AllBucketsOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         # ls -l asks every bucket directory for security.* names: answered here, they do not
         # cost a GetBucketLocation per bucket.
+        if self.opts.no_xattr:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
         if inode == pyfuse3.ROOT_INODE or not is_s3fuse_name(name.decode(errors="replace")):
             raise pyfuse3.FUSEError(errno.ENODATA)
         return await (await self._ops(inode)).getxattr(inode, name, ctx)

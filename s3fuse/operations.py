@@ -34,10 +34,11 @@ from .reader import ObjectReader
 from .s3client import S3Client, S3Error
 from .upload import HeaderChanges
 from .writeback import OpenFile, WriteBack
-from .xattrs import Xattrs
+from .xattrs import NAMESPACES, Xattrs
 
 log = logging.getLogger(__name__)
 
+XATTR_NAMESPACES = tuple(prefix.encode() for prefix in NAMESPACES)
 PREFERRED_IO_SIZE = 1 << 20  # st_blksize: the largest request FUSE sends
 FAKE_CAPACITY_BLOCKS = 1 << 40  # statfs: S3 has no capacity; report 4 PiB free like peers
 
@@ -608,20 +609,27 @@ class S3Operations(pyfuse3.Operations):
     # ---- extended attributes (see xattrs.py)
 
     def _xattr_node(self, inode: int) -> Node:
+        if self.opts.no_xattr:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
         node = self._node(inode)
         if in_control_dir(node.path):
             raise pyfuse3.FUSEError(errno.ENODATA)
         return node
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(XATTR_NAMESPACES) and not self.opts.no_xattr:
+            raise pyfuse3.FUSEError(errno.ENODATA)  # ls -l asks every entry for security.selinux
         node = self._xattr_node(inode)
         with errno_of_s3("getxattr", node.path):
             return await self.xattrs.get(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        node = self._node(inode)
-        if in_control_dir(node.path):
-            return []
+        try:
+            node = self._xattr_node(inode)
+        except pyfuse3.FUSEError as exc:
+            if exc.errno == errno.ENODATA:
+                return []
+            raise
         with errno_of_s3("listxattr", node.path):
             return [name.encode() for name in await self.xattrs.names(node, is_root=node.path == "")]
 

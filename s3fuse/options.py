@@ -193,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     fs.add_argument(
+        "--no-xattr",
+        action="store_true",
+        help="no extended attributes (user.*, s3.*): the kernel then stops asking, which saves a round trip "
+        "to s3fuse per entry of 'ls -l' (it asks each for security.selinux)",
+    )
+    fs.add_argument(
         "--show-control-dir",
         action="store_true",
         help="list the control directory .s3/ (bucket configuration files) in the mount root; "

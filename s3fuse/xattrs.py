@@ -66,9 +66,12 @@ ChangeHeaders = Callable[[Node, HeaderChanges], Awaitable[None]]
 PendingHeaders = Callable[[Node], HeaderChanges | None]
 
 
+NAMESPACES = (USER, "s3.")
+
+
 def is_s3fuse_name(name: str) -> bool:
     """Names s3fuse has values for; others (security.*, system.*) are ENODATA without a request."""
-    return name.startswith((USER, "s3."))
+    return name.startswith(NAMESPACES)
 
 
 def invalid(name: str, why: str) -> S3Error:

@@ -195,3 +195,10 @@ def test_bucket_attributes_on_the_mount_root(s3, bucket, mount):
     grants = s3.get_bucket_acl(Bucket=bucket)["Grants"]
     assert any(g["Grantee"].get("URI", "").endswith("/global/AllUsers") for g in grants)
     assert oserror(os.setxattr, mnt, "s3.location", b"eu-west-1") == errno.EPERM
+
+
+def test_no_xattr_turns_them_off(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="f", Body=b"x", Metadata={"owner": "ann"})
+    mnt = Path(mount(bucket, "--no-xattr"))
+    assert oserror(os.getxattr, mnt / "f", "user.owner") == errno.EOPNOTSUPP  # the kernel's answer to ENOSYS
+    assert oserror(os.listxattr, mnt / "f") == errno.EOPNOTSUPP
