@@ -54,9 +54,10 @@ class ControlFile:
         self.dirty = True
 
     def truncate(self, size: int) -> None:
+        # Not a change by itself: '> file' truncates, then closes a duplicate descriptor
+        # before it writes; putting the empty document then would fail.
         del self.content[size:]
         self.content.extend(bytes(size - len(self.content)))
-        self.dirty = True
 
 
 class ControlDir:
@@ -125,9 +126,7 @@ class ControlDir:
         content = b"" if truncate else await self.content(name, fresh=True)
         if content is None and not create:
             raise S3Error(errno.ENOENT, "NoSuchConfiguration", f"the bucket has no {name} configuration")
-        opened = ControlFile(document, content or b"")
-        opened.dirty = truncate
-        return opened
+        return ControlFile(document, content or b"")
 
     async def save(self, opened: ControlFile) -> None:
         """Put a changed document; the old configuration stays if S3 refuses it."""

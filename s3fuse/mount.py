@@ -216,7 +216,7 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
     ops = AllBucketsOperations(s3, settings_of(opts), opts) if opts.all_buckets else S3Operations(s3, opts)
     fsname = ALL_BUCKETS if opts.all_buckets else opts.bucket_name
     fuse_options = set(pyfuse3.default_options) | {f"fsname=s3fuse:{fsname}", "subtype=s3fuse", "noatime"}
-    if opts.read_only:
+    if opts.read_only or opts.at is not None:
         fuse_options.add("ro")
     if opts.allow_other:
         fuse_options.add("allow_other")

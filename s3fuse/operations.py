@@ -33,6 +33,7 @@ from .namespace import DirHandle, Namespace
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
 from .upload import HeaderChanges
+from .versions import VERSIONS_DIR, TimeView, VersionListing, Versions, in_versions_dir, version_reader
 from .writeback import OpenFile, WriteBack
 from .xattrs import NAMESPACES, Xattrs
 
@@ -60,6 +61,7 @@ class FileHandle:
     reader: ObjectReader | None = None  # for the version in S3; replaced when it changes
     writer: OpenFile | None = None  # set when opened for writing
     control: ControlFile | None = None  # a file of the control directory .s3/
+    pinned: bool = False  # reader reads one version for good (.versions/, --at)
 
 
 class S3Operations(pyfuse3.Operations):
@@ -89,9 +91,12 @@ class S3Operations(pyfuse3.Operations):
         self.mut = Mutations(s3, self.ns, self.wb, self.blocks, opts)
         self.control = ControlDir(s3, opts)
         self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers)
+        self.versions = Versions(s3, opts)
+        # --at: the whole mount is the bucket as it was then (mounted read-only)
+        self.time_view = TimeView(s3, opts, opts.at) if opts.at is not None else None
         self._handles = count(root_inode)
         self._files: dict[int, FileHandle] = {}
-        self._dirs: dict[int, DirHandle | ControlDirHandle] = {}
+        self._dirs: dict[int, DirHandle | ControlDirHandle | VersionListing] = {}
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -117,6 +122,7 @@ class S3Operations(pyfuse3.Operations):
         if not parent.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         self._refuse_in_control_dir(parent)
+        self._refuse_in_history(parent)
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         text = decode_name(name)
@@ -131,6 +137,16 @@ class S3Operations(pyfuse3.Operations):
         if any(in_control_dir(node.path) for node in nodes):
             log.warning("%s/ holds bucket configuration files only; they can be read, written and removed", CONTROL_DIR)
             raise pyfuse3.FUSEError(errno.EPERM)
+
+    def _history(self, path: str) -> Versions | TimeView | None:
+        """The tree of old versions that serves path, if one does."""
+        if self.time_view is not None:
+            return self.time_view
+        return self.versions if in_versions_dir(path) else None
+
+    def _refuse_in_history(self, *nodes: Node) -> None:
+        if any(self._history(node.path) is not None for node in nodes):
+            raise pyfuse3.FUSEError(errno.EROFS)  # old versions are what they were
 
     async def _revalidate(self, node: Node, action: str) -> Node:
         """node with attributes at most attr-ttl old.
@@ -207,6 +223,12 @@ class S3Operations(pyfuse3.Operations):
         with errno_of_s3("lookup", join(parent.path, text)):
             if parent.path == "" and text == CONTROL_DIR:
                 return self.ns.inodes.resolve(CONTROL_DIR, self.control.info())
+            if parent.path == "" and text == VERSIONS_DIR and self.time_view is None:
+                return self.ns.inodes.resolve(VERSIONS_DIR, self.versions.info())
+            history = self._history(parent.path)
+            if history is not None:
+                entry = await history.lookup(join(parent.path, text))
+                return None if entry is None else self.ns.inodes.resolve(join(parent.path, text), entry.info)
             if parent.path == CONTROL_DIR:
                 info = await self.control.lookup(text)
                 if info is None:
@@ -224,7 +246,7 @@ class S3Operations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        if in_control_dir(node.path):
+        if in_control_dir(node.path) or self._history(node.path) is not None:
             return self._attributes(node)
         with errno_of_s3("stat", node.path):
             fresh = await self.ns.revalidate(node)
@@ -251,11 +273,17 @@ class S3Operations(pyfuse3.Operations):
         if not node.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = next(self._handles)
+        history = self._history(node.path)
         if node.path == CONTROL_DIR:
             self._dirs[fh] = ControlDirHandle(self.control)
+        elif history is not None:
+            self._dirs[fh] = history.open_dir(node.path)
         elif node.path == "":
-            shown = self.control.info() if self.opts.show_control_dir else None
-            self._dirs[fh] = self.ns.open_dir(node, reserved=[(CONTROL_DIR, shown)])
+            show = self.opts.show_control_dir
+            reserved = [(CONTROL_DIR, self.control.info()), (VERSIONS_DIR, self.versions.info())]
+            self._dirs[fh] = self.ns.open_dir(
+                node, reserved=[(name, info if show else None) for name, info in reserved]
+            )
         else:
             self._dirs[fh] = self.ns.open_dir(node)
         return fh
@@ -265,7 +293,9 @@ class S3Operations(pyfuse3.Operations):
         with errno_of_s3("list", handle.path):
             await self._readdir(handle, start_id, token)
 
-    async def _readdir(self, handle: DirHandle | ControlDirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def _readdir(
+        self, handle: DirHandle | ControlDirHandle | VersionListing, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
         index = start_id
         while True:
             try:
@@ -296,6 +326,17 @@ class S3Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if in_control_dir(node.path):
             return await self._open_control(node, flags, create=False)
+        history = self._history(node.path)
+        if history is not None:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            with errno_of_s3("open", node.path):
+                version = await history.version(node.path)
+            assert self.nursery is not None
+            reader = version_reader(self.s3, self.opts, version, self.blocks, self.nursery)
+            fh = next(self._handles)
+            self._files[fh] = FileHandle(node, reader=reader, pinned=True)
+            return pyfuse3.FileInfo(fh=fh)
         fresh = await self._revalidate(node, "open")  # close-to-open: at most attr-ttl old
         handle = FileHandle(fresh)
         if flags & os.O_ACCMODE != os.O_RDONLY:
@@ -374,6 +415,9 @@ class S3Operations(pyfuse3.Operations):
         handle = self._files[fh]
         if handle.control is not None:
             return handle.control.read(off, size)
+        if handle.pinned:
+            assert handle.reader is not None
+            return await handle.reader.read(off, size)
         writer = self.wb.files.get(handle.node.inode)
         if writer is not None and writer.spill is not None:  # unsaved changes: read them
             with errno_of_s3("read", handle.node.path):
@@ -398,12 +442,17 @@ class S3Operations(pyfuse3.Operations):
         if handle.control is not None:
             with errno_of_s3("save", handle.node.path):
                 await self.control.save(handle.control)
-        if handle.writer is not None:
+        if handle.writer is not None and not handle.writer.only_emptied:
             with errno_of_s3("save", handle.node.path):
                 await handle.writer.save()
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.flush(fh)
+        handle = self._files[fh]
+        if handle.writer is not None:
+            with errno_of_s3("fsync", handle.node.path):
+                await handle.writer.save()
+        else:
+            await self.flush(fh)
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
@@ -423,6 +472,7 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if in_control_dir(node.path):
             return self._setattr_control(node, attr, fields, fh)
+        self._refuse_in_history(node)
         # Only real changes: with the writeback cache the kernel also sends the times it
         # already has (after a rename, for instance), which must not cost a copy.
         now = self._attributes(node)
@@ -515,6 +565,10 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.info.is_symlink:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        history = self._history(node.path)
+        if history is not None:
+            with errno_of_s3("readlink", node.path):
+                return await history.readlink(node.path)
         with errno_of_s3("readlink", node.path):
             return bytes(await self._reader(node.path, node.info).fetch_range(0, node.info.size))
 
@@ -558,6 +612,7 @@ class S3Operations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._existing(parent_inode, name)
+        self._refuse_in_history(node)
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         with errno_of_s3("unlink", node.path):
@@ -572,6 +627,7 @@ class S3Operations(pyfuse3.Operations):
         if not node.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         self._refuse_in_control_dir(node)
+        self._refuse_in_history(node)
         with errno_of_s3("rmdir", node.path):
             await self.mut.rmdir(node)
 
@@ -589,6 +645,7 @@ class S3Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         node = await self._existing(parent_inode_old, name_old)
         self._refuse_in_control_dir(node)
+        self._refuse_in_history(node)
         new_path = self._new_path(parent_inode_new, name_new)
         target = await self._lookup(self._node(parent_inode_new), name_new)
         if target is not None:
@@ -620,6 +677,13 @@ class S3Operations(pyfuse3.Operations):
         if not name.startswith(XATTR_NAMESPACES) and not self.opts.no_xattr:
             raise pyfuse3.FUSEError(errno.ENODATA)  # ls -l asks every entry for security.selinux
         node = self._xattr_node(inode)
+        history = self._history(node.path)
+        if history is not None:
+            with errno_of_s3("getxattr", node.path):
+                values = await history.xattrs(node.path)
+            if name.decode(errors="replace") not in values:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return values[name.decode()]
         with errno_of_s3("getxattr", node.path):
             return await self.xattrs.get(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 
@@ -630,16 +694,22 @@ class S3Operations(pyfuse3.Operations):
             if exc.errno == errno.ENODATA:
                 return []
             raise
+        history = self._history(node.path)
+        if history is not None:
+            with errno_of_s3("listxattr", node.path):
+                return [name.encode() for name in await history.xattrs(node.path)]
         with errno_of_s3("listxattr", node.path):
             return [name.encode() for name in await self.xattrs.names(node, is_root=node.path == "")]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._xattr_node(inode)
+        self._refuse_in_history(node)
         with errno_of_s3("setxattr", node.path):
             await self.xattrs.set(node, name.decode(errors="surrogateescape"), value, is_root=node.path == "")
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._xattr_node(inode)
+        self._refuse_in_history(node)
         with errno_of_s3("removexattr", node.path):
             await self.xattrs.remove(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 

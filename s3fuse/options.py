@@ -8,11 +8,13 @@ help text) and the translation of ``-o name=value,flag`` into the same options, 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
 
 from . import __version__
 from .s3client import read_sse_c_key
+from .versions import parse_instant
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -50,6 +52,13 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 4096, 512K, 8M, 1G)")
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_at(text: str) -> datetime.datetime:
+    instant = parse_instant(text)
+    if instant is None:
+        raise argparse.ArgumentTypeError(f"not an instant with a time zone: {text!r} (use e.g. 2026-11-20T10:00:00Z)")
+    return instant
 
 
 def parse_mode(text: str) -> int:
@@ -192,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
 
+    fs.add_argument(
+        "--at",
+        type=parse_at,
+        default=None,
+        metavar="INSTANT",
+        help="mount the bucket read-only as it was at INSTANT (ISO 8601 with a zone, e.g. 2026-11-20T10:00:00Z): "
+        "each key as its newest version not newer than INSTANT, from ListObjectVersions",
+    )
     fs.add_argument(
         "--no-xattr",
         action="store_true",

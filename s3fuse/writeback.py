@@ -141,6 +141,7 @@ class OpenFile:
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
         self.changed: set[str] = set()  # attributes set here since the last save
         self.header_changes = HeaderChanges()  # xattrs set here since the last save
+        self.wrote = False  # write() was called since it was opened
         self.unlinked = False
         self.stream: StreamingUpload | None = None
         self.lock = trio.Lock()  # one save at a time, and no write while one runs
@@ -165,6 +166,7 @@ class OpenFile:
         return self.spill
 
     async def write(self, offset: int, data: bytes) -> None:
+        self.wrote = True
         async with self.lock:
             spill = self._spill()
             spill.write(offset, data)
@@ -226,6 +228,17 @@ class OpenFile:
         return await self._base_reader.fetch_range(start, end)
 
     # ---- saving
+
+    @property
+    def only_emptied(self) -> bool:
+        """Created or truncated to nothing, and not written yet.
+
+        A shell's '> file' opens, duplicates the descriptor and closes the original
+        before it writes: saving at that close would store an empty object first (an
+        extra PUT, and an extra version in a versioned bucket). Such a file is saved at
+        its last close instead (release), or at the close that follows its writes.
+        """
+        return not self.wrote and self.node.info.size == 0
 
     async def save(self) -> None:
         """Make S3 hold this file as it is now; S3Error if that failed (the data stays here)."""
