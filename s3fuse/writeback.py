@@ -107,6 +107,8 @@ class WriteBack:
         """Save what is left, or keep it locally; then the OpenFile is gone."""
         try:
             await of.save()
+            while of.dirty and not of.unlinked:  # attributes changed while it was saved
+                await of.save()
         except S3Error as exc:
             of.keep_locally(str(exc))
         finally:
@@ -142,6 +144,10 @@ class OpenFile:
         self.changed: set[str] = set()  # attributes set here since the last save
         self.header_changes = HeaderChanges()  # xattrs set here since the last save
         self.wrote = False  # write() was called since it was opened
+        # Counts attribute changes: one made while a save runs (chmod right after close(),
+        # while the release saves) must not be cleared by that save.
+        self.attribute_edits = 0
+        self._edits_saved = 0
         self.unlinked = False
         self.stream: StreamingUpload | None = None
         self.lock = trio.Lock()  # one save at a time, and no write while one runs
@@ -194,6 +200,7 @@ class OpenFile:
             # chosen time: the upload's LastModified says as much, no header needed.
             return
         self.attributes_changed = True
+        self.attribute_edits += 1
         self.changed.update(changes)
         if "mtime_ns" in changes:
             self.mtime_set = True
@@ -202,6 +209,7 @@ class OpenFile:
         """setxattr of user metadata, content type or storage class: folded into the next upload."""
         self.header_changes.update(changes)
         self.attributes_changed = True
+        self.attribute_edits += 1
 
     def unlink(self) -> None:
         """The name is gone: nothing of this file may reach S3 any more."""
@@ -231,14 +239,15 @@ class OpenFile:
 
     @property
     def only_emptied(self) -> bool:
-        """Created or truncated to nothing, and not written yet.
+        """An existing object truncated to nothing, and not written or changed since.
 
         A shell's '> file' opens, duplicates the descriptor and closes the original
         before it writes: saving at that close would store an empty object first (an
         extra PUT, and an extra version in a versioned bucket). Such a file is saved at
         its last close instead (release), or at the close that follows its writes.
+        A new file is still saved at its first close: 'touch' must create it by then.
         """
-        return not self.wrote and self.node.info.size == 0
+        return not (self.wrote or self.never_saved or self.attributes_changed) and self.node.info.size == 0
 
     async def save(self) -> None:
         """Make S3 hold this file as it is now; S3Error if that failed (the data stays here)."""
@@ -248,6 +257,7 @@ class OpenFile:
                 return
             if not self.dirty:
                 return
+            self._edits_saved = self.attribute_edits
             try:
                 await self._save()
             except S3Error as exc:
@@ -367,9 +377,11 @@ class OpenFile:
         if self.spill is not None:
             self.spill.close()
         self.spill, self.stream, self.base = None, None, info
-        self.never_saved = self.attributes_changed = False
-        self.changed.clear()
-        self.header_changes = HeaderChanges()
+        self.never_saved = False
+        if self.attribute_edits == self._edits_saved:
+            self.attributes_changed = False
+            self.changed.clear()
+            self.header_changes = HeaderChanges()
         self.node.kernel_etag = etag  # the kernel's pages hold exactly what was written
         self.wb.ns.added(self.node.path, info)
 

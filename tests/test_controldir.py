@@ -47,7 +47,7 @@ def test_hidden_but_reachable(s3, bucket, mount):
 
 def test_listed_with_show_control_dir(s3, bucket, mount):
     mnt = Path(mount(bucket, "--show-control-dir"))
-    assert os.listdir(mnt) == [".s3"]
+    assert sorted(os.listdir(mnt)) == [".s3", ".versions"]
     assert run(["ls", "-la", str(mnt / ".s3")]).returncode == 0
 
 

@@ -21,13 +21,21 @@ from conftest import run
 VERSION = re.compile(r"^(\d{8}T\d{6}Z)_(.+?)(\.deleted)?$")
 
 
-def write_versions(mnt: Path) -> list[datetime.datetime]:
-    """v1, v2, v3 of docs/a.txt through the mount, then rm; the instant after each step."""
+def write_versions(mnt: Path, tmp_path: Path) -> list[datetime.datetime]:
+    """v1, v2, v3 of docs/a.txt through the mount, then rm; the instant after each step.
+
+    v1 is copied with cp: a shell's '> new-file' closes a duplicate descriptor before it
+    writes, and a new file is saved at its first close (an empty version first).
+    """
     run(["sh", "-c", f'echo \'{{"Status": "Enabled"}}\' > {mnt}/.s3/versioning'])
     (mnt / "docs").mkdir()
+    (tmp_path / "v1").write_text("v1\n")
     instants = []
     for text in ("v1", "v2", "v3"):
-        run(["sh", "-c", f"echo {text} > {mnt}/docs/a.txt"])
+        if text == "v1":
+            run(["cp", str(tmp_path / "v1"), f"{mnt}/docs/a.txt"])
+        else:
+            run(["sh", "-c", f"echo {text} > {mnt}/docs/a.txt"])
         time.sleep(1.1)
         instants.append(datetime.datetime.now(datetime.UTC))
         time.sleep(1.1)
@@ -35,9 +43,9 @@ def write_versions(mnt: Path) -> list[datetime.datetime]:
     return instants
 
 
-def test_history_recover_and_time_travel(s3, bucket, mount):
+def test_history_recover_and_time_travel(s3, bucket, mount, tmp_path):
     mnt = Path(mount(bucket, "--dir-ttl", "0", "--attr-ttl", "0", "--negative-ttl", "0"))
-    instants = write_versions(mnt)
+    instants = write_versions(mnt, tmp_path)
 
     names = run(["ls", f"{mnt}/.versions/docs/a.txt/"]).stdout.decode().split()
     matches = [VERSION.match(name) for name in names]
@@ -55,7 +63,9 @@ def test_history_recover_and_time_travel(s3, bucket, mount):
     # Recover v1 with cp: an undelete.
     run(["cp", str(history / names[0]), f"{mnt}/docs/a.txt"])
     assert s3.get_object(Bucket=bucket, Key="docs/a.txt")["Body"].read() == b"v1\n"
-    assert os.readlink(history / "latest") == sorted(os.listdir(history))[-2]  # the newest version, not 'latest'
+    target = os.readlink(history / "latest")  # the version cp just made
+    assert target not in names and VERSION.match(target) and not target.endswith(".deleted")
+    assert (history / "latest").read_bytes() == b"v1\n"
 
     # A time-travel view inside the mount, and a whole mount at an instant.
     view = mnt / ".versions" / f"@{instants[1].strftime('%Y-%m-%dT%H:%M:%SZ')}"
