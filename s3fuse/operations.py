@@ -502,6 +502,7 @@ class S3Operations(pyfuse3.Operations):
 
     async def _change_file(self, node: Node, change: Callable[[OpenFile], Awaitable[None]]) -> None:
         """Apply a change to a file: folded into its pending upload, or saved right away."""
+        await self.wb.settled(node)
         writer = self.wb.files.get(node.inode)
         if writer is not None:
             await change(writer)
@@ -657,6 +658,7 @@ class S3Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
         if new_path == node.path:
             return
+        await self.wb.settled(node)
         with errno_of_s3("rename", node.path):
             await self.mut.rename(node, new_path, target)
 

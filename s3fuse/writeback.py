@@ -96,6 +96,13 @@ class WriteBack:
         of = self.files.get(node.inode)
         return of.header_changes if of is not None else None
 
+    async def settled(self, node: Node) -> None:
+        """Wait for the save a last close started (release), so later changes apply after it."""
+        of = self.files.get(node.inode)
+        if of is not None and of.handles == 0:
+            async with of.lock:
+                pass
+
     async def release(self, of: OpenFile) -> None:
         """One writable handle is gone; the last one saves what is left or keeps it locally."""
         of.handles -= 1
@@ -239,15 +246,14 @@ class OpenFile:
 
     @property
     def only_emptied(self) -> bool:
-        """An existing object truncated to nothing, and not written or changed since.
+        """Created or truncated to nothing, and not written or changed since.
 
         A shell's '> file' opens, duplicates the descriptor and closes the original
         before it writes: saving at that close would store an empty object first (an
         extra PUT, and an extra version in a versioned bucket). Such a file is saved at
         its last close instead (release), or at the close that follows its writes.
-        A new file is still saved at its first close: 'touch' must create it by then.
         """
-        return not (self.wrote or self.never_saved or self.attributes_changed) and self.node.info.size == 0
+        return not (self.wrote or self.attributes_changed) and self.node.info.size == 0
 
     async def save(self) -> None:
         """Make S3 hold this file as it is now; S3Error if that failed (the data stays here)."""

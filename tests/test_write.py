@@ -307,6 +307,8 @@ def test_unlinked_before_close_never_reaches_s3_and_empty_files_do(s3, bucket, m
     run(["touch", str(mnt / "empty.txt")])
     with open(mnt / "empty2.txt", "wb"):
         pass
+    # Saved at the last close (FUSE release, which the kernel sends just after close() returns).
+    assert wait_until(lambda: {"empty.txt", "empty2.txt"} <= keys_of(s3, bucket).keys(), 10)
     keys = keys_of(s3, bucket)
     assert keys["empty.txt"]["Size"] == 0 and keys["empty2.txt"]["Size"] == 0
     assert os.stat(mnt / "empty.txt").st_size == 0
