@@ -35,11 +35,10 @@ from .s3client import S3Client, S3Error
 from .upload import HeaderChanges
 from .versions import VERSIONS_DIR, TimeView, VersionListing, Versions, in_versions_dir, version_reader
 from .writeback import OpenFile, WriteBack
-from .xattrs import NAMESPACES, Xattrs
+from .xattrs import Xattrs, is_s3fuse_name
 
 log = logging.getLogger(__name__)
 
-XATTR_NAMESPACES = tuple(prefix.encode() for prefix in NAMESPACES)
 PREFERRED_IO_SIZE = 1 << 20  # st_blksize: the largest request FUSE sends
 FAKE_CAPACITY_BLOCKS = 1 << 40  # statfs: S3 has no capacity; report 4 PiB free like peers
 
@@ -676,7 +675,7 @@ class S3Operations(pyfuse3.Operations):
         return node
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not name.startswith(XATTR_NAMESPACES) and not self.opts.no_xattr:
+        if not is_s3fuse_name(name) and not self.opts.no_xattr:
             raise pyfuse3.FUSEError(errno.ENODATA)  # ls -l asks every entry for security.selinux
         node = self._xattr_node(inode)
         history = self._history(node.path)

@@ -66,11 +66,12 @@ ChangeHeaders = Callable[[Node, HeaderChanges], Awaitable[None]]
 PendingHeaders = Callable[[Node], HeaderChanges | None]
 
 
-NAMESPACES = (USER, "s3.")
+NAMESPACES = (USER.encode(), b"s3.")
 
 
-def is_s3fuse_name(name: str) -> bool:
-    """Names s3fuse has values for; others (security.*, system.*) are ENODATA without a request."""
+def is_s3fuse_name(name: bytes) -> bool:
+    """Names s3fuse has values for; others (security.*, system.*, which ls -l asks of
+    every entry) are answered ENODATA before anything is looked up."""
     return name.startswith(NAMESPACES)
 
 
@@ -191,8 +192,6 @@ class Xattrs:
     # ---- reading
 
     async def get(self, node: Node, name: str, is_root: bool) -> bytes:
-        if not is_s3fuse_name(name):
-            raise no_such_attribute(name)  # security.*, system.*: asked by ls and cp, answered without S3
         key = "" if is_root else self._key(node)
         cache_key = (key, node.info.etag, name)  # a new version of the object has new values
         cached = self._values.get(cache_key)
