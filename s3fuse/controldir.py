@@ -20,6 +20,7 @@ from cachetools import TTLCache
 
 from .bucketconfig import DOCUMENTS, ConfigDocument
 from .metadata import EntryInfo, directory
+from .names import at_or_below
 from .s3client import S3Client, S3Error
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ CONTROL_DIR = ".s3"
 
 
 def in_control_dir(path: str) -> bool:
-    return path == CONTROL_DIR or path.startswith(CONTROL_DIR + "/")
+    return at_or_below(path, CONTROL_DIR)
 
 
 def document_name(path: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pyfuse3
 
 from .metadata import EntryInfo
+from .names import at_or_below
 
 
 class Node:
@@ -79,8 +80,7 @@ class InodeTable:
         if not tree:
             node = self._by_path.get(path)
             return [node] if node is not None else []
-        below = path + "/"
-        return [node for p, node in self._by_path.items() if p == path or p.startswith(below)]
+        return [node for p, node in self._by_path.items() if at_or_below(p, path)]
 
     def forget(self, inode: int, count: int) -> None:
         node = self._by_inode.get(inode)

@@ -28,6 +28,11 @@ def join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
+def at_or_below(path: str, top: str) -> bool:
+    """Whether path is top or lies in the tree below it ('a/b' is below 'a', 'ab' is not)."""
+    return path == top or path.startswith(top + "/")
+
+
 def split(path: str) -> tuple[str, str]:
     """('a/b', 'c') for 'a/b/c'; ('', 'c') for 'c'."""
     parent, _, name = path.rpartition("/")

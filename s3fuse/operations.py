@@ -682,9 +682,10 @@ class S3Operations(pyfuse3.Operations):
         if history is not None:
             with errno_of_s3("getxattr", node.path):
                 values = await history.xattrs(node.path)
-            if name.decode(errors="replace") not in values:
+            value = values.get(name.decode(errors="surrogateescape"))
+            if value is None:
                 raise pyfuse3.FUSEError(errno.ENODATA)
-            return values[name.decode()]
+            return value
         with errno_of_s3("getxattr", node.path):
             return await self.xattrs.get(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 

@@ -56,7 +56,7 @@ from cachetools import LRUCache, TTLCache
 from .blockcache import BlockCache
 from .listing import DirectoryStream
 from .metadata import EntryInfo
-from .names import dir_prefix, invalid_reason, join, split
+from .names import at_or_below, dir_prefix, invalid_reason, join, split
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
 from .upload import gather
@@ -77,7 +77,7 @@ KINDS_FIELD = "S3fuseDeleteMarkerOrder"
 
 
 def in_versions_dir(path: str) -> bool:
-    return path == VERSIONS_DIR or path.startswith(VERSIONS_DIR + "/")
+    return at_or_below(path, VERSIONS_DIR)
 
 
 def parse_instant(text: str) -> datetime.datetime | None:

@@ -27,7 +27,7 @@ import trio
 from .blockcache import BlockCache
 from .inodes import Node
 from .metadata import META_MTIME, EntryInfo, from_head
-from .names import file_key
+from .names import at_or_below, file_key
 from .namespace import Namespace
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
@@ -124,8 +124,7 @@ class WriteBack:
 
     def under(self, path: str) -> list[OpenFile]:
         """Open files at or below a path."""
-        below = path + "/"
-        return [of for of in self.files.values() if of.node.path == path or of.node.path.startswith(below)]
+        return [of for of in self.files.values() if at_or_below(of.node.path, path)]
 
     async def shutdown(self) -> None:
         """Unmounting: every file still open is saved, or kept in lost+found."""
