@@ -31,6 +31,7 @@ import trio
 
 from .blockcache import BlockCache
 from .metadata import EntryInfo
+from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry, refuse
 from .names import NAME_MAX, decode_name, invalid_reason
 from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of_s3
@@ -542,6 +543,8 @@ class AllBucketsOperations(pyfuse3.Operations):
         # cost a GetBucketLocation per bucket.
         if self.opts.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
+        if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
+            return METRICS.exposition().encode()
         if inode == pyfuse3.ROOT_INODE or not is_s3fuse_name(name):
             raise pyfuse3.FUSEError(errno.ENODATA)
         return await (await self._ops(inode)).getxattr(inode, name, ctx)

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Hashable
 import trio
 from cachetools import LRUCache
 
+from .metrics import METRICS
+
 
 class _Fetch:
     __slots__ = ("data", "done", "error")
@@ -29,6 +31,10 @@ class BlockCache:
         self._lru: LRUCache[Hashable, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
         self._inflight: dict[Hashable, _Fetch] = {}
         self._scope: Hashable = None
+        METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        return {"s3fuse_block_cache_bytes": self._lru.currsize}
 
     def scoped(self, scope: Hashable) -> BlockCache:
         """A view on the same memory whose keys are apart from every other scope's (one per bucket).
@@ -55,8 +61,11 @@ class BlockCache:
         key = (self._scope, block)
         data = self._lru.get(key)
         if data is not None:
+            METRICS.lookup("block", True)
             return data
         pending = self._inflight.get(key)
+        # joining a fetch in flight costs no request: a hit
+        METRICS.lookup("block", pending is not None)
         if pending is None:
             pending = _Fetch()
             self._inflight[key] = pending

@@ -17,6 +17,8 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
+from .metrics import METRICS
+
 # Object metadata headers (without the x-amz-meta- prefix) that carry POSIX attributes.
 # s3fs-fuse writes mode/uid/gid/mtime; rclone writes mtime as fractional seconds.
 META_MODE, META_UID, META_GID, META_MTIME = "mode", "uid", "gid", "mtime"
@@ -152,13 +154,16 @@ class MetadataCache:
         )
         self.dir_ttl = dir_ttl
         self.headers: LRUCache[str, EntryInfo] = LRUCache(maxsize=max_entries)
+        METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        return {"s3fuse_metadata_cache_entries": len(self.entries) + len(self.negatives) + self.listings.currsize}
 
     def get(self, path: str) -> EntryInfo | _Negative | None:
         """The cached answer for a path: an EntryInfo, NEGATIVE, or None (unknown)."""
-        info = self.entries.get(path)
-        if info is not None:
-            return info
-        return self.negatives.get(path)
+        info = self.entries.get(path) or self.negatives.get(path)
+        METRICS.lookup("metadata", info is not None)
+        return info
 
     def put(self, path: str, info: EntryInfo) -> None:
         self.entries[path] = info
@@ -190,7 +195,9 @@ class MetadataCache:
         self.listings.pop(path, None)
 
     def get_listing(self, path: str) -> Listing | None:
-        return self.listings.get(path)
+        listing = self.listings.get(path)
+        METRICS.lookup("listing", listing is not None)
+        return listing
 
     def remember_headers(self, path: str, info: EntryInfo) -> None:
         if info.from_head and not info.is_dir:

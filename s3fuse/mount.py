@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -26,6 +27,7 @@ from .localserver import start_demo_server
 from .operations import S3Operations
 from .options import ALL_BUCKETS
 from .s3client import ClientSettings, RedactSecrets, RequestOptions, S3Client, make_boto_client, region_of
+from .stats import metrics_listener, serve_metrics
 
 log = logging.getLogger("s3fuse")
 
@@ -163,7 +165,7 @@ def sync_mount(mountpoint: str) -> None:
         os.close(fd)
 
 
-async def _serve(ops: S3Operations | AllBucketsOperations) -> None:
+async def _serve(ops: S3Operations | AllBucketsOperations, metrics: socket.socket | None) -> None:
     async def stop_on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -178,6 +180,8 @@ async def _serve(ops: S3Operations | AllBucketsOperations) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(stop_on_signals)
+        if metrics is not None:
+            nursery.start_soon(serve_metrics, metrics)
         await pyfuse3.main(max_tasks=256)
         await ops.shutdown()
         nursery.cancel_scope.cancel()
@@ -205,6 +209,7 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
             opts.endpoint_url = start_demo_server()
             log.info("embedded S3 server at %s", opts.endpoint_url)
         client, secrets = check_bucket(opts)
+        metrics = open_metrics_listener(opts.metrics)
     except MountError as exc:
         if report_fd is not None or opts.log_file:  # else the log is stderr, where report() prints
             log.error("%s", exc)
@@ -233,11 +238,20 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
     if report_fd is not None:
         detach_stdio()
     try:
-        trio.run(_serve, ops)
+        trio.run(_serve, ops, metrics)
     finally:
         pyfuse3.close(unmount=is_mounted(opts.mountpoint))
         log.info("unmounted %s", opts.mountpoint)
     return 0
+
+
+def open_metrics_listener(address: str | None) -> socket.socket | None:
+    if address is None:
+        return None
+    try:
+        return metrics_listener(address)
+    except (OSError, ValueError) as exc:
+        raise MountError(f"cannot serve metrics at {address}: {exc}") from exc
 
 
 def detach_stdio() -> None:

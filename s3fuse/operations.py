@@ -27,6 +27,7 @@ from .blockcache import BlockCache
 from .controldir import CONTROL_DIR, ControlDir, ControlDirHandle, ControlFile, document_name, in_control_dir
 from .inodes import Node
 from .metadata import EntryInfo
+from .metrics import METRICS, STATS_XATTR
 from .mutations import Mutations, new_entry
 from .names import NAME_MAX, decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
@@ -675,6 +676,8 @@ class S3Operations(pyfuse3.Operations):
         return node
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and not self.opts.no_xattr:
+            return METRICS.exposition().encode()
         if not is_s3fuse_name(name) and not self.opts.no_xattr:
             raise pyfuse3.FUSEError(errno.ENODATA)  # ls -l asks every entry for security.selinux
         node = self._xattr_node(inode)

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="s3fuse",
         description="Mount an S3 bucket (or a prefix of it), or every bucket of the account, as a directory.",
         epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server; "
-        "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished. "
+        "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished; "
+        "'s3fuse stats MOUNTPOINT' shows a mount's S3 requests, errors and cache hit rates. "
         "Credentials come from boto3's usual chain: environment, ~/.aws profiles, SSO, instance metadata.",
     )
     p.add_argument("--version", action="version", version=f"s3fuse {__version__}")
@@ -301,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-file",
         default=None,
         help="log here (default: stderr in the foreground, CACHE_DIR/s3fuse.log when detached)",
+    )
+    logs.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        default=None,
+        help="serve the counters of 's3fuse stats' at http://HOST:PORT/metrics in the Prometheus text "
+        "format (HOST defaults to 127.0.0.1)",
     )
     return p
 

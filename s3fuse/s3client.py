@@ -28,6 +28,8 @@ import botocore.session
 import botocore.utils
 import trio
 
+from .metrics import METRICS
+
 log = logging.getLogger(__name__)
 
 # S3 error codes (and bare HTTP statuses, for HEAD responses that carry no body) to errno.
@@ -234,6 +236,7 @@ def make_boto_client(settings: ClientSettings, region: str | None = None) -> tup
         request_checksum_calculation="when_required",
     )
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+    METRICS.observe(client)
     if settings.request.requester_pays:
         # The start-up checks have no RequestPayer parameter, but a Requester Pays bucket
         # of another account refuses requests without the header.

@@ -27,6 +27,7 @@ import trio
 from .blockcache import BlockCache
 from .inodes import Node
 from .metadata import META_MTIME, EntryInfo, from_head
+from .metrics import METRICS
 from .names import at_or_below, file_key
 from .namespace import Namespace
 from .reader import ObjectReader
@@ -66,7 +67,16 @@ class WriteBack:
         self.kept_dir = os.path.join(opts.cache_dir, "lost+found")
         self.files: dict[int, OpenFile] = {}
         self.nursery: trio.Nursery | None = None  # for streaming parts; set by the mount loop
+        self.saving = 0  # saves running now
         self._report_leftovers()
+        METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        return {
+            "s3fuse_files_open_for_writing": len(self.files),
+            "s3fuse_dirty_files": sum(of.dirty for of in self.files.values()),
+            "s3fuse_uploads_in_progress": self.saving,
+        }
 
     def _report_leftovers(self) -> None:
         """Spill files of daemons that died: data acknowledged to no one, but worth a look."""
@@ -263,12 +273,15 @@ class OpenFile:
             if not self.dirty:
                 return
             self._edits_saved = self.attribute_edits
+            self.wb.saving += 1
             try:
                 await self._save()
             except S3Error as exc:
                 await self._drop_stream()
                 log.warning("saving %r to S3 failed: %s", self.key, exc)
                 raise
+            finally:
+                self.wb.saving -= 1
 
     async def _save(self) -> None:
         if self.spill is None and not self.never_saved:  # attributes only: copy onto itself
@@ -404,6 +417,7 @@ class OpenFile:
             return
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{quote(self.key, safe='')}"[:255]
         path = self.spill.keep(self.wb.kept_dir, name)
+        METRICS.count("s3fuse_files_kept_total")
         partial = "" if self.spill.base_limit == 0 else " (only the ranges written here; the rest is the old object)"
         log.error("could not save %r to S3 (%s); its data is kept at %s%s", self.key, reason, path, partial)
         self.spill = None
