@@ -1,8 +1,11 @@
-"""The command line: arguments, fstab-style ``-o`` options and their defaults.
+"""The command line: arguments, fstab-style ``-o`` options, the config file, environment variables.
 
 Owns the argument parser (the single source of every option's name, default and
-help text) and the translation of ``-o name=value,flag`` into the same options, so
-``mount -t fuse.s3fuse`` and fstab lines reach exactly what the flags reach.
+help text) and the other ways to set the same options: ``-o name=value,flag`` (so
+``mount -t fuse.s3fuse`` and fstab lines reach exactly what the flags reach),
+``S3FUSE_NAME`` environment variables and a TOML config file. Precedence, highest
+first: the command line (flags and ``-o``), the environment, the config file's
+section for the bucket, its top level, the built-in defaults.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import argparse
 import datetime
 import os
 import re
+import tomllib
+from typing import Any
 
 from . import __version__
 from .s3client import read_sse_c_key
@@ -73,6 +78,12 @@ def default_cache_dir() -> str:
     return os.path.join(base, "s3fuse")
 
 
+def default_config_paths() -> list[str]:
+    """The config files looked for when neither --config nor S3FUSE_CONFIG names one; the first found is used."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return [os.path.join(base, "s3fuse", "config.toml"), "/etc/s3fuse/config.toml"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="s3fuse",
@@ -104,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OPT[,OPT=VALUE...]",
         help="fstab-style options: any long option below as name=value or flag "
         "(dashes or underscores), plus ro, allow_other and the usual mount-helper options",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML file of options (long names as keys; a [bucket.NAME] table for one bucket); default: "
+        "S3FUSE_CONFIG, else the first of ~/.config/s3fuse/config.toml and /etc/s3fuse/config.toml that exists",
     )
 
     s3 = p.add_argument_group("S3 connection")
@@ -337,10 +355,81 @@ def expand_mount_options(argv: list[str], parser: argparse.ArgumentParser) -> li
     return out
 
 
+# Not settable from a config file or the environment: what names the mount, and the parser's own.
+_COMMAND_LINE_ONLY = {"bucket", "mountpoint", "mount_options", "config", "help", "version"}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def _settable(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _COMMAND_LINE_ONLY}
+
+
+def _convert(action: argparse.Action, value: Any, where: str, parser: argparse.ArgumentParser) -> Any:
+    """A config or environment value as the option's type, or a usage error naming where it came from."""
+    flag = action.option_strings[-1]
+    if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in _TRUE | _FALSE:
+            return str(value).lower() in _TRUE
+        parser.error(f"{where}: {flag} is on or off (true/false), not {value!r}")
+    if isinstance(value, (bool, list, dict)):
+        parser.error(f"{where}: {flag} needs a value like {action.metavar or action.dest.upper()}, not {value!r}")
+    try:
+        converted = action.type(str(value)) if callable(action.type) else str(value)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(f"{where}: {flag}: {exc}")
+    if action.choices is not None and converted not in action.choices:
+        parser.error(f"{where}: {flag} must be one of {', '.join(map(str, action.choices))}, not {value!r}")
+    return converted
+
+
+def _config_file(path: str | None, parser: argparse.ArgumentParser) -> tuple[str | None, dict[str, Any]]:
+    explicit = path or os.environ.get("S3FUSE_CONFIG")
+    candidates = [explicit] if explicit else [p for p in default_config_paths() if os.path.exists(p)][:1]
+    for candidate in candidates:
+        try:
+            with open(candidate, "rb") as f:
+                return candidate, tomllib.load(f)
+        except OSError as exc:
+            parser.error(f"config file {candidate}: {exc.strerror}")
+        except tomllib.TOMLDecodeError as exc:
+            parser.error(f"config file {candidate}: {exc}")
+    return None, {}
+
+
+def configured_defaults(parser: argparse.ArgumentParser, config_path: str | None, bucket: str | None) -> dict[str, Any]:
+    """Option values from the config file (its [bucket.NAME] table over its top level), then S3FUSE_* variables."""
+    settable = _settable(parser)
+    path, doc = _config_file(config_path, parser)
+    values: dict[str, Any] = {}
+    sections = doc.get("bucket", {})
+    if not isinstance(sections, dict):
+        parser.error(f"config file {path}: 'bucket' must be a table of [bucket.NAME] tables")
+    for where, table in ((path, doc), (f"{path} [bucket.{bucket}]", sections.get(bucket or "", {}))):
+        for key, value in table.items():
+            dest = key.replace("-", "_")
+            if table is doc and key == "bucket":
+                continue
+            if dest not in settable:
+                parser.error(f"config file {where}: unknown option {key!r}")
+            values[dest] = _convert(settable[dest], value, f"config file {where}", parser)
+    for dest, action in settable.items():
+        var = "S3FUSE_" + dest.upper()
+        if var in os.environ:
+            values[dest] = _convert(action, os.environ[var], f"environment variable {var}", parser)
+    return values
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
-    # intermixed: BUCKET is optional, and options may still come between BUCKET and MOUNTPOINT
-    args = parser.parse_intermixed_args(expand_mount_options(argv, parser))
+    expanded = expand_mount_options(argv, parser)
+    # intermixed: BUCKET is optional, and options may still come between BUCKET and MOUNTPOINT.
+    # Parsed twice: the config file and the bucket its section is for are known after the first.
+    first = parser.parse_intermixed_args(expanded)
+    bucket = None if first.bucket in (None, ALL_BUCKETS) else first.bucket.partition(":")[0]
+    parser.set_defaults(**configured_defaults(parser, first.config, bucket))
+    args = parser.parse_intermixed_args(expanded)
     if args.bucket == ALL_BUCKETS:
         args.all_buckets = True
     elif args.all_buckets and args.bucket is not None:

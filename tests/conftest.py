@@ -158,8 +158,9 @@ def pid_alive(pid: int) -> bool:
 
 def base_env(**overrides: str | None) -> dict[str, str]:
     """The environment of s3fuse subprocesses: test credentials, no host AWS config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3FUSE_"))}
     env.update(
+        S3FUSE_CONFIG=os.devnull,  # no config file of the machine's
         AWS_ACCESS_KEY_ID=ACCESS_KEY,
         AWS_SECRET_ACCESS_KEY=SECRET_KEY,
         AWS_DEFAULT_REGION=REGION,

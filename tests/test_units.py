@@ -189,8 +189,9 @@ def test_parse_mode():
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", *(v for v in os.environ if v.startswith("S3FUSE_"))):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("S3FUSE_CONFIG", os.devnull)  # no config file of the machine's
 
 
 @pytest.mark.parametrize(
@@ -272,6 +273,74 @@ def test_parse_args_errors(clean_env, capsys, argv, message):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+CONFIG = """
+cache-size = "128M"
+attr_ttl = 5
+read-only = true
+log-level = "warning"
+
+[bucket.photos]
+attr-ttl = 60
+storage_class = "STANDARD_IA"
+"""
+
+
+def test_config_file_environment_and_command_line(clean_env, monkeypatch, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    monkeypatch.setenv("S3FUSE_CONFIG", str(config))
+    other = parse_args(["other", "/mnt"])
+    assert (other.cache_size, other.attr_ttl, other.read_only, other.storage_class) == (128 << 20, 5, True, None)
+    assert other.dir_ttl == 30  # not in the file: the built-in default
+    photos = parse_args(["photos:2026", "/mnt"])  # its [bucket.photos] table wins over the top level
+    assert (photos.attr_ttl, photos.storage_class, photos.log_level) == (60, "STANDARD_IA", "warning")
+    monkeypatch.setenv("S3FUSE_ATTR_TTL", "9")
+    monkeypatch.setenv("S3FUSE_READ_ONLY", "no")
+    env = parse_args(["photos", "/mnt"])  # the environment wins over the file
+    assert (env.attr_ttl, env.read_only, env.cache_size) == (9, False, 128 << 20)
+    for argv in (["photos", "/mnt", "--attr-ttl", "2"], ["photos", "/mnt", "-o", "attr_ttl=2"]):
+        assert parse_args(argv).attr_ttl == 2  # the command line wins over everything
+    monkeypatch.delenv("S3FUSE_CONFIG")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert parse_args(["b", "/mnt"]).cache_size == 64 << 20  # no file at the default place: fine
+    (tmp_path / "xdg/s3fuse").mkdir(parents=True)
+    (tmp_path / "xdg/s3fuse/config.toml").write_text('cache_size = "1G"\n')
+    assert parse_args(["b", "/mnt"]).cache_size == 1 << 30
+    assert parse_args(["b", "/mnt", "-o", f"config={config}"]).cache_size == 128 << 20
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ('cache_size = "lots"', {}, "config file CONFIG: --cache-size: not a size: 'lots'"),
+        ("attr_tll = 5", {}, "config file CONFIG: unknown option 'attr_tll'"),
+        ("mountpoint = '/x'", {}, "unknown option 'mountpoint'"),
+        ("read_only = 'maybe'", {}, "--read-only is on or off"),
+        ('acl = "everyone"', {}, "--acl must be one of private,"),
+        ("[bucket.b]\nlist_version = 3", {}, "config file CONFIG [bucket.b]: --list-version must be one of 1, 2"),
+        ("cache_size = [1]", {}, "--cache-size needs a value"),
+        ("cache_size = ", {}, "config file CONFIG: Invalid value"),
+        ("", {"S3FUSE_TIMEOUT": "soon"}, "environment variable S3FUSE_TIMEOUT: --timeout: could not convert"),
+    ],
+)
+def test_config_errors_name_their_source(clean_env, monkeypatch, capsys, tmp_path, text, env, message):
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    monkeypatch.setenv("S3FUSE_CONFIG", str(config))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["b", "/mnt"])
+    assert exc.value.code == 2
+    assert message.replace("CONFIG", str(config)) in capsys.readouterr().err
+
+
+def test_missing_config_file(clean_env, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["b", "/mnt", "--config", str(tmp_path / "nope.toml")])
+    assert f"config file {tmp_path / 'nope.toml'}: No such file or directory" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- metadata
