@@ -16,6 +16,7 @@ from typing import Any
 import botocore.exceptions
 
 from .options import default_cache_dir, parse_duration
+from .progress import Progress
 from .s3client import ClientSettings, make_boto_client
 from .upload import MiB, UploadRegistry, process_alive
 
@@ -48,50 +49,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: float, dry_run: bool) -> int:
-    """Abort s3fuse's orphaned uploads in bucket; prints one line per upload and a summary."""
+    """Abort s3fuse's orphaned uploads in bucket; prints one line per upload and a summary,
+    with progress on stderr (a bar on a terminal)."""
     ours = registry.entries()
     seen: set[str] = set()
     # The registry's start time, not S3's 'Initiated': some servers (moto) report a fixed date.
     cutoff = time.time() - older_than
-    aborted = others = kept = 0
-    freed = 0
+    others = kept = 0
+    orphans = []
+    listing = Progress("listing multipart uploads")
     for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
         for upload in page.get("Uploads", []):
-            upload_id, key = upload["UploadId"], upload["Key"]
-            entry = ours.get(upload_id)
+            entry = ours.get(upload["UploadId"])
             if entry is None:
                 others += 1
                 continue
-            seen.add(upload_id)
+            seen.add(upload["UploadId"])
             in_progress = process_alive(entry.get("pid")) and entry.get("pid") != os.getpid()
             started = float(entry.get("started", 0))
             if started > cutoff or in_progress:
                 kept += 1
-                continue
-            parts = [
-                part
-                for parts_page in client.get_paginator("list_parts").paginate(
-                    Bucket=bucket, Key=key, UploadId=upload_id
-                )
-                for part in parts_page.get("Parts", [])
-            ]
-            size = sum(part["Size"] for part in parts)
-            verb = "would abort" if dry_run else "aborted"
-            if not dry_run:
-                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-                registry.forget(upload_id)
-            print(
-                f"{verb} upload of {key!r} started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}: "
-                f"{len(parts)} parts, {size / MiB:.1f} MiB"
-            )
-            aborted += 1
-            freed += size
+            else:
+                orphans.append((upload["Key"], upload["UploadId"], started))
+        listing.advance(len(page.get("Uploads", [])))
+    listing.finish()
+    verb = "would abort" if dry_run else "aborted"
+    freed = 0
+    aborting = Progress("checking uploads" if dry_run else "aborting uploads", total=len(orphans))
+    for key, upload_id, started in orphans:
+        size = sum(
+            part["Size"]
+            for parts_page in client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id)
+            for part in parts_page.get("Parts", [])
+        )
+        if not dry_run:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            registry.forget(upload_id)
+        aborting.print(
+            f"{verb} upload of {key!r} started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}: "
+            f"{size / MiB:.1f} MiB"
+        )
+        aborting.advance()
+        freed += size
+    aborting.finish()
     if not dry_run:
         for upload_id in ours.keys() - seen:  # finished or aborted meanwhile
             registry.forget(upload_id)
-    verb = "would abort" if dry_run else "aborted"
     print(
-        f"{verb} {aborted} upload(s) ({freed / MiB:.1f} MiB); left {kept} newer or still in progress, "
+        f"{verb} {len(orphans)} upload(s) ({freed / MiB:.1f} MiB); left {kept} newer or still in progress, "
         f"and {others} that s3fuse did not start"
     )
     return 0

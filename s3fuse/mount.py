@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
+from logging.handlers import SysLogHandler
 from typing import Any
 
 import botocore.exceptions
@@ -125,14 +127,30 @@ def check_bucket(opts: argparse.Namespace) -> tuple[Any, list[str]]:
     return full, secrets
 
 
-def setup_logging(opts: argparse.Namespace, detached: bool) -> logging.Handler:
+SYSLOG = "syslog"  # --log-file syslog: to the system log
+SYSLOG_SOCKET = "/dev/log"  # syslog daemons and journald listen here
+
+
+def log_handler(opts: argparse.Namespace, detached: bool) -> logging.Handler:
+    if opts.log_file == SYSLOG:
+        # SysLogHandler would connect later, silently dropping lines until a syslog appears
+        if not stat.S_ISSOCK(os.stat(SYSLOG_SOCKET).st_mode if os.path.exists(SYSLOG_SOCKET) else 0):
+            raise MountError(f"cannot log to syslog: {SYSLOG_SOCKET} is not there (no syslog daemon or journald)")
+        handler: logging.Handler = SysLogHandler(SYSLOG_SOCKET, SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("s3fuse[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+        return handler
     if opts.log_file or detached:
         path = opts.log_file or os.path.join(opts.cache_dir, "s3fuse.log")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(path)
+        handler = logging.FileHandler(path)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def setup_logging(opts: argparse.Namespace, detached: bool) -> logging.Handler:
+    handler = log_handler(opts, detached)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(opts.log_level.upper())
@@ -198,8 +216,9 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
             os.write(report_fd, message.encode())
             os.close(report_fd)
 
-    handler = setup_logging(opts, detached=report_fd is not None)
+    handler = None
     try:
+        handler = setup_logging(opts, detached=report_fd is not None)
         if not os.path.isdir(opts.mountpoint):
             raise MountError(f"mount point {opts.mountpoint} is not a directory")
         if is_mounted(opts.mountpoint):
@@ -211,10 +230,11 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
         client, secrets = check_bucket(opts)
         metrics = open_metrics_listener(opts.metrics)
     except MountError as exc:
-        if report_fd is not None or opts.log_file:  # else the log is stderr, where report() prints
+        if handler is not None and (report_fd is not None or opts.log_file):  # else report() prints it
             log.error("%s", exc)
         report(str(exc))
         return 1
+    assert handler is not None
     handler.addFilter(RedactSecrets(secrets))
 
     s3 = S3Client(client, opts.bucket_name, settings_of(opts))

@@ -126,6 +126,7 @@ class Mutations:
         old, new = self._marker_key(old_path), self._marker_key(new_path)
         token = None
         moved = 0
+        started = time.monotonic()
         directories = {old}  # every directory below old, as a marker key
         while True:
             params: dict[str, Any] = {"Prefix": old, "MaxKeys": 1000}
@@ -150,11 +151,14 @@ class Mutations:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 break
+            # the mv waiting on it shows nothing: the log says how far it got
+            log.info("renaming %r to %r: %d objects moved so far (%.0f s)", old_path, new_path, moved,
+                     time.monotonic() - started)  # fmt: skip
         # Servers that keep directories as such (SeaweedFS) do not list every marker
         # and keep emptied directories: delete them all, deepest first (on S3 the
         # markers not listed do not exist, and deleting them is a no-op).
         await delete_keys(self.s3, sorted(directories, key=lambda key: -key.count("/")))
-        log.info("renamed %r to %r: %d objects", old_path, new_path, moved)
+        log.info("renamed %r to %r: %d objects in %.1f s", old_path, new_path, moved, time.monotonic() - started)
 
     async def _copy_key(self, obj: dict[str, Any], new_key: str) -> None:
         if obj["Key"].endswith("/"):

@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "--log-file",
         default=None,
-        help="log here (default: stderr in the foreground, CACHE_DIR/s3fuse.log when detached)",
+        help="log to this file, or to the system log with 'syslog' (default: stderr in the foreground, "
+        "CACHE_DIR/s3fuse.log when detached)",
     )
     logs.add_argument(
         "--metrics",
@@ -451,7 +452,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--block-size must be at least 64K")
     args.mountpoint = os.path.abspath(args.mountpoint)
     args.cache_dir = os.path.abspath(args.cache_dir)  # the daemon runs in /
-    if args.log_file:
+    if args.log_file and args.log_file != "syslog":
         args.log_file = os.path.abspath(args.log_file)
     args.sse_c_key = None
     if args.sse_c_key_file:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 
@@ -307,3 +308,33 @@ def test_secret_never_logged(s3, bucket, mount):
     assert "DEBUG" in log and "botocore" in log  # debug logging really was on
     assert secret not in log
     assert secret not in mount.get(mnt).output_text()
+
+
+def test_log_to_syslog(s3, bucket, mount):
+    """--log-file syslog: the lines reach /dev/log (a stand-in syslog daemon here, if the machine has none)."""
+    if os.path.exists("/dev/log"):
+        pytest.skip("this machine's syslog owns /dev/log; the lines cannot be read back")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind("/dev/log")
+        try:
+            syslog.settimeout(10)
+            mnt = mount(bucket, "--log-file", "syslog")
+            mount.check(mnt)
+            lines = []
+            with contextlib.suppress(TimeoutError):
+                while not any(b"unmounted" in line for line in lines):
+                    lines.append(syslog.recv(65536))
+        finally:
+            os.unlink("/dev/log")
+    # <priority> = facility daemon (3) * 8 + info (6)
+    assert any(line.startswith(b"<30>s3fuse[") and f"mounted s3://{bucket}/".encode() in line for line in lines)
+    assert any(f"unmounted {mnt}".encode() in line for line in lines)
+
+
+def test_syslog_missing(bucket, moto, tmp_path):
+    if os.path.exists("/dev/log"):
+        pytest.skip("this machine has a syslog")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = s3fuse_cmd(bucket, str(mnt), "--endpoint-url", moto.url, "--log-file", "syslog", tmp_path=tmp_path)
+    assert one_error_line(res) == ("s3fuse: cannot log to syslog: /dev/log is not there (no syslog daemon or journald)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import itertools
 import logging
 import os
@@ -25,6 +26,7 @@ from s3fuse.listing import DirectoryStream
 from s3fuse.metadata import EntryInfo, MetadataCache, apply_posix_metadata, directory, from_head, parse_seconds_ns
 from s3fuse.mount import describe_failure
 from s3fuse.options import build_parser, expand_mount_options, parse_args, parse_mode, parse_size
+from s3fuse.progress import Progress
 from s3fuse.s3client import ClientSettings, RedactSecrets, S3Client, S3Error, translate
 
 # Characters an S3 key realistically holds: no surrogates (not UTF-8), no NUL, no U+10FFFF
@@ -341,6 +343,40 @@ def test_missing_config_file(clean_env, capsys, tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["b", "/mnt", "--config", str(tmp_path / "nope.toml")])
     assert f"config file {tmp_path / 'nope.toml'}: No such file or directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- progress
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal(capsys):
+    term = FakeTerminal()
+    progress = Progress("aborting uploads", total=4, stream=term)
+    progress.advance()
+    progress.print("aborted one")
+    progress.advance(3)
+    progress.finish()
+    shown = term.getvalue()
+    assert "aborting uploads: [#######                       ] 1/4 (25%)" in shown
+    assert shown.endswith("4/4 (100%)\r\033[K")  # cleared at the end: the terminal is left clean
+    assert capsys.readouterr().out == "aborted one\n"  # ordinary output is not torn by the bar
+
+
+def test_progress_lines_elsewhere(monkeypatch):
+    log = io.StringIO()
+    now = [100.0]
+    monkeypatch.setattr("s3fuse.progress.time.monotonic", lambda: now[0])
+    progress = Progress("listing multipart uploads", stream=log, interval=5)
+    for _ in range(10):
+        progress.advance(100)
+        now[0] += 1
+    progress.finish()
+    # the first step, then one line per 5 s; no escape codes
+    assert log.getvalue() == "listing multipart uploads: 100\nlisting multipart uploads: 600\n"
 
 
 # ---------------------------------------------------------------- metadata

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from conftest import keys_of, run, wait_until
+from conftest import keys_of, put_objects, run, wait_until
 
 MIB = 1 << 20
 SINGLE_PUT_LIMIT = 8 * MIB  # files up to this size are one PutObject
@@ -409,6 +409,16 @@ def test_mv_directory_moves_every_key(s3, bucket, mount):
     assert body_of(s3, bucket, "old/dir-sibling.txt") == b"not moved"
     assert os.listdir(mnt / "old") == ["dir-sibling.txt"]
     assert sorted(os.listdir(mnt)) == ["new", "old"]
+
+
+def test_mv_of_many_keys_logs_its_progress(s3, bucket, mount):
+    put_objects(s3, bucket, {f"many/f{i:04d}": b"x" for i in range(1100)})
+    mnt = mount(bucket)
+    run(["mv", str(mnt / "many"), str(mnt / "moved")])
+    assert len(keys_of(s3, bucket, "moved/")) == 1100 and keys_of(s3, bucket, "many/") == {}
+    log = mount.log_text(mnt)
+    assert "renaming 'many' to 'moved': 1000 objects moved so far" in log  # after the first listing page
+    assert "renamed 'many' to 'moved': 1100 objects in" in log
 
 
 def test_rename_over_existing_file(s3, bucket, mount):
