@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         default=default_cache_dir(),
         help="directory for logs, unsaved writes (spill files), the record of multipart uploads in "
-        "progress and lost+found (default: %(default)s)",
+        "progress and lost+found (default: $XDG_CACHE_HOME/s3fuse, else ~/.cache/s3fuse)",
     )
     cache.add_argument(
         "--block-size",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
 
-from conftest import free_port, run
+from conftest import base_env, free_port, is_mounted, run
 from s3ops import operations_of
 
 from s3fuse.metrics import parse_exposition
@@ -109,3 +110,19 @@ def test_stats_need_xattrs(s3, bucket, mount):
     res = stats(mnt)
     assert res.returncode == 1
     assert "--no-xattr" in res.stderr
+
+
+def test_metrics_port_in_use_fails_the_mount(bucket, moto, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        res = subprocess.run(
+            [sys.executable, "-m", "s3fuse", bucket, str(mnt), "--endpoint-url", moto.url, "--metrics", str(port)],
+            capture_output=True, text=True, timeout=30, env=base_env(XDG_CACHE_HOME=str(tmp_path / "xdg")),
+        )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"s3fuse: cannot serve metrics at {port}: ") and res.stderr.count("\n") == 1
+    assert not is_mounted(mnt)
