@@ -204,7 +204,7 @@ class BucketTable:
             return self.s3.client
         async with self._clients_lock:
             if region not in self._clients:
-                client, _ = await trio.to_thread.run_sync(make_boto_client, self.settings, region)
+                client = await trio.to_thread.run_sync(make_boto_client, self.settings, region)
                 self._clients[region] = client
             return self._clients[region]
 

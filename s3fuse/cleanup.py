@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
     )
     registry = UploadRegistry(os.path.abspath(args.cache_dir), args.bucket)
     try:
-        client, _ = make_boto_client(settings)
+        client = make_boto_client(settings)
         return cleanup(client, args.bucket, registry, args.older_than, args.dry_run)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         print(f"s3fuse cleanup: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ from .allbuckets import AllBucketsOperations
 from .localserver import start_demo_server
 from .operations import S3Operations
 from .options import ALL_BUCKETS
-from .s3client import ClientSettings, RedactSecrets, RequestOptions, S3Client, make_boto_client, region_of
+from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, make_boto_client, region_of
 from .stats import metrics_listener, serve_metrics
 
 log = logging.getLogger("s3fuse")
@@ -83,7 +83,7 @@ def describe_failure(exc: BaseException, opts: argparse.Namespace) -> str:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile"
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
-        return f"AWS profile {opts.profile!r} not found in ~/.aws/config"
+        return f"AWS profile {opts.profile or os.environ.get('AWS_PROFILE')!r} not found in ~/.aws/config"
     if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
         return f"S3 endpoint {where} did not answer in time"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
@@ -101,12 +101,12 @@ def describe_failure(exc: BaseException, opts: argparse.Namespace) -> str:
     return f"checking {checked} at {where} failed: {exc}"
 
 
-def check_bucket(opts: argparse.Namespace) -> tuple[Any, list[str]]:
+def check_bucket(opts: argparse.Namespace) -> Any:
     """HeadBucket (and GetBucketLocation without --region), or ListBuckets with --all-buckets;
     the client to mount with."""
     quick = dataclasses.replace(settings_of(opts), timeout=CHECK_TIMEOUT, max_attempts=2)
     try:
-        client, secrets = make_boto_client(quick)
+        client = make_boto_client(quick)
         region = opts.region
         if region is None and not opts.all_buckets:  # all buckets: each one's region is asked at its first use
             try:
@@ -116,15 +116,16 @@ def check_bucket(opts: argparse.Namespace) -> tuple[Any, list[str]]:
                     raise
                 # Not allowed to ask: HeadBucket below still proves access.
             if region and region != client.meta.region_name:
-                client, secrets = make_boto_client(quick, region)
+                client = make_boto_client(quick, region)
         if opts.all_buckets:
             client.list_buckets()
         else:
             client.head_bucket(Bucket=opts.bucket_name)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise MountError(describe_failure(exc, opts)) from exc
-    full, _ = make_boto_client(settings_of(opts), client.meta.region_name)
-    return full, secrets
+    except ValueError as exc:  # botocore's word for a malformed endpoint URL
+        raise MountError(f"invalid S3 endpoint {opts.endpoint_url!r}: {exc}") from exc
+    return make_boto_client(settings_of(opts), client.meta.region_name)
 
 
 SYSLOG = "syslog"  # --log-file syslog: to the system log
@@ -151,6 +152,7 @@ def log_handler(opts: argparse.Namespace, detached: bool) -> logging.Handler:
 
 def setup_logging(opts: argparse.Namespace, detached: bool) -> logging.Handler:
     handler = log_handler(opts, detached)
+    handler.addFilter(REDACT)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(opts.log_level.upper())
@@ -227,15 +229,13 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
             # Started here, in the (possibly detached) daemon, so it lives as long as the mount.
             opts.endpoint_url = start_demo_server()
             log.info("embedded S3 server at %s", opts.endpoint_url)
-        client, secrets = check_bucket(opts)
+        client = check_bucket(opts)
         metrics = open_metrics_listener(opts.metrics)
     except MountError as exc:
         if handler is not None and (report_fd is not None or opts.log_file):  # else report() prints it
             log.error("%s", exc)
         report(str(exc))
         return 1
-    assert handler is not None
-    handler.addFilter(RedactSecrets(secrets))
 
     s3 = S3Client(client, opts.bucket_name, settings_of(opts))
     ops = AllBucketsOperations(s3, settings_of(opts), opts) if opts.all_buckets else S3Operations(s3, opts)

@@ -39,7 +39,8 @@ def parse_duration(text: str) -> float:
 IGNORED_MOUNT_OPTIONS = {
     "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
     "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
-    "nonempty", "async", "sync",
+    "nonempty", "async", "sync", "dirsync", "diratime", "nodiratime", "strictatime", "nostrictatime",
+    "lazytime", "nolazytime", "silent", "loud", "owner", "group", "nosymfollow",
 }  # fmt: skip
 # The canned ACLs S3 accepts for objects (log-delivery-write is for buckets only).
 CANNED_OBJECT_ACLS = [

@@ -214,8 +214,9 @@ def _add_request_payer_header(params: dict[str, Any], **_: Any) -> None:
     params["headers"]["x-amz-request-payer"] = "requester"
 
 
-def make_boto_client(settings: ClientSettings, region: str | None = None) -> tuple[Any, list[str]]:
-    """A boto3 S3 client and the secret strings of its credentials and SSE-C key (for log redaction).
+def make_boto_client(settings: ClientSettings, region: str | None = None) -> Any:
+    """A boto3 S3 client, whose credentials and SSE-C key ``REDACT`` hides from the log before it
+    sends anything (botocore's debug lines carry headers such as X-Amz-Security-Token).
 
     botocore does credentials (env, profiles, SSO, instance metadata), signing and
     retries with backoff.
@@ -244,8 +245,9 @@ def make_boto_client(settings: ClientSettings, region: str | None = None) -> tup
             client.meta.events.register(f"before-call.s3.{operation}", _add_request_payer_header)
     creds = session.get_credentials()
     frozen = creds.get_frozen_credentials() if creds else None
-    secrets = [s for s in (frozen.secret_key, frozen.token) if s] if frozen else []
-    return client, secrets + settings.request.secrets()
+    REDACT.add([s for s in (frozen.secret_key, frozen.token) if s] if frozen else [])
+    REDACT.add(settings.request.secrets())
+    return client
 
 
 def region_of(location: str | None) -> str:
@@ -311,7 +313,16 @@ class S3Client:
         and KeyCount. V1's Marker is a key, which serves as both StartAfter and token.
         """
         if self.request.list_version == 2:
-            return await self.call("list_objects_v2", **params)
+            page = await self.call("list_objects_v2", **params)
+            if page.get("IsTruncated") and not page.get("NextContinuationToken"):
+                # e.g. a server that ignores list-type=2 and answers as ListObjects (v1)
+                log.warning(
+                    "the listing of %r is truncated but S3 sent no continuation token: only its first %d "
+                    "entries are seen; if the server has no ListObjectsV2, mount with --list-version 1",
+                    params.get("Prefix", ""),
+                    page.get("KeyCount", 0),
+                )
+            return page
         token, start_after = params.pop("ContinuationToken", None), params.pop("StartAfter", None)
         if token or start_after:
             params["Marker"] = token or start_after
@@ -351,9 +362,13 @@ class S3Client:
 class RedactSecrets(logging.Filter):
     """Replaces credential strings in every log record, whoever logged them."""
 
-    def __init__(self, secrets: list[str]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if len(s) >= 8]
+        self.secrets: list[str] = []
+
+    def add(self, secrets: list[str]) -> None:
+        """More strings to hide; short ones would hide innocent text, and are not secrets anyway."""
+        self.secrets += [s for s in secrets if len(s) >= 8 and s not in self.secrets]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
@@ -363,3 +378,6 @@ class RedactSecrets(logging.Filter):
                     msg = msg.replace(s, "***")
                 record.msg, record.args = msg, None
         return True
+
+
+REDACT = RedactSecrets()  # on every log handler of the daemon (mount.setup_logging)

@@ -42,7 +42,7 @@ def s3fuse_client(url: str, bucket: str, monkeypatch: pytest.MonkeyPatch, **cred
         if key.startswith("AWS_"):
             monkeypatch.setenv(key, value)
     settings = ClientSettings(endpoint_url=url, max_attempts=1)
-    boto, _ = make_boto_client(settings)
+    boto = make_boto_client(settings)
     return S3Client(boto, bucket, settings)
 
 

@@ -211,6 +211,14 @@ def test_bad_options(bucket, moto, tmp_path, option, message):
     assert not is_mounted(mnt)
 
 
+def test_endpoint_without_a_scheme(bucket, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = s3fuse_cmd(bucket, str(mnt), "--endpoint-url", "minio.local:9000", tmp_path=tmp_path)
+    assert one_error_line(res).startswith("s3fuse: invalid S3 endpoint 'minio.local:9000': ")
+    assert not is_mounted(mnt)
+
+
 def test_version_and_help(tmp_path):
     res = s3fuse_cmd("--version", tmp_path=tmp_path)
     assert res.returncode == 0
@@ -298,7 +306,8 @@ def test_secret_never_logged(s3, bucket, mount):
     secret = secrets.token_urlsafe(30)[:40]
     assert len(secret) == 40
     put_objects(s3, bucket, {f"d/f{i}": b"x" * i for i in range(5)})
-    mnt = mount(bucket, "--log-level", "debug", env={"AWS_SECRET_ACCESS_KEY": secret})
+    token = secrets.token_urlsafe(60)  # sent as X-Amz-Security-Token, which botocore's debug lines show
+    mnt = mount(bucket, "--log-level", "debug", env={"AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token})
     run(["ls", "-lR", str(mnt)])
     run(["cat", *(str(mnt / f"d/f{i}") for i in range(5))])
     with pytest.raises(FileNotFoundError):
@@ -306,8 +315,10 @@ def test_secret_never_logged(s3, bucket, mount):
     mount.check(mnt)
     log = mount.log_text(mnt)
     assert "DEBUG" in log and "botocore" in log  # debug logging really was on
-    assert secret not in log
-    assert secret not in mount.get(mnt).output_text()
+    assert "X-Amz-Security-Token" in log  # the start-up checks' requests were logged, with the header
+    for hidden in (secret, token):
+        assert hidden not in log
+        assert hidden not in mount.get(mnt).output_text()
 
 
 def test_log_to_syslog(s3, bucket, mount):

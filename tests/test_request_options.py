@@ -313,3 +313,14 @@ def test_list_version_1_marker_without_next_marker():
         last = trio.run(functools.partial(s3.list_page, Prefix="a/", MaxKeys=2, ContinuationToken="a/2"))
         assert last["KeyCount"] == 0 and "NextContinuationToken" not in last
         stub.assert_no_pending_responses()
+
+
+def test_truncated_v2_listing_without_a_token_is_reported(caplog):
+    """A server that answers ListObjectsV2 as v1 says 'truncated' without a token: the log says what to do."""
+    s3 = client_with()
+    page = {"IsTruncated": True, "KeyCount": 1000, "Contents": [{"Key": "a/1"}]}
+    with Stubber(s3.client) as stub:
+        stub.add_response("list_objects_v2", page, {"Bucket": "bkt", "Prefix": "a/"})
+        assert trio.run(functools.partial(s3.list_page, Prefix="a/"))["IsTruncated"]
+    assert "the listing of 'a/' is truncated but S3 sent no continuation token" in caplog.text
+    assert "--list-version 1" in caplog.text

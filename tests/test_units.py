@@ -665,7 +665,8 @@ def test_describe_failure_wrong_region():
 
 def test_redact_secrets():
     secret = "s3cr3t-value-that-is-long"
-    handler_filter = RedactSecrets([secret, "short"])
+    handler_filter = RedactSecrets()
+    handler_filter.add([secret, "short"])
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "key=%s and %d", (secret, 5), None)
     assert handler_filter.filter(record)
     assert record.getMessage() == "key=*** and 5"

@@ -44,7 +44,7 @@ def client_for(monkeypatch):
 
     def make(url: str, bucket: str) -> S3Client:
         settings = ClientSettings(endpoint_url=url, max_attempts=1)
-        boto, _ = make_boto_client(settings)
+        boto = make_boto_client(settings)
         return S3Client(boto, bucket, settings)
 
     return make
