@@ -464,12 +464,18 @@ class Mounter:
                 m.proc.kill()
 
     def __call__(
-        self, bucket: str, *args: str, env: dict[str, str | None] | None = None, endpoint: bool = True
+        self,
+        bucket: str,
+        *args: str,
+        env: dict[str, str | None] | None = None,
+        endpoint: bool = True,
+        at: Path | None = None,
     ) -> Path:
-        """Mount with --foreground and --log-file (and --endpoint-url unless endpoint=False)."""
+        """Mount with --foreground and --log-file (and --endpoint-url unless endpoint=False), at
+        ``at`` (an empty directory) or a new one in tmp_path, which only root can reach."""
         n = next(self._serial)
-        mnt = self.tmp_path / f"mnt{n}"
-        mnt.mkdir()
+        mnt = at or self.tmp_path / f"mnt{n}"
+        mnt.mkdir(exist_ok=at is not None)
         log = self.tmp_path / f"s3fuse{n}.log"
         output = self.tmp_path / f"s3fuse{n}.out"
         cmd = [sys.executable, "-m", "s3fuse", bucket, str(mnt), "--foreground", "--log-file", str(log), *args]

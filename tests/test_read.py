@@ -245,6 +245,12 @@ def test_writes_are_refused_on_read_only_mounts(s3, bucket, mount, args):
     expect_erofs(os.link, mnt / "top.txt", mnt / "hardlink")
     expect_erofs(os.chmod, mnt / "top.txt", 0o600)
     expect_erofs(os.setxattr, mnt / "top.txt", "user.test", b"x")
+    expect_erofs(os.removexattr, mnt / "top.txt", "user.test")
+    expect_erofs(os.setxattr, mnt, "s3.tags", b"{}")
+    expect_erofs(os.utime, mnt / "top.txt", (1, 1))
+    expect_erofs(os.chown, mnt / "top.txt", 1, 1)
+    expect_erofs(os.open, mnt / ".s3" / "cors", os.O_CREAT | os.O_WRONLY, 0o644)
+    expect_erofs(os.unlink, mnt / ".s3" / "website")
     for cmd in (
         ["touch", str(mnt / "new2.txt")],
         ["mkdir", str(mnt / "newdir2")],
