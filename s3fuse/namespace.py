@@ -20,7 +20,7 @@ import trio
 from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
-from .names import dir_prefix, file_key, join, split
+from .names import dir_prefix, file_key, invalid_reason, join, split
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
 from .siblings import SiblingTracker
@@ -59,9 +59,15 @@ class Namespace:
         if node is not None and node.info.kind == info.kind:
             if node.writers or node.info.fetched_at > info.fetched_at:
                 return node
-            if node.info.etag is not None and info.etag is not None and info.etag != node.info.etag:
+            if (
+                node.info.etag is not None
+                and info.etag is not None
+                and (info.etag != node.info.etag or info.size != node.info.size)
+            ):
                 # Another version of the object gets another inode: with the kernel's
                 # writeback cache on, the kernel keeps its own size for a cached inode.
+                # A size that changed under the same ETag is another version too: a server
+                # that ignored CopySourceIfMatch (moto does) copied other bytes than expected.
                 if node.kernel_etag is not None:
                     self._invalidate(node.inode)  # free the old version's pages
                 return self.inodes.resolve(path, info, new_inode=True)
@@ -74,6 +80,11 @@ class Namespace:
         self.meta.forget_listing(split(node.path)[0])  # or a cached listing would bring the old entry back
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
+        if invalid_reason(name) is not None:
+            # Listings skip such keys; a lookup must too. Without this, a lookup window
+            # that ends before 'name/' probes that prefix and turns a name of more than
+            # 255 bytes into a directory through which the skipped keys could be read.
+            return None
         path = join(parent.path, name)
         cached = self.meta.get(path)
         if cached is NEGATIVE:
@@ -217,7 +228,7 @@ class DirHandle:
         while index >= self.base + len(self.entries):
             if self.stream is None or self.stream.done:
                 return None
-            batch = [item for item in await self.stream.next_batch() if item[0] not in self.hidden]
+            batch = self._without_hidden(await self.stream.next_batch())
             if self.ns.opts.posix_metadata:
                 batch = await self._with_metadata(batch)
             self._remember(batch)
@@ -226,6 +237,21 @@ class DirHandle:
             self.entries = self.entries[consumed:] + batch
             self.base += consumed
         return self.entries[index - self.base]
+
+    def _without_hidden(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
+        """The batch without keys named like the mount's control directories, each logged.
+
+        Such a key cannot be reached (the name leads to the control directory), so it
+        is reported like the keys whose names cannot be file names.
+        """
+        out = []
+        for name, info in batch:
+            if name in self.hidden:
+                key = dir_prefix(self.ns.root_prefix, self.path) + name + ("/" if info.is_dir else "")
+                log.warning("skipping key %r: the mount's %s/ directory hides it", key, name)
+            else:
+                out.append((name, info))
+        return out
 
     def _remember(self, batch: list[tuple[str, EntryInfo]]) -> None:
         for name, info in batch:

@@ -534,6 +534,8 @@ class _Tree:
     async def lookup(self, path: str) -> Entry | None:
         """What is at a mount path of this tree (a directory, file or symlink), or None: ENOENT."""
         tree, rel = self._locate(path)
+        if rel and invalid_reason(rel.rpartition("/")[2]) is not None:
+            return None  # as namespace.Namespace.lookup: listings skip such names, so lookups must too
         entry = tree._entries.get(rel)
         if entry is None:
             entry = await tree._find(rel)
