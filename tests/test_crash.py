@@ -1,0 +1,111 @@
+"""Crash battery: SIGKILL the daemon at random points of a write workload, remount, and check that
+every file whose close() returned is in S3 byte for byte, that no object holds part of a file,
+and that the multipart uploads the dead daemons left are cleaned up by ``s3fuse cleanup``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import ROOT, base_env, fusermount_u, is_mounted, wait_until
+
+CRASH_POINTS = int(os.environ.get("S3FUSE_CRASH_POINTS", "50"))  # more: S3FUSE_CRASH_POINTS=500
+
+# Writes files of varied sizes (9 MiB ones are multipart uploads streamed while written), some
+# with fsync before close, and after each close() that returned records name and digest in an
+# fsync'd local log: what the file system acknowledged.
+WRITER = textwrap.dedent(
+    """
+    import hashlib, os, random, sys
+    directory, acked, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = random.Random(seed)
+    with open(acked, "a") as log:
+        for i in range(1000):
+            size = rng.choice([0, 10, 4096, 300_000, 1 << 20, 9 << 20])
+            body = f"file {i} of writer {seed}\\n".encode() + rng.randbytes(size)
+            data = body + hashlib.sha256(body).hexdigest().encode()
+            name = os.path.join(directory, f"f{i:03d}")
+            try:
+                fd = os.open(name, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+                for start in range(0, len(data), 1 << 20):
+                    os.write(fd, data[start : start + (1 << 20)])
+                if rng.random() < 0.3:
+                    os.fsync(fd)
+                os.close(fd)
+            except OSError:
+                sys.exit(0)  # the daemon is gone
+            log.write(f"f{i:03d} {hashlib.sha256(data).hexdigest()}\\n")
+            log.flush()
+            os.fsync(log.fileno())
+    """
+)
+
+
+def whole(data: bytes) -> bool:
+    """The object is one complete file of the writer's (its trailing digest matches)."""
+    return hashlib.sha256(data[:-64]).hexdigest().encode() == data[-64:]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_loses_nothing_acknowledged(s3, bucket, mount, moto, tmp_path):
+    rng = random.Random(20261124)
+    acknowledged_total = 0
+    partial_uploads_seen = 0
+    for point in range(CRASH_POINTS):
+        mnt = mount(bucket)
+        daemon = mount.get(mnt)
+        directory = mnt / f"p{point:03d}"
+        directory.mkdir()
+        acked = tmp_path / f"acked-{point}.txt"
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(directory), str(acked), str(point)])
+        time.sleep(rng.uniform(0.05, 2.0))
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(30)
+        daemon.checked = True  # killed on purpose: its exit status says nothing
+        assert writer.wait(60) == 0  # the writer saw an error and stopped; nothing hung
+        fusermount_u(mnt)
+        assert wait_until(lambda mnt=mnt: not is_mounted(mnt), 10)
+
+        expected = dict(line.split() for line in acked.read_text().splitlines()) if acked.exists() else {}
+        acknowledged_total += len(expected)
+        prefix = f"p{point:03d}/"
+        stored = {
+            obj["Key"].removeprefix(prefix): obj["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+            if obj["Key"] != prefix
+        }
+        for name, key in stored.items():
+            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            # an object under a file's name is a whole file, never a part of one
+            assert whole(data), f"crash point {point}: {key} holds {len(data)} bytes that are no whole file"
+            if name in expected:
+                assert hashlib.sha256(data).hexdigest() == expected[name], f"crash point {point}: {key}"
+        missing = sorted(set(expected) - set(stored))
+        assert not missing, f"crash point {point}: acknowledged but not in S3: {missing}"
+
+        # a new daemon on the same cache dir mounts, and reads what the dead one acknowledged
+        again = mount(bucket)
+        for name, digest in expected.items():
+            assert hashlib.sha256((again / prefix / name).read_bytes()).hexdigest() == digest
+        mount.check(again)
+        partial_uploads_seen += len(s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []))
+
+    print(f"{CRASH_POINTS} crash points, {acknowledged_total} files acknowledged, {partial_uploads_seen} uploads left")
+    assert acknowledged_total > CRASH_POINTS  # the kills came after work was done, not only before
+    # the dead daemons' multipart uploads: aborted by cleanup, and by nothing else
+    res = subprocess.run(
+        [sys.executable, "-m", "s3fuse", "cleanup", bucket, "--older-than", "0", "--endpoint-url", moto.url],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=base_env(XDG_CACHE_HOME=str(tmp_path / "xdg")),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"aborted {partial_uploads_seen} upload(s)" in res.stdout
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
