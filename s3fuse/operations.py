@@ -90,7 +90,7 @@ class S3Operations(pyfuse3.Operations):
         self.wb = WriteBack(s3, self.ns, self.blocks, opts)
         self.mut = Mutations(s3, self.ns, self.wb, self.blocks, opts)
         self.control = ControlDir(s3, opts)
-        self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers)
+        self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers, self.wb.upload_state)
         self.versions = Versions(s3, opts)
         # --at: the whole mount is the bucket as it was then (mounted read-only)
         self.time_view = TimeView(s3, opts, opts.at) if opts.at is not None else None

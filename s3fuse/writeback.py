@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import trio
+from cachetools import LRUCache
 
 from .blockcache import BlockCache
 from .inodes import Node
@@ -68,6 +69,8 @@ class WriteBack:
         self.files: dict[int, OpenFile] = {}
         self.nursery: trio.Nursery | None = None  # for streaming parts; set by the mount loop
         self.saving = 0  # saves running now
+        # path -> why its last save failed and where its data went, until it is saved again
+        self.kept: LRUCache[str, str] = LRUCache(maxsize=1000)
         self._report_leftovers()
         METRICS.add_gauges(self.gauges)
 
@@ -100,6 +103,14 @@ class WriteBack:
         of.handles += 1
         node.writers += 1
         return of
+
+    def upload_state(self, node: Node) -> str:
+        """What a file's bytes are to S3: clean, dirty, uploading, or failed: why (xattr s3.upload_state)."""
+        of = self.files.get(node.inode)
+        if of is not None:
+            return of.upload_state
+        kept = self.kept.get(node.path)
+        return f"failed: {kept}" if kept is not None else "clean"
 
     def pending_headers(self, node: Node) -> HeaderChanges | None:
         """Headers set on an open file that its next upload will carry."""
@@ -167,6 +178,7 @@ class OpenFile:
         self.unlinked = False
         self.stream: StreamingUpload | None = None
         self.lock = trio.Lock()  # one save at a time, and no write while one runs
+        self.failure: str | None = None  # why the last save failed, until one succeeds
         self.opened_ns = time.time_ns()
         self._base_reader: ObjectReader | None = None
 
@@ -254,6 +266,15 @@ class OpenFile:
     # ---- saving
 
     @property
+    def upload_state(self) -> str:
+        if self.lock.locked():
+            return "uploading"
+        if self.failure is not None:
+            return f"failed: {self.failure}"
+        # open for writing: the kernel may hold written pages s3fuse has not received yet
+        return "dirty" if self.dirty or self.handles else "clean"
+
+    @property
     def only_emptied(self) -> bool:
         """Created or truncated to nothing, and not written or changed since.
 
@@ -279,9 +300,11 @@ class OpenFile:
             except S3Error as exc:
                 await self._drop_stream()
                 log.warning("saving %r to S3 failed: %s", self.key, exc)
+                self.failure = str(exc)
                 raise
             finally:
                 self.wb.saving -= 1
+            self.failure = None
 
     async def _save(self) -> None:
         if self.spill is None and not self.never_saved:  # attributes only: copy onto itself
@@ -401,6 +424,7 @@ class OpenFile:
             self.changed.clear()
             self.header_changes = HeaderChanges()
         self.node.kernel_etag = etag  # the kernel's pages hold exactly what was written
+        self.wb.kept.pop(self.node.path, None)
         self.wb.ns.added(self.node.path, info)
 
     async def _drop_stream(self) -> None:
@@ -414,10 +438,12 @@ class OpenFile:
         """The last handle closed with data S3 does not have: keep it for a human."""
         if self.spill is None or self.unlinked:
             log.error("could not save %r (%s); its attribute changes are lost", self.key, reason)
+            self.wb.kept[self.node.path] = f"{reason}; attribute changes lost"
             return
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{quote(self.key, safe='')}"[:255]
         path = self.spill.keep(self.wb.kept_dir, name)
         METRICS.count("s3fuse_files_kept_total")
+        self.wb.kept[self.node.path] = f"{reason}; data kept at {path}"
         partial = "" if self.spill.base_limit == 0 else " (only the ranges written here; the rest is the old object)"
         log.error("could not save %r to S3 (%s); its data is kept at %s%s", self.key, reason, path, partial)
         self.spill = None

@@ -59,11 +59,14 @@ OBJECT_NAMES = (
     "s3.torrent",
 )
 BUCKET_NAMES = ("s3.acl", "s3.tags", "s3.location")
+# Whether a file's bytes are safe in S3 (clean, dirty, uploading, failed: why): from WriteBack, no request.
+UPLOAD_STATE = "s3.upload_state"
 TORRENT_CHUNK = 8 << 20
 HEAD_CACHE_SECONDS = 1.0
 
 ChangeHeaders = Callable[[Node, HeaderChanges], Awaitable[None]]
 PendingHeaders = Callable[[Node], HeaderChanges | None]
+UploadState = Callable[[Node], str]
 
 
 NAMESPACES = (USER.encode(), b"s3.")
@@ -134,12 +137,18 @@ class Xattrs:
     """getxattr/setxattr/listxattr/removexattr for files and the mount root."""
 
     def __init__(
-        self, s3: S3Client, opts: argparse.Namespace, change_headers: ChangeHeaders, pending: PendingHeaders
+        self,
+        s3: S3Client,
+        opts: argparse.Namespace,
+        change_headers: ChangeHeaders,
+        pending: PendingHeaders,
+        upload_state: UploadState,
     ) -> None:
         self.s3 = s3
         self.opts = opts
         self.change_headers = change_headers
         self.pending = pending  # headers set on a file open for writing, not uploaded yet
+        self.upload_state = upload_state  # local, and changing: never cached
         self._heads: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=256, ttl=HEAD_CACHE_SECONDS)
         self._values: TTLCache[tuple[str, str | None, str], bytes] = TTLCache(maxsize=256, ttl=HEAD_CACHE_SECONDS)
         self._torrents: LRUCache[tuple[str, str], bytes] = LRUCache(maxsize=32)
@@ -176,11 +185,11 @@ class Xattrs:
         except S3Error as exc:
             if exc.errno != errno.ENODATA:
                 raise
-            return [USER + name for name in self._metadata(node, {})]
+            return [USER + name for name in self._metadata(node, {})] + [UPLOAD_STATE]
         metadata = self._metadata(node, head)
         user = [USER + name for name in metadata if name not in POSIX_METADATA]
         restore = ["s3.restore"] if head.get("Restore") else []
-        return user + list(OBJECT_NAMES) + restore
+        return user + list(OBJECT_NAMES) + restore + [UPLOAD_STATE]
 
     def _metadata(self, node: Node, head: dict[str, Any]) -> dict[str, str]:
         """The object's user metadata as its next upload will have it."""
@@ -192,6 +201,8 @@ class Xattrs:
     # ---- reading
 
     async def get(self, node: Node, name: str, is_root: bool) -> bytes:
+        if name == UPLOAD_STATE and not is_root and not node.info.is_dir:
+            return self.upload_state(node).encode()
         key = "" if is_root else self._key(node)
         cache_key = (key, node.info.etag, name)  # a new version of the object has new values
         cached = self._values.get(cache_key)
@@ -329,7 +340,7 @@ class Xattrs:
                 raise invalid(name, "the value is a number of days, e.g. 7")
             await self.s3.call("restore_object", Key=key, RestoreRequest={"Days": int(days)})
             log.info("restore of %r for %s days requested", key, days)
-        elif name in OBJECT_NAMES:
+        elif name in OBJECT_NAMES or name == UPLOAD_STATE:
             raise S3Error(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be changed")
         else:
             raise self._unsettable(name)

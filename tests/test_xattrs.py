@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import MotoServer, boto_client, run, wait_until
 
 from s3fuse.torrent import bdecode
 
@@ -202,3 +202,39 @@ def test_no_xattr_turns_them_off(s3, bucket, mount):
     mnt = Path(mount(bucket, "--no-xattr"))
     assert oserror(os.getxattr, mnt / "f", "user.owner") == errno.EOPNOTSUPP  # the kernel's answer to ENOSYS
     assert oserror(os.listxattr, mnt / "f") == errno.EOPNOTSUPP
+
+
+def test_upload_state_follows_the_bytes(s3, bucket, mount):
+    mnt = mount(bucket)
+    path = mnt / "new.bin"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"x" * 100_000)
+        assert os.getxattr(path, "s3.upload_state") == b"dirty"  # open for writing: not safe yet
+        os.fsync(fd)
+        assert s3.get_object(Bucket=bucket, Key="new.bin")["Body"].read() == b"x" * 100_000
+    finally:
+        os.close(fd)
+    assert wait_until(lambda: os.getxattr(path, "s3.upload_state") == b"clean", 10)  # the release is async
+    assert "s3.upload_state" in os.listxattr(path)
+    assert oserror(os.setxattr, path, "s3.upload_state", b"clean") == errno.EPERM
+
+
+def test_upload_state_says_why_a_save_failed(mount, tmp_path):
+    """The S3 server goes away while a file is open: fsync and close fail, and the xattr says so."""
+    server = MotoServer(tmp_path)
+    try:
+        boto_client(server.url).create_bucket(Bucket="gone")
+        mnt = mount("gone", "--endpoint-url", server.url, "--timeout", "1", "--retries", "1", endpoint=False)
+        path = mnt / "doomed.txt"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"unsaved\n")
+    finally:
+        server.stop()
+    assert oserror(os.fsync, fd) == errno.EIO
+    state = os.getxattr(path, "s3.upload_state").decode()
+    assert state.startswith("failed: ") and "connect" in state.lower(), state
+    assert oserror(os.close, fd) == errno.EIO
+    assert wait_until(lambda: "data kept at" in os.getxattr(path, "s3.upload_state").decode(), 10)
+    kept = os.getxattr(path, "s3.upload_state").decode().split("data kept at ", 1)[1]
+    assert Path(kept).read_bytes() == b"unsaved\n"
