@@ -229,7 +229,9 @@ def make_boto_client(settings: ClientSettings, region: str | None = None) -> Any
         max_pool_connections=settings.max_connections,
         connect_timeout=min(settings.timeout, 10.0),
         read_timeout=settings.timeout,
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        # --retries counts attempts, the first included; botocore's "max_attempts" would count
+        # retries after it (one attempt more than asked, past the per-call deadline).
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
         s3={"addressing_style": settings.addressing_style},
         tcp_keepalive=True,
         signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2)
@@ -346,15 +348,19 @@ class S3Client:
             attempt = 1
             while True:
                 resp = self.client.get_object(**kwargs)
+                # Not 'with resp["Body"] as body': that gives urllib3's raw stream, whose
+                # errors are not botocore's (and would escape as a crash of the mount).
+                body = resp["Body"]
                 try:
-                    with resp["Body"] as body:
-                        return resp, body.read()
+                    return resp, body.read()
                 except BODY_READ_ERRORS:
                     if attempt >= self.max_attempts:
                         raise
                     log.info("reading %r broke off (attempt %d); retrying", key, attempt)
                     time.sleep(min(0.1 * 2**attempt, 2.0))
                     attempt += 1
+                finally:
+                    body.close()
 
         return await self.run(fetch)
 

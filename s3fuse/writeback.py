@@ -131,17 +131,28 @@ class WriteBack:
         if of.handles == 0:
             await self._last_close(of)
 
-    async def _last_close(self, of: OpenFile) -> None:
-        """Save what is left, or keep it locally; then the OpenFile is gone."""
+    async def _last_close(self, of: OpenFile, final: bool = False) -> None:
+        """Save what is left, or keep it locally; then the OpenFile is gone.
+
+        Unless the file was opened again while the save ran (open() found this OpenFile
+        and shares it): then its unsaved bytes stay with the new handle, whose last close
+        saves or keeps them. ``final`` (unmounting): no handle counts any more.
+        """
+
+        def reopened() -> bool:
+            return of.handles > 0 and not final
+
         try:
             await of.save()
-            while of.dirty and not of.unlinked:  # attributes changed while it was saved
+            while of.dirty and not of.unlinked and not reopened():  # attributes changed while it was saved
                 await of.save()
         except S3Error as exc:
-            of.keep_locally(str(exc))
+            if not reopened():
+                of.keep_locally(str(exc))
         finally:
-            of.close()
-            self.files.pop(of.node.inode, None)
+            if not reopened():
+                of.close()
+                self.files.pop(of.node.inode, None)
 
     def under(self, path: str) -> list[OpenFile]:
         """Open files at or below a path."""
@@ -150,7 +161,7 @@ class WriteBack:
     async def shutdown(self) -> None:
         """Unmounting: every file still open is saved, or kept in lost+found."""
         for of in list(self.files.values()):
-            await self._last_close(of)
+            await self._last_close(of, final=True)
         with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is
             os.rmdir(self.spill_dir)
 
@@ -440,7 +451,13 @@ class OpenFile:
             log.error("could not save %r (%s); its attribute changes are lost", self.key, reason)
             self.wb.kept[self.node.path] = f"{reason}; attribute changes lost"
             return
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{quote(self.key, safe='')}"[:255]
+        stamp, quoted = time.strftime("%Y%m%dT%H%M%S"), quote(self.key, safe="")
+        name, serial = f"{stamp}-{quoted}"[:255], 1
+        # The move replaces a file of the same name: another version of this file kept in
+        # the same second (a write, its failed save, a rewrite and its failed save) would be lost.
+        while os.path.lexists(os.path.join(self.wb.kept_dir, name)):
+            serial += 1
+            name = f"{stamp}.{serial}-{quoted}"[:255]
         path = self.spill.keep(self.wb.kept_dir, name)
         METRICS.count("s3fuse_files_kept_total")
         self.wb.kept[self.node.path] = f"{reason}; data kept at {path}"
