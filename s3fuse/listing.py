@@ -11,6 +11,7 @@ holds more than one page plus a few held-back files, whatever the directory's si
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,9 @@ class DirectoryStream:
         params: dict[str, Any] = {"Prefix": self.prefix, "Delimiter": "/", "MaxKeys": self.page_size}
         if self._token:
             params["ContinuationToken"] = self._token
+        asked_at = time.monotonic()
         page = await self.s3.list_page(**params)
-        batch = self.feed(page)
+        batch = self.feed(page, asked_at)
         self._token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not self._token:
             self.done = True
@@ -58,15 +60,15 @@ class DirectoryStream:
         held, self._held = self._held, []
         return [(name, info) for _, name, info in held]
 
-    def feed(self, page: dict[str, Any]) -> list[tuple[str, EntryInfo]]:
-        """Turn one ListObjectsV2 page into entries, applying the naming rules."""
+    def feed(self, page: dict[str, Any], asked_at: float | None = None) -> list[tuple[str, EntryInfo]]:
+        """Turn one ListObjectsV2 page, asked for at ``asked_at``, into entries, applying the naming rules."""
         items: list[tuple[str, str, EntryInfo]] = []
         plen = len(self.prefix)
         for obj in page.get("Contents", ()):
             key = obj["Key"]
             if key == self.prefix:
                 continue  # the directory's own marker object
-            items.append((key, key[plen:], from_listing(obj)))
+            items.append((key, key[plen:], from_listing(obj, asked_at)))
         for cp in page.get("CommonPrefixes", ()):
             pfx = cp["Prefix"]
             items.append((pfx, pfx[plen:-1], directory()))
@@ -113,8 +115,9 @@ async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Wind
     """
     start_after = start_after_for(prefix + name)
     stream = DirectoryStream(s3, prefix, page_size=size)
+    asked_at = time.monotonic()
     resp = await s3.list_page(Prefix=prefix, Delimiter="/", StartAfter=start_after, MaxKeys=size)
-    entries = stream.feed(resp)
+    entries = stream.feed(resp, asked_at)
     complete = not resp.get("IsTruncated")
     held = stream.release_held()
     keys = [o["Key"] for o in resp.get("Contents", ())] + [p["Prefix"] for p in resp.get("CommonPrefixes", ())]

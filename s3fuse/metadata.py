@@ -108,19 +108,24 @@ def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
     return info
 
 
-def _file(size: int, last_modified: Any, etag: str | None) -> EntryInfo:
+def _file(size: int, last_modified: Any, etag: str | None, asked_at: float | None) -> EntryInfo:
     modified = int(last_modified.timestamp()) * 1_000_000_000 if last_modified else None
-    return EntryInfo(is_dir=False, size=size, mtime_ns=modified, etag=etag, last_modified_ns=modified)
+    info = EntryInfo(is_dir=False, size=size, mtime_ns=modified, etag=etag, last_modified_ns=modified)
+    if asked_at is not None:
+        # As old as the request, not its answer: a change made here while the request
+        # was on its way is newer than what the answer says (Namespace.resolve compares).
+        info.fetched_at = asked_at
+    return info
 
 
-def from_listing(entry: dict[str, Any]) -> EntryInfo:
-    """An entry from a ListObjectsV2 'Contents' item."""
-    return _file(int(entry.get("Size", 0)), entry.get("LastModified"), entry.get("ETag"))
+def from_listing(entry: dict[str, Any], asked_at: float | None = None) -> EntryInfo:
+    """An entry from a ListObjectsV2 'Contents' item of a LIST sent at ``asked_at`` (monotonic)."""
+    return _file(int(entry.get("Size", 0)), entry.get("LastModified"), entry.get("ETag"), asked_at)
 
 
-def from_head(resp: dict[str, Any]) -> EntryInfo:
+def from_head(resp: dict[str, Any], asked_at: float | None = None) -> EntryInfo:
     """An entry from a HeadObject (or GetObject) response, POSIX metadata included."""
-    info = _file(int(resp.get("ContentLength", 0)), resp.get("LastModified"), resp.get("ETag"))
+    info = _file(int(resp.get("ContentLength", 0)), resp.get("LastModified"), resp.get("ETag"), asked_at)
     return apply_posix_metadata(info, resp.get("Metadata") or {})
 
 

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import errno
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import trio
@@ -125,7 +126,8 @@ class Namespace:
     async def head(self, key: str) -> EntryInfo | None:
         """HeadObject as an entry; None if the object is gone."""
         try:
-            return from_head(await self.s3.call("head_object", Key=key))
+            asked_at = time.monotonic()
+            return from_head(await self.s3.call("head_object", Key=key), asked_at)
         except S3Error as exc:
             if exc.errno == errno.ENOENT:
                 return None
