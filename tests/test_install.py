@@ -31,15 +31,21 @@ OURS = Path(sys.prefix) / "bin" / "s3fuse"
 @pytest.fixture
 def s3fuse_on_standard_path() -> Iterator[None]:
     """/usr/local/bin/s3fuse as the installation docs/quickstart.md describes (scripts/setup makes it)."""
-    made = False
-    if not STANDARD_PATH_ENTRY.exists() and not STANDARD_PATH_ENTRY.is_symlink():
-        STANDARD_PATH_ENTRY.symlink_to(OURS)
-        made = True
-    elif STANDARD_PATH_ENTRY.resolve() != OURS.resolve():
-        pytest.fail(f"{STANDARD_PATH_ENTRY} is another s3fuse ({STANDARD_PATH_ENTRY.resolve()}), not this checkout's")
-    yield
-    if made:
+    if STANDARD_PATH_ENTRY.resolve() == OURS.resolve():
+        yield
+        return
+    # another s3fuse (another checkout's, or an installed one) steps aside for the test
+    aside = STANDARD_PATH_ENTRY.with_name(".s3fuse-aside-during-tests")
+    had_other = STANDARD_PATH_ENTRY.exists() or STANDARD_PATH_ENTRY.is_symlink()
+    if had_other:
+        STANDARD_PATH_ENTRY.rename(aside)
+    STANDARD_PATH_ENTRY.symlink_to(OURS)
+    try:
+        yield
+    finally:
         STANDARD_PATH_ENTRY.unlink()
+        if had_other:
+            aside.rename(STANDARD_PATH_ENTRY)
 
 
 def system_mount(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
