@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -107,5 +108,10 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(s3, bucket, mount, 
         env=base_env(XDG_CACHE_HOME=str(tmp_path / "xdg")),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert f"aborted {partial_uploads_seen} upload(s)" in res.stdout
-    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    summary = re.search(r"aborted (\d+) upload\(s\).* and (\d+) that s3fuse did not start", res.stdout)
+    assert summary, res.stdout
+    aborted, unknown = int(summary[1]), int(summary[2])
+    # A kill between CreateMultipartUpload and the registry's record of it leaves an upload
+    # no one can tell from another program's (a known gap: a lifecycle rule removes those).
+    assert aborted + unknown == partial_uploads_seen and aborted > unknown, res.stdout
+    assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == unknown
