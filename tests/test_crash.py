@@ -113,5 +113,5 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(s3, bucket, mount, 
     aborted, unknown = int(summary[1]), int(summary[2])
     # A kill between CreateMultipartUpload and the registry's record of it leaves an upload
     # no one can tell from another program's (a known gap: a lifecycle rule removes those).
-    assert aborted + unknown == partial_uploads_seen and aborted > unknown, res.stdout
+    assert aborted + unknown == partial_uploads_seen and aborted >= unknown, res.stdout
     assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == unknown
