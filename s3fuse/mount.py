@@ -135,7 +135,11 @@ SYSLOG_SOCKET = "/dev/log"  # syslog daemons and journald listen here
 def log_handler(opts: argparse.Namespace, detached: bool) -> logging.Handler:
     if opts.log_file == SYSLOG:
         # SysLogHandler would connect later, silently dropping lines until a syslog appears
-        if not stat.S_ISSOCK(os.stat(SYSLOG_SOCKET).st_mode if os.path.exists(SYSLOG_SOCKET) else 0):
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(SYSLOG_SOCKET).st_mode)
+        except OSError:
+            is_socket = False
+        if not is_socket:
             raise MountError(f"cannot log to syslog: {SYSLOG_SOCKET} is not there (no syslog daemon or journald)")
         handler: logging.Handler = SysLogHandler(SYSLOG_SOCKET, SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter("s3fuse[%(process)d]: %(levelname)s %(name)s: %(message)s"))

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import sys
-from collections import defaultdict
 
 import trio
 
@@ -50,18 +49,18 @@ def read_exposition(mountpoint: str) -> str:
 
 def summarize(text: str) -> dict:
     """The exposition as nested numbers: requests and errors by operation, totals, caches, uploads."""
-    summary: dict = {"requests": {}, "errors": defaultdict(dict), "caches": defaultdict(dict), "totals": {}}
+    summary: dict = {"requests": {}, "errors": {}, "caches": {}, "totals": {}}
     for name, labels, value in parse_exposition(text):
         short = name.removeprefix("s3fuse_").removesuffix("_total")
         if name == "s3fuse_requests_total":
             summary["requests"][labels["operation"]] = int(value)
         elif name == "s3fuse_request_errors_total":
-            summary["errors"][labels["operation"]][labels["code"]] = int(value)
+            summary["errors"].setdefault(labels["operation"], {})[labels["code"]] = int(value)
         elif "cache" in labels:
-            summary["caches"][labels["cache"]][short.removeprefix("cache_")] = int(value)
+            summary["caches"].setdefault(labels["cache"], {})[short.removeprefix("cache_")] = int(value)
         else:
             summary["totals"][short] = value
-    return json.loads(json.dumps(summary))  # plain dicts
+    return summary
 
 
 def _size(n: float) -> str:
