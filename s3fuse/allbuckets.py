@@ -30,6 +30,7 @@ import pyfuse3
 import trio
 
 from .blockcache import BlockCache
+from .journal import JournalInUse
 from .metadata import EntryInfo
 from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry, refuse
@@ -178,7 +179,10 @@ class BucketTable:
         # The bucket's own options: WriteBack keeps its upload registry by bucket_name.
         opts = argparse.Namespace(**{**vars(self.opts), "bucket_name": bucket.name, "prefix": ""})
         s3 = self.s3.for_bucket(bucket.name, client)
-        ops = S3Operations(s3, opts, bucket.root_inode, self.blocks.scoped(bucket.name))
+        try:
+            ops = S3Operations(s3, opts, bucket.root_inode, self.blocks.scoped(bucket.name))
+        except JournalInUse as exc:
+            raise S3Error(errno.EBUSY, "JournalInUse", str(exc)) from None
         if self.nursery is not None:
             ops.nursery = self.nursery
         return ops

@@ -1,12 +1,13 @@
 """The ``s3fuse`` command: ``s3fuse BUCKET[:PREFIX] MOUNTPOINT``, ``s3fuse s3:// MOUNTPOINT`` (every
-bucket), ``s3fuse demo MOUNTPOINT``, ``s3fuse cleanup BUCKET`` and ``s3fuse stats MOUNTPOINT``."""
+bucket), ``s3fuse demo MOUNTPOINT``, ``s3fuse cleanup BUCKET``, ``s3fuse recover CACHE_DIR`` and
+``s3fuse stats MOUNTPOINT``."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from . import cleanup, mount, stats
+from . import cleanup, mount, recover, stats
 from .localserver import DEMO_BUCKET, DEMO_CREDENTIALS
 from .options import parse_args
 
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(argv[1:])
     if argv[:1] == ["cleanup"]:
         return cleanup.main(argv[1:])
+    if argv[:1] == ["recover"]:
+        return recover.main(argv[1:])
     if argv[:1] == ["stats"]:
         return stats.main(argv[1:])
     return mount.run(parse_args(argv))

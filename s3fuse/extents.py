@@ -17,6 +17,17 @@ class Extents:
         self._starts: list[int] = []
         self._ends: list[int] = []
 
+    @classmethod
+    def of(cls, ranges: list[list[int]]) -> Extents:
+        extents = cls()
+        for start, end in ranges:
+            extents.add(start, end)
+        return extents
+
+    def ranges(self) -> list[list[int]]:
+        """The intervals as [start, end] pairs (what ``of`` takes back)."""
+        return [[start, end] for start, end in zip(self._starts, self._ends, strict=True)]
+
     def add(self, start: int, end: int) -> None:
         if start >= end:
             return

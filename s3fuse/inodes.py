@@ -87,11 +87,17 @@ class InodeTable:
         if node is None or inode == self.root_inode:
             return
         node.nlookup -= count
-        if node.nlookup <= 0:
+        if node.nlookup <= 0 and not node.writers:  # a file waiting for its upload keeps its name
+            self.drop(node)
+
+    def writer_gone(self, node: Node) -> None:
+        """A file's last writer (a handle, or its background upload) is done with it."""
+        node.writers -= 1
+        if node.writers == 0 and node.nlookup <= 0 and node.inode != self.root_inode:
             self.drop(node)
 
     def drop(self, node: Node) -> None:
         """Remove a node the kernel holds no reference to."""
-        del self._by_inode[node.inode]
+        self._by_inode.pop(node.inode, None)
         if self._by_path.get(node.path) is node:
             del self._by_path[node.path]

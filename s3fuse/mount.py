@@ -25,6 +25,7 @@ import pyfuse3
 import trio
 
 from .allbuckets import AllBucketsOperations
+from .journal import JournalInUse
 from .localserver import start_demo_server
 from .operations import S3Operations
 from .options import ALL_BUCKETS
@@ -242,7 +243,12 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
         return 1
 
     s3 = S3Client(client, opts.bucket_name, settings_of(opts))
-    ops = AllBucketsOperations(s3, settings_of(opts), opts) if opts.all_buckets else S3Operations(s3, opts)
+    try:
+        ops = AllBucketsOperations(s3, settings_of(opts), opts) if opts.all_buckets else S3Operations(s3, opts)
+    except JournalInUse as exc:
+        log.error("%s", exc)
+        report(str(exc))
+        return 1
     fsname = ALL_BUCKETS if opts.all_buckets else opts.bucket_name
     fuse_options = set(pyfuse3.default_options) | {f"fsname=s3fuse:{fsname}", "subtype=s3fuse", "noatime"}
     if opts.read_only or opts.at is not None:

@@ -87,6 +87,9 @@ class Namespace:
             # 255 bytes into a directory through which the skipped keys could be read.
             return None
         path = join(parent.path, name)
+        node = self.inodes.by_path(path)
+        if node is not None and node.writers:  # written here, perhaps not in S3 yet
+            return node
         cached = self.meta.get(path)
         if cached is NEGATIVE:
             return None
@@ -191,9 +194,15 @@ class Namespace:
 
     # ---- directories
 
-    def open_dir(self, node: Node, reserved: Sequence[tuple[str, EntryInfo | None]] = ()) -> DirHandle:
-        """A handle on node's listing; ``reserved`` names are the mount's own (listed when info is given)."""
-        return DirHandle(self, node.path, reserved)
+    def open_dir(
+        self,
+        node: Node,
+        reserved: Sequence[tuple[str, EntryInfo | None]] = (),
+        local: Sequence[tuple[str, EntryInfo]] = (),
+    ) -> DirHandle:
+        """A handle on node's listing; ``reserved`` names are the mount's own (listed when info is
+        given); ``local`` entries exist here and perhaps not in S3 yet (files being written)."""
+        return DirHandle(self, node.path, reserved, local)
 
 
 class DirHandle:
@@ -204,21 +213,31 @@ class DirHandle:
     directory. Seeking back (rewinddir) restarts the listing.
     """
 
-    def __init__(self, ns: Namespace, path: str, reserved: Sequence[tuple[str, EntryInfo | None]] = ()) -> None:
+    def __init__(
+        self,
+        ns: Namespace,
+        path: str,
+        reserved: Sequence[tuple[str, EntryInfo | None]] = (),
+        local: Sequence[tuple[str, EntryInfo]] = (),
+    ) -> None:
         self.ns = ns
         self.path = path
         # Names of the mount's control directories: keys of the same name are hidden.
-        self.shown = [(name, info) for name, info in reserved if info is not None]
+        self.shown = [(name, info) for name, info in reserved if info is not None] + list(local)
         self.hidden = {name for name, _ in reserved}
+        self.local = {name for name, _ in local}  # listed already, whatever S3 says of them
         self._restart()
 
     def _restart(self) -> None:
         cached = self.ns.meta.get_listing(self.path)
-        self.entries: list[tuple[str, EntryInfo]] = self.shown + (list(cached.items()) if cached is not None else [])
+        listed = [entry for entry in cached.items() if entry[0] not in self.local] if cached is not None else []
+        self.entries: list[tuple[str, EntryInfo]] = self.shown + listed
         self.base = 0  # index of entries[0]
         self.stream = None if cached is not None else self._new_stream()
         # Small directories are kept whole for the dir TTL; None once too large.
-        self.collected: list[tuple[str, EntryInfo]] | None = [] if self.stream else None
+        self.collected: list[tuple[str, EntryInfo]] | None = (
+            [entry for entry in self.shown if entry[0] in self.local] if self.stream else None
+        )
 
     def _new_stream(self) -> DirectoryStream:
         return DirectoryStream(self.ns.s3, dir_prefix(self.ns.root_prefix, self.path))
@@ -248,6 +267,8 @@ class DirHandle:
         """
         out = []
         for name, info in batch:
+            if name in self.local:
+                continue
             if name in self.hidden:
                 key = dir_prefix(self.ns.root_prefix, self.path) + name + ("/" if info.is_dir else "")
                 log.warning("skipping key %r: the mount's %s/ directory hides it", key, name)

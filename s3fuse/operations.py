@@ -106,7 +106,8 @@ class S3Operations(pyfuse3.Operations):
     @nursery.setter
     def nursery(self, nursery: trio.Nursery) -> None:
         """Set by the mount loop before requests arrive: background work runs there."""
-        self._nursery = self.wb.nursery = nursery
+        self._nursery = nursery
+        self.wb.start(nursery)
 
     # ---- helpers
 
@@ -282,10 +283,12 @@ class S3Operations(pyfuse3.Operations):
             show = self.opts.show_control_dir
             reserved = [(CONTROL_DIR, self.control.info()), (VERSIONS_DIR, self.versions.info())]
             self._dirs[fh] = self.ns.open_dir(
-                node, reserved=[(name, info if show else None) for name, info in reserved]
+                node,
+                reserved=[(name, info if show else None) for name, info in reserved],
+                local=self.wb.local_entries(""),
             )
         else:
-            self._dirs[fh] = self.ns.open_dir(node)
+            self._dirs[fh] = self.ns.open_dir(node, local=self.wb.local_entries(node.path))
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -340,6 +343,8 @@ class S3Operations(pyfuse3.Operations):
         fresh = await self._revalidate(node, "open")  # close-to-open: at most attr-ttl old
         handle = FileHandle(fresh)
         if flags & os.O_ACCMODE != os.O_RDONLY:
+            with errno_of_s3("open", fresh.path):
+                await self.wb.settled(fresh)
             handle.writer = self.wb.open(fresh, exists=True)
             if flags & os.O_TRUNC:
                 await handle.writer.truncate(0)
@@ -433,17 +438,22 @@ class S3Operations(pyfuse3.Operations):
         writer = handle.writer
         if writer is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        await writer.write(off, buf)
+        with errno_of_s3("write", handle.node.path):
+            await writer.write(off, buf)
         return len(buf)
 
     async def flush(self, fh: int) -> None:
-        """close(): with the default durability contract, the data is in S3 when this returns."""
+        """close(): the data is in S3 when this returns, or with --write-back in the local journal."""
         handle = self._files[fh]
         if handle.control is not None:
             with errno_of_s3("save", handle.node.path):
                 await self.control.save(handle.control)
-        if handle.writer is not None and not handle.writer.only_emptied:
-            with errno_of_s3("save", handle.node.path):
+        if handle.writer is None:
+            return
+        with errno_of_s3("save", handle.node.path):
+            if self.opts.write_back:  # durable locally; uploaded in the background after the last close
+                await self.wb.acknowledge(handle.writer)
+            elif not handle.writer.only_emptied:
                 await handle.writer.save()
 
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -496,12 +506,26 @@ class S3Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)  # a truncate
         with errno_of_s3("setattr", node.path):
             await self._change_file(
-                node, lambda writer: self._change(writer, fields.update_size, attr.st_size, changes)
+                node,
+                lambda writer: self._change(writer, fields.update_size, attr.st_size, changes),
+                touches_data=fields.update_size,
             )
         return self._attributes(node)
 
-    async def _change_file(self, node: Node, change: Callable[[OpenFile], Awaitable[None]]) -> None:
+    async def _change_file(
+        self, node: Node, change: Callable[[OpenFile], Awaitable[None]], touches_data: bool = False
+    ) -> None:
         """Apply a change to a file: folded into its pending upload, or saved right away."""
+        pending = self.wb.files.get(node.inode)
+        if pending is not None and pending.record is not None and not pending.handles and not touches_data:
+            # journaled and not uploaded yet (--write-back): the change joins the upload, durably
+            writer = self.wb.open(node, exists=True)
+            try:
+                await change(writer)
+                await self.wb.acknowledge(writer)
+            finally:
+                await self.wb.release(writer)
+            return
         await self.wb.settled(node)
         writer = self.wb.files.get(node.inode)
         if writer is not None:

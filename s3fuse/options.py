@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mount an S3 bucket (or a prefix of it), or every bucket of the account, as a directory.",
         epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server; "
         "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished; "
+        "'s3fuse recover CACHE_DIR' uploads what --write-back mounts journaled and did not upload; "
         "'s3fuse stats MOUNTPOINT' shows a mount's S3 requests, errors and cache hit rates. "
         "Credentials come from boto3's usual chain: environment, ~/.aws profiles, SSO, instance metadata.",
     )
@@ -222,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     fs.add_argument(
+        "--write-back",
+        action="store_true",
+        help="close() returns once the file is safe in a journal in the cache dir (fsync'd) and uploads "
+        "run in the background; fsync() still waits for S3. After a crash the next mount with the same "
+        "cache dir, or 's3fuse recover CACHE_DIR', finishes them (default: close() waits for S3)",
+    )
+    fs.add_argument(
+        "--write-back-limit",
+        type=parse_size,
+        default=parse_size("1G"),
+        metavar="SIZE",
+        help="with --write-back, close() waits while the journal holds more than this many bytes not yet "
+        "uploaded (default: 1G); a full cache dir makes writers wait too",
+    )
+    fs.add_argument(
+        "--write-back-uploads",
+        type=int,
+        default=16,
+        metavar="N",
+        help="with --write-back, files uploaded in the background at once (default: %(default)s)",
+    )
+    fs.add_argument(
         "--at",
         type=parse_at,
         default=None,
@@ -252,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument(
         "--cache-dir",
         default=default_cache_dir(),
-        help="directory for logs, unsaved writes (spill files), the record of multipart uploads in "
-        "progress and lost+found (default: $XDG_CACHE_HOME/s3fuse, else ~/.cache/s3fuse)",
+        help="directory for logs, unsaved writes (spill files), the write-back journal, the record of "
+        "multipart uploads in progress and lost+found (default: $XDG_CACHE_HOME/s3fuse, else ~/.cache/s3fuse)",
     )
     cache.add_argument(
         "--block-size",
@@ -451,6 +474,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.addressing_style = "path" if args.endpoint_url else "auto"
     if args.block_size < 64 * 1024:
         parser.error("--block-size must be at least 64K")
+    if args.write_back_uploads < 1:
+        parser.error("--write-back-uploads must be at least 1")
     args.mountpoint = os.path.abspath(args.mountpoint)
     args.cache_dir = os.path.abspath(args.cache_dir)  # the daemon runs in /
     if args.log_file and args.log_file != "syslog":

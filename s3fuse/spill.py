@@ -30,8 +30,19 @@ class SpillFile:
         self.base_limit = base_size
         self.written = Extents()
 
+    @classmethod
+    def reopen(cls, path: str, size: int, base_limit: int, written: Extents) -> SpillFile:
+        """The spill file of a file journaled by an earlier daemon (see journal.py)."""
+        spill = cls.__new__(cls)
+        spill.fd, spill.path = os.open(path, os.O_RDWR | os.O_CLOEXEC), path
+        spill.size, spill.base_limit, spill.written = size, base_limit, written
+        return spill
+
     def write(self, offset: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, offset)
+        view = memoryview(data)
+        done = 0
+        while done < len(view):  # a short write (a full disk) is followed by one that raises ENOSPC
+            done += os.pwrite(self.fd, view[done:], offset + done)
         self.written.add(offset, offset + len(data))
         self.size = max(self.size, offset + len(data))
 
@@ -63,14 +74,15 @@ class SpillFile:
                 pieces.append(bytes(e - s))
         return b"".join(pieces)
 
-    def keep(self, directory: str, name: str) -> str:
-        """Move the spill file out of the way for a human to recover; returns its new path."""
-        os.makedirs(directory, exist_ok=True)
-        target = os.path.join(directory, name)
-        os.rename(self.path, target)
-        self.path = target
+    @property
+    def written_bytes(self) -> int:
+        return sum(end - start for start, end in self.written.ranges())
+
+    def keep(self, move: Callable[[str], str]) -> str:
+        """Move the spill file out of the way for a human to recover (``move`` returns where to)."""
+        self.path = move(self.path)
         self.close(remove=False)
-        return target
+        return self.path
 
     def close(self, remove: bool = True) -> None:
         if self.fd < 0:

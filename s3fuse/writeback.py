@@ -8,6 +8,12 @@ sequentially is mostly in S3 by the time it is closed; a changed existing object
 is rebuilt from unchanged ranges copied inside S3 (UploadPartCopy) and changed
 ranges uploaded; a small file is one PutObject. A file whose upload fails keeps
 its spill file, which is moved to CACHE_DIR/lost+found when the file is closed.
+
+With ``--write-back``, close() instead makes the file's state durable in the
+journal (journal.py) and its upload runs in the background, a bounded number at a
+time, retried until it succeeds; fsync() still waits for S3. The journal's records
+of a daemon that died are adopted by the next one (or ``s3fuse recover``) and
+uploaded the same way.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import trio
 from cachetools import LRUCache
 
 from .blockcache import BlockCache
+from .extents import Extents
 from .inodes import Node
+from .journal import Journal, JournalInUse
 from .metadata import META_MTIME, EntryInfo, from_head
 from .metrics import METRICS
-from .names import at_or_below, file_key
+from .names import at_or_below, file_key, split
 from .namespace import Namespace
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
@@ -53,6 +61,14 @@ from .upload import (
 log = logging.getLogger(__name__)
 
 PARTS_IN_FLIGHT = 4  # per file: bounds the memory of a streaming upload to 4 parts
+RETRY_DELAY_MAX = 60.0  # seconds between attempts of a journaled file's upload, at most
+# Failures that no retry mends: the file goes to lost+found instead of being retried.
+FINAL_ERRORS = {errno.ESTALE, errno.EACCES, errno.EPERM, errno.EINVAL, errno.EFBIG, errno.ENAMETOOLONG, errno.EROFS}
+
+
+def connection_of(opts: argparse.Namespace) -> dict[str, Any]:
+    """How to reach the bucket, for ``s3fuse recover`` (never credentials)."""
+    return {name: getattr(opts, name) for name in ("endpoint_url", "region", "profile", "addressing_style")}
 
 
 class WriteBack:
@@ -64,22 +80,187 @@ class WriteBack:
         self.blocks = blocks
         self.opts = opts
         self.registry = UploadRegistry(opts.cache_dir, opts.bucket_name)
-        self.spill_dir = os.path.join(opts.cache_dir, "spill", str(os.getpid()))
+        self.write_back: bool = opts.write_back
+        self.journal = Journal(opts.cache_dir, opts.bucket_name)
+        if self.write_back or self.journal.has_records():
+            self._own_journal()
+        # Under --write-back spill files live in the journal, which records name them.
+        self.spill_dir = (
+            self.journal.directory if self.write_back else os.path.join(opts.cache_dir, "spill", str(os.getpid()))
+        )
         self.kept_dir = os.path.join(opts.cache_dir, "lost+found")
         self.files: dict[int, OpenFile] = {}
-        self.nursery: trio.Nursery | None = None  # for streaming parts; set by the mount loop
+        self.nursery: trio.Nursery | None = None  # for streaming parts and background uploads
         self.saving = 0  # saves running now
         # path -> why its last save failed and where its data went, until it is saved again
         self.kept: LRUCache[str, str] = LRUCache(maxsize=1000)
+        self.uploads = trio.CapacityLimiter(opts.write_back_uploads)
+        self.queued = 0  # journaled files whose background upload has not ended
+        self.upload_ended = trio.Event()  # set, and replaced, each time one ends
+        self.stopping = trio.Event()  # unmounting: failed uploads stay in the journal
+        self.recovering: set[OpenFile] = set()  # adopted from the journal, not uploaded yet
         self._report_leftovers()
+        self.adopted = self._adopt() if self.journal.owned else []
         METRICS.add_gauges(self.gauges)
 
     def gauges(self) -> dict[str, float]:
         return {
-            "s3fuse_files_open_for_writing": len(self.files),
+            "s3fuse_files_open_for_writing": sum(of.handles > 0 for of in self.files.values()),
             "s3fuse_dirty_files": sum(of.dirty for of in self.files.values()),
             "s3fuse_uploads_in_progress": self.saving,
+            "s3fuse_files_waiting_for_upload": self.queued,
+            "s3fuse_journal_bytes": self.journaled_bytes(),
         }
+
+    # ---- the journal (--write-back)
+
+    def _own_journal(self) -> None:
+        try:
+            self.journal.acquire(connection_of(self.opts))
+        except JournalInUse as exc:
+            if self.write_back:
+                raise
+            log.warning("%s; its records are left to that process", exc)
+
+    def _adopt(self) -> list[OpenFile]:
+        """The files an earlier process journaled and did not upload: pending here now."""
+        records = self.journal.records()
+        for path in self.journal.unreferenced_spill_files(records):
+            kept = self.move_to_lost_and_found(path, os.path.basename(path))
+            log.warning("%s holds writes no close() acknowledged (s3fuse died first); moved to %s", path, kept)
+        adopted = []
+        prefix = self.opts.prefix
+        for record in records:
+            key = record["key"]
+            if not key.startswith(prefix) or key == prefix:
+                log.warning(
+                    "the write-back journal holds %r, outside s3://%s/%s: after unmounting, 's3fuse recover %s' "
+                    "uploads it", key, self.opts.bucket_name, prefix, self.opts.cache_dir,
+                )  # fmt: skip
+                continue
+            try:
+                adopted.append(OpenFile.from_record(self, key[len(prefix) :], record))
+            except OSError as exc:
+                log.error("write-back record %s of %r cannot be replayed: %s; removed", record["name"], key, exc)
+                self.journal.remove(record["name"])
+        if adopted:
+            log.warning(
+                "resuming %d upload(s) that an earlier s3fuse process acknowledged and did not finish (journal %s)",
+                len(adopted), self.journal.directory,
+            )  # fmt: skip
+        self.recovering = set(adopted)
+        return adopted
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """The mount loop runs: background work can start, the adopted uploads first."""
+        self.nursery = nursery
+        for of in self.adopted:
+            self._upload_later(of)
+        self.adopted = []
+
+    async def replay(self) -> None:
+        """s3fuse recover: upload every adopted file once; what fails stays in the journal."""
+        self.stopping.set()
+        async with trio.open_nursery() as nursery:
+            self.start(nursery)
+            await self.shutdown()
+
+    def journaled_bytes(self, besides: OpenFile | None = None) -> int:
+        """Bytes of the journal's spill files (of files other than ``besides``)."""
+        return sum(of.spill.written_bytes for of in self.files.values() if of.record and of.spill and of is not besides)
+
+    async def acknowledge(self, of: OpenFile) -> None:
+        """close() under --write-back: once this returns, the file's state survives a crash."""
+        while True:
+            async with of.lock:
+                if of.unlinked or not of.dirty:
+                    return
+                try:
+                    record, fd = of.to_record(), of.spill.fd if of.spill is not None else None
+                    name = await trio.to_thread.run_sync(self.journal.write, record, fd)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC or not self.others_queued(of):
+                        raise S3Error(exc.errno or errno.EIO, "Journal", f"journaling {of.key!r}: {exc}") from exc
+                else:
+                    of.replace_record(name)
+                    break
+            await self.wait_for_space(of.key)
+        # Backpressure: the writer waits while the journal holds too much of other files.
+        while self.journaled_bytes() > self.opts.write_back_limit and self.journaled_bytes(besides=of):
+            await self.upload_ended.wait()
+
+    def others_queued(self, of: OpenFile) -> bool:
+        return any(other.queued and other is not of for other in self.files.values())
+
+    async def wait_for_space(self, key: str) -> None:
+        """The cache dir is full: wait for a background upload to end and free some."""
+        log.warning("the cache dir %s is full: writing %r waits for uploads to free space", self.opts.cache_dir, key)
+        await self.upload_ended.wait()
+
+    def _upload_later(self, of: OpenFile) -> None:
+        if of.queued:
+            return  # the upload running now sees the new state when its save ends
+        of.queued = True
+        of.node.writers += 1  # until S3 has it, the local attributes are the file's
+        self.queued += 1
+        assert self.nursery is not None
+        self.nursery.start_soon(self._upload_in_background, of)
+
+    async def _upload_in_background(self, of: OpenFile) -> None:
+        try:
+            async with self.uploads:
+                await self._upload_until_saved(of)
+        except Exception:  # a background task: anything uncaught would end the daemon
+            log.exception("uploading %r from the write-back journal failed; it stays in the journal", of.key)
+        finally:
+            of.queued = False
+            self.queued -= 1
+            if of.handles == 0 and of.record is None and self.files.get(of.node.inode) is of:
+                of.close()
+                del self.files[of.node.inode]
+            self.ns.inodes.writer_gone(of.node)
+            self.upload_ended.set()
+            self.upload_ended = trio.Event()
+            if of in self.recovering:
+                self.recovering.discard(of)
+                if of.record is None and not of.unlinked:
+                    log.info("recovered %r from the write-back journal", of.key)
+                if not self.recovering:
+                    log.info("every upload resumed from the write-back journal has ended")
+
+    async def _upload_until_saved(self, of: OpenFile) -> None:
+        """Save a journaled file, retrying (with backoff) failures that may pass."""
+        delay = 1.0
+        while of.handles == 0 and of.record is not None:
+            try:
+                await of.save()
+                continue
+            except S3Error as exc:
+                if of.handles:
+                    return  # opened again: its next close journals and queues it
+                if exc.errno in FINAL_ERRORS:
+                    of.keep_locally(str(exc))
+                    return
+                if self.stopping.is_set():
+                    return  # stays in the journal for the next mount
+                of.failure = f"{exc}; retrying, the data is safe in the journal"
+                log.warning("uploading %r failed (%s); retrying in %.0f s", of.key, exc, delay)
+            with trio.move_on_after(delay):
+                await self.stopping.wait()
+            delay = min(delay * 2, RETRY_DELAY_MAX)
+
+    def move_to_lost_and_found(self, path: str, name: str) -> str:
+        """Move a file into lost+found under a name no other kept file has; returns its new path."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        os.makedirs(self.kept_dir, exist_ok=True)
+        target, serial = os.path.join(self.kept_dir, f"{stamp}-{name}"[:255]), 1
+        # A rename replaces a file of the same name: another version of this file kept in
+        # the same second (a write, its failed save, a rewrite and its failed save) would be lost.
+        while os.path.lexists(target):
+            serial += 1
+            target = os.path.join(self.kept_dir, f"{stamp}.{serial}-{name}"[:255])
+        os.rename(path, target)
+        return target
 
     def _report_leftovers(self) -> None:
         """Spill files of daemons that died: data acknowledged to no one, but worth a look."""
@@ -101,8 +282,16 @@ class WriteBack:
         if of is None:
             of = self.files[node.inode] = OpenFile(self, node, exists)
         of.handles += 1
-        node.writers += 1
+        of.node.writers += 1
         return of
+
+    def local_entries(self, directory: str) -> list[tuple[str, EntryInfo]]:
+        """The files of a directory that were created here and are not in S3 yet."""
+        return [
+            (split(of.node.path)[1], of.node.info)
+            for of in self.files.values()
+            if of.never_saved and not of.unlinked and split(of.node.path)[0] == directory
+        ]
 
     def upload_state(self, node: Node) -> str:
         """What a file's bytes are to S3: clean, dirty, uploading, or failed: why (xattr s3.upload_state)."""
@@ -118,17 +307,30 @@ class WriteBack:
         return of.header_changes if of is not None else None
 
     async def settled(self, node: Node) -> None:
-        """Wait for the save a last close started (release), so later changes apply after it."""
+        """Wait for the save a last close started (release), or for a journaled file's
+        background upload, so later changes apply after it.
+
+        A journaled file's record names its spill file as it was closed: a new writer
+        must not change those bytes before they are in S3. If the upload keeps failing,
+        S3Error (EIO) rather than an endless wait.
+        """
         of = self.files.get(node.inode)
-        if of is not None and of.handles == 0:
-            async with of.lock:
-                pass
+        if of is None or of.handles:
+            return
+        while of.queued:
+            if of.failure is not None:
+                raise S3Error(errno.EIO, "NotUploaded", f"{of.key!r} is not in S3 yet: {of.failure}")
+            await self.upload_ended.wait()
+        async with of.lock:
+            pass
 
     async def release(self, of: OpenFile) -> None:
         """One writable handle is gone; the last one saves what is left or keeps it locally."""
         of.handles -= 1
-        of.node.writers -= 1
-        if of.handles == 0:
+        if of.handles == 0 and of.record is not None:
+            self._upload_later(of)  # journaled (--write-back): uploaded in the background
+        self.ns.inodes.writer_gone(of.node)
+        if of.handles == 0 and of.record is None:
             await self._last_close(of)
 
     async def _last_close(self, of: OpenFile, final: bool = False) -> None:
@@ -159,11 +361,27 @@ class WriteBack:
         return [of for of in self.files.values() if at_or_below(of.node.path, path)]
 
     async def shutdown(self) -> None:
-        """Unmounting: every file still open is saved, or kept in lost+found."""
+        """Unmounting: every file still open is saved, or kept in lost+found; every
+        journaled file is uploaded, or stays in the journal for the next mount."""
+        self.stopping.set()
         for of in list(self.files.values()):
-            await self._last_close(of, final=True)
-        with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is
-            os.rmdir(self.spill_dir)
+            if of.record is None and not of.queued:
+                await self._last_close(of, final=True)
+        while self.queued:
+            await self.upload_ended.wait()
+        left = [of for of in self.files.values() if of.record is not None]
+        for of in left:
+            of.close(keep_spill=True)
+        if left:
+            log.error(
+                "%d file(s) could not be uploaded and stay in the write-back journal %s; the next mount "
+                "with this cache dir, or 's3fuse recover %s', uploads them",
+                len(left), self.journal.directory, self.opts.cache_dir,
+            )  # fmt: skip
+        self.journal.release()
+        if not self.write_back:
+            with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is
+                os.rmdir(self.spill_dir)
 
 
 class OpenFile:
@@ -192,6 +410,69 @@ class OpenFile:
         self.failure: str | None = None  # why the last save failed, until one succeeds
         self.opened_ns = time.time_ns()
         self._base_reader: ObjectReader | None = None
+        self.record: str | None = None  # its record in the write-back journal
+        self.queued = False  # journaled, and its background upload has not ended
+
+    # ---- the journal's record of it
+
+    def to_record(self) -> dict[str, Any]:
+        """What the journal keeps of this file: enough to upload it after a crash."""
+        info, spill, base = self.node.info, self.spill, self.base
+        return {
+            "key": self.key,
+            "size": info.size,
+            "mode": info.mode,
+            "uid": info.uid,
+            "gid": info.gid,
+            "mtime_ns": info.mtime_ns,
+            "spill": os.path.basename(spill.path) if spill is not None else None,
+            "written": spill.written.ranges() if spill is not None else [],
+            "base": None
+            if base is None
+            else {"etag": base.etag, "size": base.size, "limit": spill.base_limit if spill else base.size},
+            "never_saved": self.never_saved,
+            "attributes_changed": self.attributes_changed,
+            "mtime_set": self.mtime_set,
+            "changed": sorted(self.changed),
+            "header_changes": dataclasses.asdict(self.header_changes),
+            "journaled_at": time.time(),
+        }
+
+    @classmethod
+    def from_record(cls, wb: WriteBack, path: str, record: dict[str, Any]) -> OpenFile:
+        """A file an earlier process journaled, pending here as if just closed."""
+        fields = {name: record[name] for name in ("size", "mode", "uid", "gid", "mtime_ns")}
+        base = record["base"]
+        spill = None
+        if record["spill"]:
+            limit = base["limit"] if base else 0
+            written = Extents.of(record["written"])
+            path_on_disk = os.path.join(wb.journal.directory, record["spill"])
+            spill = SpillFile.reopen(path_on_disk, record["size"], limit, written)
+        node = wb.ns.added(path, EntryInfo(is_dir=False, etag=base and base["etag"], from_head=True, **fields))
+        of = cls(wb, node, exists=base is not None)
+        if base is not None:
+            of.base = dataclasses.replace(node.info, size=base["size"])
+        of.spill = spill
+        of.never_saved = record["never_saved"]
+        of.attributes_changed = record["attributes_changed"]
+        of.mtime_set = record["mtime_set"]
+        of.changed = set(record["changed"])
+        of.header_changes = HeaderChanges(**record["header_changes"])
+        of.record = record["name"]
+        wb.files[node.inode] = of
+        return of
+
+    def replace_record(self, name: str) -> None:
+        """A new record (just made durable) describes this file; the older one goes."""
+        old, self.record = self.record, name
+        if old is not None:
+            self.wb.journal.remove(old)
+
+    def _forget_record(self) -> None:
+        if self.record is not None:
+            self.wb.journal.remove(self.record)
+            self.record = None
 
     @property
     def key(self) -> str:
@@ -212,12 +493,20 @@ class OpenFile:
 
     async def write(self, offset: int, data: bytes) -> None:
         self.wrote = True
-        async with self.lock:
-            spill = self._spill()
-            spill.write(offset, data)
-            self._touch(spill.size)
-            if self.stream is not None:
-                self.stream.wrote(offset, offset + len(data), spill)
+        while True:
+            async with self.lock:
+                try:
+                    spill = self._spill()
+                    spill.write(offset, data)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC or not self.wb.others_queued(self):
+                        raise S3Error(exc.errno or errno.EIO, "LocalDisk", f"writing {self.key!r}: {exc}") from exc
+                else:
+                    self._touch(spill.size)
+                    if self.stream is not None:
+                        self.stream.wrote(offset, offset + len(data), spill)
+                    return
+            await self.wb.wait_for_space(self.key)  # a full cache dir blocks writers
 
     async def truncate(self, size: int) -> None:
         async with self.lock:
@@ -253,6 +542,7 @@ class OpenFile:
     def unlink(self) -> None:
         """The name is gone: nothing of this file may reach S3 any more."""
         self.unlinked = True
+        self._forget_record()
 
     async def read(self, offset: int, size: int) -> bytes:
         assert self.spill is not None
@@ -282,6 +572,8 @@ class OpenFile:
             return "uploading"
         if self.failure is not None:
             return f"failed: {self.failure}"
+        if self.queued:
+            return "uploading"  # journaled, waiting for its turn
         # open for writing: the kernel may hold written pages s3fuse has not received yet
         return "dirty" if self.dirty or self.handles else "clean"
 
@@ -426,6 +718,7 @@ class OpenFile:
         info = dataclasses.replace(
             self.node.info, size=size, etag=etag, last_modified_ns=None, from_head=True, fetched_at=time.monotonic()
         )
+        self._forget_record()  # before its spill file goes: a record never names a missing file
         if self.spill is not None:
             self.spill.close()
         self.spill, self.stream, self.base = None, None, info
@@ -450,24 +743,20 @@ class OpenFile:
         if self.spill is None or self.unlinked:
             log.error("could not save %r (%s); its attribute changes are lost", self.key, reason)
             self.wb.kept[self.node.path] = f"{reason}; attribute changes lost"
+            self._forget_record()
             return
-        stamp, quoted = time.strftime("%Y%m%dT%H%M%S"), quote(self.key, safe="")
-        name, serial = f"{stamp}-{quoted}"[:255], 1
-        # The move replaces a file of the same name: another version of this file kept in
-        # the same second (a write, its failed save, a rewrite and its failed save) would be lost.
-        while os.path.lexists(os.path.join(self.wb.kept_dir, name)):
-            serial += 1
-            name = f"{stamp}.{serial}-{quoted}"[:255]
-        path = self.spill.keep(self.wb.kept_dir, name)
+        path = self.spill.keep(lambda spill_path: self.wb.move_to_lost_and_found(spill_path, quote(self.key, safe="")))
+        self._forget_record()  # after the move: a crash between them keeps the data twice, never zero times
         METRICS.count("s3fuse_files_kept_total")
         self.wb.kept[self.node.path] = f"{reason}; data kept at {path}"
         partial = "" if self.spill.base_limit == 0 else " (only the ranges written here; the rest is the old object)"
         log.error("could not save %r to S3 (%s); its data is kept at %s%s", self.key, reason, path, partial)
         self.spill = None
 
-    def close(self) -> None:
+    def close(self, keep_spill: bool = False) -> None:
+        """Done with it; ``keep_spill``: its spill file stays for the journal's record."""
         if self.spill is not None:
-            self.spill.close()
+            self.spill.close(remove=not keep_spill)
             self.spill = None
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import boto3
 import botocore.config
 import pytest
+from faultproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -557,6 +559,24 @@ def mount(moto, tmp_path, request) -> Iterator[Mounter]:
     problems = mounter.close(strict=call is not None and call.passed)
     if problems:
         pytest.fail("\n\n".join(problems))
+
+
+@pytest.fixture(scope="session")
+def fault_proxy(moto):
+    """tests/faultproxy.py between s3fuse and moto, one for the session: it outlives every mount,
+    whose unmount may still talk to S3."""
+    proxy = FaultProxy(moto.url)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def faulty(fault_proxy, request):
+    """The fault proxy, with no rules, an empty log and a seed of the test's own."""
+    fault_proxy.reset(seed=zlib.crc32(request.node.name.encode()))
+    yield fault_proxy
+    fault_proxy.clear()  # whatever unmounting still needs from S3 goes through
+    assert not fault_proxy.handler_errors, fault_proxy.handler_errors[0]
 
 
 @pytest.fixture

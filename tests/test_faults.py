@@ -37,23 +37,6 @@ OBJECT = r"^/[^/]+/."  # a path with a key: not the bucket's own requests (start
 GET_OBJECT = {"method": "GET", "path": OBJECT}
 
 
-@pytest.fixture(scope="session")
-def fault_proxy(moto):
-    """One proxy for the session: it outlives every mount, whose unmount may still talk to S3."""
-    proxy = FaultProxy(moto.url)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def faulty(fault_proxy, request):
-    """The fault proxy, with no rules, an empty log and a seed of the test's own."""
-    fault_proxy.reset(seed=zlib.crc32(request.node.name.encode()))
-    yield fault_proxy
-    fault_proxy.clear()  # whatever unmounting still needs from S3 goes through
-    assert not fault_proxy.handler_errors, fault_proxy.handler_errors[0]
-
-
 def randbytes(seed: int, n: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
