@@ -97,6 +97,8 @@ def render(summary: dict, mountpoint: str) -> str:
         f"uploads in progress {int(g.get('uploads_in_progress', 0))}; files open for writing "
         f"{int(g.get('files_open_for_writing', 0))}, with unsaved writes {int(g.get('dirty_files', 0))}; "
         f"kept in lost+found {int(g.get('files_kept', 0))}",
+        f"write-back: files waiting for upload {int(g.get('files_waiting_for_upload', 0))} "
+        f"({_size(g.get('journal_bytes', 0))} in the journal)",
     ]
     return "\n".join(lines)
 

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from s3fuse import names
 from s3fuse.blockcache import BlockCache
+from s3fuse.extents import Extents
+from s3fuse.journal import Journal, JournalInUse, journals
 from s3fuse.listing import DirectoryStream
 from s3fuse.metadata import EntryInfo, MetadataCache, apply_posix_metadata, directory, from_head, parse_seconds_ns
 from s3fuse.mount import describe_failure
@@ -847,3 +849,51 @@ def test_sibling_prefetch_skips_large_empty_and_directories():
     disabled.remember_order("dir", entries)
     disabled.opened("dir", "a")
     assert disabled.opened("dir", "b") == []
+
+
+# ---- the write-back journal
+
+
+def test_journal_replays_the_newest_record_of_each_key_oldest_first(tmp_path):
+    journal = Journal(str(tmp_path), "bucket/with:odd chars")
+    journal.acquire({"endpoint_url": "http://127.0.0.1:1"})
+    spill = tmp_path / "journal" / "bucket%2Fwith%3Aodd%20chars" / "spill-a"
+    spill.write_bytes(b"data")
+    fd = os.open(spill, os.O_RDONLY)
+    try:
+        first = journal.write({"key": "a", "spill": "spill-a"}, fd)
+    finally:
+        os.close(fd)
+    journal.write({"key": "b", "spill": None}, None)
+    newer = journal.write({"key": "a", "spill": "spill-a2"}, None)  # a crash came before 'first' went
+    (spill.parent / "spill-a2").write_bytes(b"newer")
+    assert first < newer  # numbered in the order written
+    records = journal.records()
+    assert [(r["key"], r["name"]) for r in records] == [("b", records[0]["name"]), ("a", newer)]
+    assert not (spill.parent / first).exists() and not spill.exists()  # superseded: removed, never replayed
+    assert journal.unreferenced_spill_files(records) == []
+    (spill.parent / "spill-orphan").write_bytes(b"no close() acknowledged this")
+    assert journal.unreferenced_spill_files(records) == [str(spill.parent / "spill-orphan")]
+    (spill.parent / "99999999999999999999.json").write_text("{not json")
+    assert [r["key"] for r in journal.records()] == ["b", "a"]  # an unreadable record is left alone
+    assert [j.bucket for j in journals(str(tmp_path))] == ["bucket/with:odd chars"]
+    assert journal.connection() == {"bucket": "bucket/with:odd chars", "endpoint_url": "http://127.0.0.1:1"}
+
+
+def test_journal_has_one_owner(tmp_path):
+    journal = Journal(str(tmp_path), "b")
+    journal.acquire({})
+    with pytest.raises(JournalInUse, match="in use by another s3fuse process"):
+        Journal(str(tmp_path), "b").acquire({})
+    journal.release()
+    Journal(str(tmp_path), "b").acquire({})
+
+
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 1000))))
+def test_extents_round_trip_through_a_record(pairs):
+    extents = Extents()
+    for start, length in pairs:
+        extents.add(start, start + length)
+    again = Extents.of(extents.ranges())
+    assert again.ranges() == extents.ranges()
+    assert list(again.segments(0, 2100)) == list(extents.segments(0, 2100))
