@@ -344,7 +344,7 @@ class S3Operations(pyfuse3.Operations):
         handle = FileHandle(fresh)
         if flags & os.O_ACCMODE != os.O_RDONLY:
             with errno_of_s3("open", fresh.path):
-                await self.wb.settled(fresh)
+                await self.wb.uploaded(fresh)
             handle.writer = self.wb.open(fresh, exists=True)
             if flags & os.O_TRUNC:
                 await handle.writer.truncate(0)

@@ -306,23 +306,27 @@ class WriteBack:
         of = self.files.get(node.inode)
         return of.header_changes if of is not None else None
 
-    async def settled(self, node: Node) -> None:
-        """Wait for the save a last close started (release), or for a journaled file's
-        background upload, so later changes apply after it.
+    async def uploaded(self, node: Node) -> None:
+        """Wait for the background upload of a journaled file (--write-back) to end.
 
-        A journaled file's record names its spill file as it was closed: a new writer
-        must not change those bytes before they are in S3. If the upload keeps failing,
-        S3Error (EIO) rather than an endless wait.
+        Its record names its spill file as it was closed: a new writer must not change
+        those bytes before they are in S3. If the upload keeps failing, S3Error (EIO)
+        rather than an endless wait.
         """
         of = self.files.get(node.inode)
-        if of is None or of.handles:
-            return
-        while of.queued:
+        while of is not None and of.queued and not of.handles:
             if of.failure is not None:
                 raise S3Error(errno.EIO, "NotUploaded", f"{of.key!r} is not in S3 yet: {of.failure}")
             await self.upload_ended.wait()
-        async with of.lock:
-            pass
+
+    async def settled(self, node: Node) -> None:
+        """Wait for the save a last close started (release), or a journaled file's upload,
+        so later changes apply after it."""
+        await self.uploaded(node)
+        of = self.files.get(node.inode)
+        if of is not None and of.handles == 0:
+            async with of.lock:
+                pass
 
     async def release(self, of: OpenFile) -> None:
         """One writable handle is gone; the last one saves what is left or keeps it locally."""

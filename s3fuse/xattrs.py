@@ -130,6 +130,8 @@ def text(name: str, value: bytes) -> str:
         raise invalid(name, "not UTF-8 text") from None
     if not decoded:
         raise invalid(name, "empty value")
+    if not decoded.isascii():  # botocore refuses it: S3 sends metadata as HTTP headers
+        raise invalid(name, "S3 keeps only ASCII text here")
     return decoded
 
 
@@ -149,7 +151,8 @@ class Xattrs:
         self.change_headers = change_headers
         self.pending = pending  # headers set on a file open for writing, not uploaded yet
         self.upload_state = upload_state  # local, and changing: never cached
-        self._heads: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=256, ttl=HEAD_CACHE_SECONDS)
+        # by key and ETag: a name renamed onto, or written anew, has another object
+        self._heads: TTLCache[tuple[str, str | None], dict[str, Any]] = TTLCache(maxsize=256, ttl=HEAD_CACHE_SECONDS)
         self._values: TTLCache[tuple[str, str | None, str], bytes] = TTLCache(maxsize=256, ttl=HEAD_CACHE_SECONDS)
         self._torrents: LRUCache[tuple[str, str], bytes] = LRUCache(maxsize=32)
 
@@ -157,12 +160,12 @@ class Xattrs:
         return file_key(self.opts.prefix, node.path)
 
     def _forget(self, key: str) -> None:
-        self._heads.pop(key, None)
-        for cached in [k for k in self._values if k[0] == key]:
-            self._values.pop(cached, None)
+        for cache in (self._heads, self._values):
+            for cached in [k for k in cache if k[0] == key]:
+                cache.pop(cached, None)
 
-    async def _head(self, key: str) -> dict[str, Any]:
-        head = self._heads.get(key)
+    async def _head(self, key: str, etag: str | None) -> dict[str, Any]:
+        head = self._heads.get((key, etag))
         if head is None:
             try:
                 head = await self.s3.call("head_object", Key=key)
@@ -170,7 +173,7 @@ class Xattrs:
                 if exc.errno == errno.ENOENT:  # not in S3 yet (still being written)
                     raise S3Error(errno.ENODATA, exc.code, f"{key!r} is not in S3 yet") from None
                 raise
-            self._heads[key] = head
+            self._heads[(key, etag)] = head
         return head
 
     # ---- listing
@@ -181,7 +184,7 @@ class Xattrs:
         if node.info.is_dir:
             return []
         try:
-            head = await self._head(self._key(node))
+            head = await self._head(self._key(node), node.info.etag)
         except S3Error as exc:
             if exc.errno != errno.ENODATA:
                 raise
@@ -236,7 +239,7 @@ class Xattrs:
             if pending is not None and meta_name in pending.metadata:
                 value = pending.metadata[meta_name]
             else:
-                value = (await self._head(key)).get("Metadata", {}).get(meta_name)
+                value = (await self._head(key, node.info.etag)).get("Metadata", {}).get(meta_name)
             if value is None or meta_name in POSIX_METADATA:
                 raise no_such_attribute(name)
             return value.encode()
@@ -251,8 +254,8 @@ class Xattrs:
             )
             return url.encode()
         if name == "s3.torrent":
-            return await self._torrent(key)
-        head = await self._head(key)
+            return await self._torrent(key, node.info.etag)
+        head = await self._head(key, node.info.etag)
         facts = {
             "s3.etag": head.get("ETag"),
             "s3.version_id": head.get("VersionId") or "null",
@@ -265,9 +268,9 @@ class Xattrs:
             raise no_such_attribute(name)
         return str(facts[name]).encode()
 
-    async def _torrent(self, key: str) -> bytes:
+    async def _torrent(self, key: str, etag: str | None) -> bytes:
         """The server's .torrent for the object if it is one, else one built here."""
-        head = await self._head(key)
+        head = await self._head(key, etag)
         cache_key = (key, head.get("ETag", ""))
         torrent = self._torrents.get(cache_key)
         if torrent is not None:
@@ -358,8 +361,9 @@ class Xattrs:
             if name == "s3.tags":
                 await self.s3.call("delete_bucket_tagging" if is_root else "delete_object_tagging", **self._key_of(key))
             elif name.startswith(USER) and not is_root and not node.info.is_dir:
-                if name[len(USER) :].lower() not in await self._stored_or_pending(node, key):
-                    raise no_such_attribute(name)
+                meta_name = name[len(USER) :].lower()
+                if meta_name in POSIX_METADATA or meta_name not in await self._stored_or_pending(node, key):
+                    raise no_such_attribute(name)  # as getxattr: chmod, chown and touch keep those
                 await self.change_headers(node, HeaderChanges(metadata={name[len(USER) :].lower(): None}))
             elif name in OBJECT_NAMES or name in BUCKET_NAMES:
                 raise S3Error(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be removed")
@@ -370,7 +374,7 @@ class Xattrs:
 
     async def _stored_or_pending(self, node: Node, key: str) -> dict[str, str]:
         try:
-            head = await self._head(key)
+            head = await self._head(key, node.info.etag)
         except S3Error as exc:
             if exc.errno != errno.ENODATA:
                 raise

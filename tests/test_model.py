@@ -16,9 +16,6 @@ interleavings: writes through one descriptor, reads through another or by name, 
 and unlinks of open files. Each example works in a fresh directory (ex1, ex2, ...) of
 one mount. The rules come in groups; besides a machine with all of them, two smaller
 machines (open files, xattrs) reach long interleavings of their own calls sooner.
-
-Known bugs are worked around where marked KNOWN BUG, so that the test passes; remove a
-workaround once its bug is fixed.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import itertools
 import os
 import random
 import stat
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -95,20 +91,11 @@ POSIX_XATTR = "user.mode"
 xattr_names = st.sampled_from([*XATTR_NAMES, POSIX_XATTR])
 # Values: non-empty ASCII words. Undocumented differences: s3fuse refuses an empty value
 # (or one that is not UTF-8) with EINVAL and strips leading and trailing white space
-# (xattrs.text). KNOWN BUG: a value with a non-ASCII character fails with EIO, after a
-# save that botocore refuses ("S3 metadata can only contain ASCII characters").
+# (xattrs.text), and refuses a value that is not ASCII, which S3 cannot keep, with EINVAL.
 xattr_values = st.text("abcxyz019", min_size=1, max_size=12).map(str.encode)
 
 DIR_MODE_DEFAULT = 0o755  # --dir-mode
 
-# KNOWN BUG: getxattr/listxattr answer from a HeadObject cached per key for a second
-# (xattrs.HEAD_CACHE_SECONDS), which neither unlink nor rename through the mount
-# forgets: for up to a second, a file renamed onto a name or created anew under it shows
-# the user.* attributes of the object that was there before, and removexattr of a name
-# only the old object had succeeds. So getxattr and listxattr are compared, and removexattr
-# is called, only when the name's object has not been replaced for this long; 0 once the
-# bug is fixed.
-XATTR_STALE_SECONDS = 1.5
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -247,7 +234,6 @@ class Model(RuleBasedStateMachine):
         self.l_root.mkdir()
         self.m_root.mkdir()
         self.open: list[Handle] = []
-        self.replaced: dict[str, float] = {}  # path -> when its object was deleted or replaced
 
     # ---------------------------------------------------------------- helpers
 
@@ -302,18 +288,6 @@ class Model(RuleBasedStateMachine):
         existing = [p for p in existing if p != avoid]
         names = st.sampled_from([*(["."] if root else []), *self.paths])
         return data.draw(st.one_of(*[st.sampled_from(existing)] * 2 * bool(existing), names), label=label)
-
-    def mark_replaced(self, *paths: str) -> None:
-        """The objects at these paths, and below them, were deleted or replaced."""
-        for p in paths:
-            self.replaced[p] = time.monotonic()
-
-    def xattrs_settled(self, path: str) -> bool:
-        now = time.monotonic()
-        return not any(
-            now - when < XATTR_STALE_SECONDS and (path == p or path.startswith(p + "/"))
-            for p, when in self.replaced.items()
-        )
 
     @initialize(data=st.data())
     def populate(self, data):
@@ -433,8 +407,7 @@ class TreeRules:
     @rule(data=st.data())
     def unlink(self, data):
         path = self.pick(data, "path", "file")
-        if self.same(lambda root: os.unlink(root / path)) is None:
-            self.mark_replaced(path)
+        self.same(lambda root: os.unlink(root / path))
 
     @rule(data=st.data(), mode=dir_modes)
     def mkdir(self, data, mode):
@@ -454,8 +427,7 @@ class TreeRules:
         src = self.pick(data, "src")
         dst = self.pick(data, "dst", avoid=src)
         flags = RENAME_NOREPLACE if noreplace else 0
-        if self.same(lambda root: renameat2(root / src, root / dst, flags)) is None:
-            self.mark_replaced(src, dst)
+        self.same(lambda root: renameat2(root / src, root / dst, flags))
 
     @rule(data=st.data())
     def rename_exchange(self, data):
@@ -529,24 +501,18 @@ class XattrRules:
     @rule(data=st.data(), name=xattr_names)
     def getxattr(self, data, name):
         path = self.pick(data, "path", "file")
-        local, mounted = self.both(lambda root: os.getxattr(root / path, name))
-        if self.xattrs_settled(path):
-            assert mounted == local, f"mount: {mounted!r}, model: {local!r}"
+        self.same(lambda root: os.getxattr(root / path, name))
 
     @rule(data=st.data())
     def listxattr(self, data):
         path = self.pick(data, "path", "file")
-        local, mounted = self.both(lambda root: user_xattrs(root / path))
-        if self.xattrs_settled(path):
-            assert mounted == local, f"mount: {mounted!r}, model: {local!r}"
+        self.same(lambda root: user_xattrs(root / path))
 
-    @rule(data=st.data(), name=st.sampled_from(XATTR_NAMES))
+    @rule(data=st.data(), name=xattr_names)
     def removexattr(self, data, name):
+        """user.mode too: ENODATA, as getxattr (the model never has it)."""
         path = self.pick(data, "path", "file")
-        # KNOWN BUG: not user.mode, which getxattr answers ENODATA and setxattr EINVAL, but
-        # removexattr removes: x-amz-meta-mode goes, and the mode with it at the next HEAD.
-        if self.xattrs_settled(path):
-            self.same(lambda root: os.removexattr(root / path, name))
+        self.same(lambda root: os.removexattr(root / path, name))
 
 
 class HandleRules:

@@ -64,7 +64,31 @@ def test_posix_metadata_names_are_left_to_chmod(s3, obj):
     f.chmod(0o600)
     assert "user.mode" not in os.listxattr(f)
     assert oserror(os.setxattr, f, "user.mode", b"33279") == errno.EINVAL
+    assert oserror(os.removexattr, f, "user.mode") == errno.ENODATA  # as getxattr answers
     assert s3.head_object(Bucket=bucket, Key="dir/f.txt")["Metadata"]["mode"] == str(0o100600)
+    assert f.stat().st_mode & 0o777 == 0o600
+
+
+def test_metadata_values_are_ascii(s3, obj):
+    """S3 sends metadata as HTTP headers: a value that is not ASCII is refused, not lost later."""
+    bucket, f = obj
+    assert oserror(os.setxattr, f, "user.city", "Zürich".encode()) == errno.EINVAL
+    assert oserror(os.setxattr, f, "s3.content_type", "text/plain; charset=ü".encode()) == errno.EINVAL
+    assert s3.head_object(Bucket=bucket, Key="dir/f.txt")["Metadata"] == {"owner": "ann"}
+
+
+def test_xattrs_follow_the_object_under_a_name(obj):
+    """A name renamed onto, or written anew, shows the new object's metadata at once."""
+    _, f = obj
+    assert getfattr(f, "user.owner") == "ann"  # the object's HEAD, cached for a moment
+    other = f.parent / "other.txt"
+    other.write_bytes(b"other")
+    os.setxattr(other, "user.owner", b"bob")
+    other.rename(f)
+    assert getfattr(f, "user.owner") == "bob"
+    f.unlink()
+    f.write_bytes(b"new")
+    assert oserror(os.getxattr, f, "user.owner") == errno.ENODATA
 
 
 def test_setxattr_on_a_file_being_written_joins_its_upload(s3, bucket, mount, moto):
