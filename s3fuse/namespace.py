@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import trio
+from cachetools import LRUCache
 
 from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
@@ -44,6 +45,12 @@ class Namespace:
         self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
         self.siblings = SiblingTracker(opts.prefetch_files, ObjectReader.SMALL_OBJECT)
+        # directory -> when this mount last changed it: what S3 answered about the directory
+        # to a request sent before then may predate the change, and must not be cached
+        self._changed: LRUCache[str, float] = LRUCache(maxsize=10_000)
+
+    def changed_since(self, directory_path: str, since: float) -> bool:
+        return self._changed.get(directory_path, float("-inf")) >= since
 
     # ---- entries
 
@@ -99,20 +106,27 @@ class Namespace:
         if listing is not None:  # a complete listing answers for absent names too
             known = listing.get(name)
             return None if known is None else self.resolve(path, known)
-        info = await self._fetch(parent.path, name)
+        asked_at = time.monotonic()
+        info = await self._fetch(parent.path, name, asked_at)
+        if self.changed_since(parent.path, asked_at):
+            # The directory changed here while S3 answered: this mount's own word wins.
+            cached = self.meta.get(path)
+            if isinstance(cached, EntryInfo) or cached is NEGATIVE:
+                return None if cached is NEGATIVE else self.resolve(path, cached)
+            return None if info is None else self.resolve(path, info)  # S3's answer, not cached
         if info is None:
             self.meta.put_negative(path)
             return None
         self.meta.put(path, info)  # only fresh answers: a store restarts the cache's TTL
         return self.resolve(path, info)
 
-    async def _fetch(self, parent_path: str, name: str) -> EntryInfo | None:
+    async def _fetch(self, parent_path: str, name: str, asked_at: float) -> EntryInfo | None:
         """Ask S3 whether parent/name exists, caching the siblings the answer carries."""
         prefix = dir_prefix(self.root_prefix, parent_path)
         key = prefix + name
         window = await lookup_window(self.s3, prefix, name, self.opts.lookup_window)
         found = next((info for sibling, info in window.entries + window.uncertain if sibling == name), None)
-        for sibling, info in window.entries:
+        for sibling, info in window.entries if not self.changed_since(parent_path, asked_at) else ():
             if sibling != name and (info.is_dir or not self.opts.posix_metadata):
                 self.meta.put(join(parent_path, sibling), info)
         self.siblings.remember_order(parent_path, window.entries)
@@ -183,6 +197,7 @@ class Namespace:
         this mount, lookups of new names are answered without a LIST.
         """
         parent, name = split(path)
+        self._changed[parent] = time.monotonic()
         listing = self.meta.get_listing(parent)
         if listing is None:
             return
@@ -234,6 +249,7 @@ class DirHandle:
         self.entries: list[tuple[str, EntryInfo]] = self.shown + listed
         self.base = 0  # index of entries[0]
         self.stream = None if cached is not None else self._new_stream()
+        self.started = time.monotonic()
         # Small directories are kept whole for the dir TTL; None once too large.
         self.collected: list[tuple[str, EntryInfo]] | None = (
             [entry for entry in self.shown if entry[0] in self.local] if self.stream else None
@@ -276,7 +292,14 @@ class DirHandle:
                 out.append((name, info))
         return out
 
+    def gone(self, name: str) -> bool:
+        """Whether a listed name was removed here after the listing began (not to be shown)."""
+        return self.ns.changed_since(self.path, self.started) and self.ns.meta.get(join(self.path, name)) is NEGATIVE
+
     def _remember(self, batch: list[tuple[str, EntryInfo]]) -> None:
+        if self.ns.changed_since(self.path, self.started):
+            self.collected = None  # S3 listed the directory as it was before a change made here
+            return
         for name, info in batch:
             self.ns.meta.put(join(self.path, name), info)
         if self.collected is not None:

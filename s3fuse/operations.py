@@ -310,6 +310,9 @@ class S3Operations(pyfuse3.Operations):
             if item is None:
                 return
             name, info = item
+            if isinstance(handle, DirHandle) and handle.gone(name):
+                index += 1  # listed before this mount removed it: the kernel must not learn it
+                continue
             node = self.ns.resolve(join(handle.path, name), info)
             if not pyfuse3.readdir_reply(token, name.encode(), self._attributes(node), index + 1):
                 if node.nlookup == 0:
