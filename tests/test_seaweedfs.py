@@ -15,7 +15,8 @@ import random
 import tarfile
 
 import pytest
-from conftest import boto_client, run
+from conftest import boto_client, run, wait_until
+from faultproxy import FaultProxy, Rule
 
 MIB = 1 << 20
 _prefixes = itertools.count(1)
@@ -104,3 +105,40 @@ def test_attributes(weed):
     os.utime(mnt / "f.txt", (1_600_000_000, 1_600_000_000))
     meta = client.head_object(Bucket="s3fuse-tests", Key=f"{prefix}/f.txt")["Metadata"]
     assert (meta["mode"], meta["mtime"]) == (str(0o100600), "1600000000")
+
+
+def test_write_back_journal_survives_sigkill(seaweed, mount, tmp_path):
+    """--write-back on SeaweedFS: files closed while every upload is refused (through the fault
+    proxy), the daemon killed, and the next mount with the same cache dir uploads them all."""
+    client = boto_client(seaweed.url)
+    prefix = f"t{next(_prefixes):03d}-{os.getpid()}"
+    old = bytearray(random.Random(4).randbytes(12 * MIB))
+    client.put_object(Bucket=seaweed.BUCKET, Key=f"{prefix}/old.bin", Body=bytes(old))
+    proxy = FaultProxy(seaweed.url)
+    try:
+        proxy.add(Rule("internal", method="PUT", path=r"^/[^/]+/.*[^/]$"))  # every upload of a file
+        spec = f"{seaweed.BUCKET}:{prefix}"
+        quick = ("--timeout", "2", "--retries", "2")
+        mnt = mount(spec, "--endpoint-url", proxy.url, "--write-back", *quick, endpoint=False)
+        files = {"small.txt": b"journal\n", "big.bin": random.Random(5).randbytes(20 * MIB + 3)}
+        for name, data in files.items():
+            (mnt / name).write_bytes(data)
+        with open(mnt / "old.bin", "r+b") as f:  # a changed range: replayed with UploadPartCopy
+            f.seek(9 * MIB)
+            f.write(b"Y" * 4096)
+        old[9 * MIB : 9 * MIB + 4096] = b"Y" * 4096
+        files["old.bin"] = bytes(old)
+        daemon = mount.get(mnt)
+        daemon.proc.kill()
+        daemon.proc.wait(30)
+        daemon.checked = True  # killed on purpose
+        run(["fusermount3", "-u", str(mnt)])
+    finally:
+        proxy.close()
+    assert set(objects(client, prefix)) == {"old.bin"}  # nothing else reached S3
+    journal = tmp_path / "xdg/s3fuse/journal" / seaweed.BUCKET
+    again = mount(spec, "--endpoint-url", seaweed.url, endpoint=False)
+    assert wait_until(lambda: not list(journal.glob("[0-9]*.json")), 60), mount.log_text(again)
+    assert objects(client, prefix) == files
+    assert (again / "big.bin").read_bytes() == files["big.bin"]
+    mount.check(again)
