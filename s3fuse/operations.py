@@ -346,8 +346,7 @@ class S3Operations(pyfuse3.Operations):
         fresh = await self._revalidate(node, "open")  # close-to-open: at most attr-ttl old
         handle = FileHandle(fresh)
         if flags & os.O_ACCMODE != os.O_RDONLY:
-            with errno_of_s3("open", fresh.path):
-                await self.wb.uploaded(fresh)
+            await self.wb.before_change(fresh)
             handle.writer = self.wb.open(fresh, exists=True)
             if flags & os.O_TRUNC:
                 await handle.writer.truncate(0)
@@ -520,8 +519,10 @@ class S3Operations(pyfuse3.Operations):
     ) -> None:
         """Apply a change to a file: folded into its pending upload, or saved right away."""
         pending = self.wb.files.get(node.inode)
-        if pending is not None and pending.record is not None and not pending.handles and not touches_data:
+        if pending is not None and pending.record is not None and not pending.handles:
             # journaled and not uploaded yet (--write-back): the change joins the upload, durably
+            if touches_data:
+                await self.wb.before_change(node)
             writer = self.wb.open(node, exists=True)
             try:
                 await change(writer)

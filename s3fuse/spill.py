@@ -38,6 +38,18 @@ class SpillFile:
         spill.size, spill.base_limit, spill.written = size, base_limit, written
         return spill
 
+    def copy(self, directory: str) -> SpillFile:
+        """A new spill file with the same bytes and bookkeeping (the kernel copies the bytes)."""
+        twin = SpillFile(directory, self.size)
+        twin.base_limit, twin.written = self.base_limit, Extents.of(self.written.ranges())
+        for start, end in self.written.ranges():
+            while start < end:
+                copied = os.copy_file_range(self.fd, twin.fd, end - start, start, start)
+                if copied == 0:
+                    break  # past the end of the file: the rest reads as zeros in both
+                start += copied
+        return twin
+
     def write(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
         done = 0

@@ -306,12 +306,21 @@ class WriteBack:
         of = self.files.get(node.inode)
         return of.header_changes if of is not None else None
 
+    async def before_change(self, node: Node) -> None:
+        """A file whose journal record waits for its upload (--write-back) is about to be
+        written or truncated: it goes on in a copy of its spill file, so that the record
+        keeps naming the bytes as they were closed. An upload in flight ends first."""
+        of = self.files.get(node.inode)
+        if of is None or of.record is None or of.handles:
+            return
+        async with of.lock:
+            if of.record is not None and of.spill is not None and not of.forked:
+                await trio.to_thread.run_sync(of.fork_spill)
+
     async def uploaded(self, node: Node) -> None:
         """Wait for the background upload of a journaled file (--write-back) to end.
 
-        Its record names its spill file as it was closed: a new writer must not change
-        those bytes before they are in S3. If the upload keeps failing, S3Error (EIO)
-        rather than an endless wait.
+        If the upload keeps failing, S3Error (EIO) rather than an endless wait.
         """
         of = self.files.get(node.inode)
         while of is not None and of.queued and not of.handles:
@@ -416,6 +425,8 @@ class OpenFile:
         self._base_reader: ObjectReader | None = None
         self.record: str | None = None  # its record in the write-back journal
         self.queued = False  # journaled, and its background upload has not ended
+        # Spill files that only the current record still names (see fork_spill).
+        self.retired: list[str] = []
 
     # ---- the journal's record of it
 
@@ -467,16 +478,35 @@ class OpenFile:
         wb.files[node.inode] = of
         return of
 
+    @property
+    def forked(self) -> bool:
+        return bool(self.retired)
+
+    def fork_spill(self) -> None:
+        """Go on in a copy of the spill file; the journal's record keeps naming the original."""
+        assert self.spill is not None
+        original, self.spill = self.spill, self.spill.copy(self.wb.spill_dir)
+        original.close(remove=False)
+        self.retired.append(original.path)
+
     def replace_record(self, name: str) -> None:
         """A new record (just made durable) describes this file; the older one goes."""
         old, self.record = self.record, name
         if old is not None:
             self.wb.journal.remove(old)
+        self._drop_retired()
 
     def _forget_record(self) -> None:
         if self.record is not None:
             self.wb.journal.remove(self.record)
             self.record = None
+        self._drop_retired()
+
+    def _drop_retired(self) -> None:
+        for path in self.retired:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.retired.clear()
 
     @property
     def key(self) -> str:

@@ -238,3 +238,28 @@ def test_one_journal_one_daemon(bucket, mount, moto, tmp_path):
     assert re.search(r"journal .* is in use by another s3fuse process; give each mount", res.stderr), res.stderr
     assert not is_mounted(other)
     mount.check(first)
+
+
+def test_a_file_waiting_for_its_upload_is_written_again_at_once(s3, bucket, mount, faulty):
+    """Appends and a truncate of a file whose upload S3 refuses return at once (the file goes on
+    in a copy of its journaled spill file); after a SIGKILL the last acknowledged state lands."""
+    faulty.add(Rule("internal", **UPLOADS))
+    mnt = mount_via(mount, faulty, bucket, *WRITE_BACK)
+    log = mnt / "app.log"
+    log.write_bytes(b"line 1\n")
+    for n in (2, 3):
+        with open(log, "ab") as f:
+            f.write(b"line %d\n" % n)
+    os.truncate(log, len(b"line 1\nline 2\n") + 2)
+    expected = b"line 1\nline 2\nli"
+    assert log.read_bytes() == expected
+    cache = mount.tmp_path / "xdg"
+    assert len(journal_records(cache, bucket)) == 1  # each close replaced the record
+    spills = list((cache / "s3fuse" / "journal" / bucket).glob("spill-*"))
+    assert len(spills) == 1  # the copies a record no longer names are gone
+    kill(mount, mnt)
+    faulty.clear()
+    again = mount(bucket)
+    assert wait_until(lambda: not journal_records(cache, bucket), BOUND), mount.log_text(again)
+    assert body_of(s3, bucket, "app.log") == expected
+    mount.check(again)
