@@ -111,8 +111,10 @@ class Namespace:
         if self.changed_since(parent.path, asked_at):
             # The directory changed here while S3 answered: this mount's own word wins.
             cached = self.meta.get(path)
-            if isinstance(cached, EntryInfo) or cached is NEGATIVE:
-                return None if cached is NEGATIVE else self.resolve(path, cached)
+            if cached is NEGATIVE:
+                return None
+            if isinstance(cached, EntryInfo):
+                return self.resolve(path, cached)
             return None if info is None else self.resolve(path, info)  # S3's answer, not cached
         if info is None:
             self.meta.put_negative(path)

@@ -10,7 +10,6 @@ of the bucket with this cache dir); what can never be (a conflict) goes to lost+
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -24,8 +23,6 @@ from .namespace import Namespace
 from .options import parse_args
 from .s3client import S3Client
 from .writeback import WriteBack
-
-log = logging.getLogger(__name__)
 
 CONNECTION_OPTIONS = ("endpoint_url", "region", "profile", "addressing_style")
 

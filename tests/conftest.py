@@ -520,6 +520,13 @@ class Mounter:
             m.proc.wait()
             raise AssertionError(f"s3fuse did not exit after unmounting {m.path}\n{m.describe()}") from None
 
+    def kill(self, mnt: os.PathLike | str) -> None:
+        """SIGKILL the daemon, a crash: nothing of it runs after this, and its exit status says nothing."""
+        m = self.get(mnt)
+        m.proc.kill()
+        m.proc.wait(30)
+        m.checked = True
+
     def check(self, mnt: os.PathLike | str) -> None:
         """Unmount now and assert a clean exit (status 0, no traceback)."""
         m = self.get(mnt)

@@ -128,10 +128,7 @@ def test_write_back_journal_survives_sigkill(seaweed, mount, tmp_path):
             f.write(b"Y" * 4096)
         old[9 * MIB : 9 * MIB + 4096] = b"Y" * 4096
         files["old.bin"] = bytes(old)
-        daemon = mount.get(mnt)
-        daemon.proc.kill()
-        daemon.proc.wait(30)
-        daemon.checked = True  # killed on purpose
+        mount.kill(mnt)
         run(["fusermount3", "-u", str(mnt)])
     finally:
         proxy.close()

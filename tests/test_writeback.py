@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -42,11 +41,8 @@ def journal_records(cache: Path, bucket: str) -> list[str]:
 
 
 def kill(mount, mnt: Path) -> None:
-    """SIGKILL the daemon (nothing of it runs after this) and clear the dead mount point."""
-    daemon = mount.get(mnt)
-    daemon.proc.send_signal(signal.SIGKILL)
-    daemon.proc.wait(30)
-    daemon.checked = True  # killed on purpose
+    """SIGKILL the daemon and clear the dead mount point."""
+    mount.kill(mnt)
     fusermount_u(mnt)
     assert wait_until(lambda: not is_mounted(mnt), 10)
 
