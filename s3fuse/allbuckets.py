@@ -246,6 +246,7 @@ class AllBucketsOperations(pyfuse3.Operations):
     enable_writeback_cache = S3Operations.enable_writeback_cache
     # A fixed answer that describes no bucket: the same as a single-bucket mount's.
     statfs = S3Operations.statfs
+    init = S3Operations.init
 
     def __init__(self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace) -> None:
         super().__init__()
@@ -255,6 +256,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         self.root = EntryInfo(is_dir=True, mtime_ns=self.mount_time_ns)
         self._handles = count(pyfuse3.ROOT_INODE)  # the root's directory handles, in range 0
         self._listings: dict[int, list[Bucket]] = {}
+        self.initialized = trio.Event()
 
     @property
     def nursery(self) -> trio.Nursery | None:

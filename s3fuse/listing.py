@@ -5,7 +5,9 @@ Owns the rules that turn a listing into directory entries: common prefixes are
 directories (a ``dir/`` marker object is one too), other keys are files, names that
 cannot be POSIX names are skipped with one log line, and when a key is both a file
 and a prefix the directory wins (the file is hidden, as in mountpoint-s3). Never
-holds more than one page plus a few held-back files, whatever the directory's size.
+holds more than two pages plus a few held-back files, whatever the directory's size:
+given a nursery, a stream asks for the next page as soon as one arrives, so the LIST
+overlaps the kernel's taking the entries (for ``ls -l``, a getxattr each).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import outcome
+import trio
 
 from .metadata import EntryInfo, directory, from_listing
 from .names import invalid_reason, start_after_for
@@ -25,10 +30,12 @@ log = logging.getLogger(__name__)
 class DirectoryStream:
     """The entries of one directory, in batches, for readdir and lookup windows."""
 
-    def __init__(self, s3: S3Client, prefix: str, page_size: int = 1000) -> None:
+    def __init__(self, s3: S3Client, prefix: str, page_size: int = 1000, nursery: trio.Nursery | None = None) -> None:
         self.s3 = s3
         self.prefix = prefix
         self.page_size = page_size
+        self.nursery = nursery
+        self._next_page: NextPage | None = None
         # Pagination by hand rather than botocore's paginator: a paginator is dead
         # after one failed page, while a kept continuation token lets the next
         # readdir retry exactly that page instead of ending the directory early.
@@ -43,17 +50,29 @@ class DirectoryStream:
         """The next entries (possibly none before the stream is done); [] and done at the end."""
         if self.done:
             return []
-        params: dict[str, Any] = {"Prefix": self.prefix, "Delimiter": "/", "MaxKeys": self.page_size}
-        if self._token:
-            params["ContinuationToken"] = self._token
-        asked_at = time.monotonic()
-        page = await self.s3.list_page(**params)
-        batch = self.feed(page, asked_at)
+        next_page, self._next_page = self._next_page, None
+        if next_page is None or next_page.token != self._token:
+            next_page = NextPage(self._token)
+            await next_page.fetch(self.s3, self._params())
+        else:
+            await next_page.arrived.wait()
+        # A failed page raises here, its token kept: the next readdir asks for it again.
+        page = next_page.result.unwrap()
+        batch = self.feed(page, next_page.asked_at)
         self._token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not self._token:
             self.done = True
             batch += self.release_held()
+        elif self.nursery is not None:
+            self._next_page = NextPage(self._token)
+            self.nursery.start_soon(self._next_page.fetch, self.s3, self._params())
         return batch
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"Prefix": self.prefix, "Delimiter": "/", "MaxKeys": self.page_size}
+        if self._token:
+            params["ContinuationToken"] = self._token
+        return params
 
     def release_held(self) -> list[tuple[str, EntryInfo]]:
         """Give up waiting for directories that would shadow the held files."""
@@ -94,6 +113,23 @@ class DirectoryStream:
             else:
                 self._held.append((full, name, info))
         return out
+
+
+class NextPage:
+    """One LIST page being asked for: its outcome, once it arrived."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self.asked_at = time.monotonic()
+        self.arrived = trio.Event()
+        self.result: outcome.Outcome
+
+    async def fetch(self, s3: S3Client, params: dict[str, Any]) -> None:
+        try:
+            self.result = outcome.Value(await s3.list_page(**params))
+        except Exception as exc:  # raised in the readdir that takes this page, as if it had asked itself
+            self.result = outcome.Error(exc)
+        self.arrived.set()
 
 
 @dataclass

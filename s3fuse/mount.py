@@ -35,7 +35,7 @@ from .stats import metrics_listener, serve_metrics
 
 log = logging.getLogger("s3fuse")
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
 SYNC_TIMEOUT = 60.0  # seconds a signal-initiated unmount waits for the kernel's cached writes
 CHECK_TIMEOUT = 5.0  # seconds per attempt of the start-up checks (2 attempts: well under 15 s)
 
@@ -169,8 +169,16 @@ def setup_logging(opts: argparse.Namespace, detached: bool) -> logging.Handler:
     return handler
 
 
-def tune_kernel_read_ahead(mountpoint: str, size: int) -> None:
-    """Raise the mount's read-ahead so the kernel sends large FUSE reads (root only)."""
+async def tune_kernel_read_ahead(ops: S3Operations | AllBucketsOperations) -> None:
+    """Raise the mount's read-ahead so the kernel sends large FUSE reads (root only).
+
+    Only once the kernel has taken the INIT reply: it sets the read-ahead to the smaller
+    of the current one and the reply's max_readahead, which libfuse caps at what the
+    kernel offered (128 KiB). Measured: 1 MiB reads instead of 128 KiB ones, and a cold
+    sequential read of 256 MiB in 0.38 s instead of 0.50 s.
+    """
+    await ops.initialized.wait()
+    mountpoint, size = ops.opts.mountpoint, ops.opts.kernel_read_ahead
     try:
         with open("/proc/self/mountinfo") as info:
             # the last line for the mount point is the mount just made
@@ -183,16 +191,19 @@ def tune_kernel_read_ahead(mountpoint: str, size: int) -> None:
 
 
 def tune_malloc() -> None:
-    """Keep glibc's heap from holding on to freed buffers: blocks, parts and bodies of
-    megabytes come and go all the time. Above 128 KiB they are mmapped and go back to
-    the kernel when freed (glibc otherwise raises that threshold up to 32 MiB as large
-    buffers are freed, and serves them from heaps that stay large), and two arenas, not
-    eight per core, serve the worker threads. Measured: a 256 MiB read then write keeps
-    126 MB resident instead of 197 MB, with a peak of 179 MB instead of 197 MB."""
+    """Make glibc's heap reuse the buffers of megabytes that come and go all the time
+    (streamed chunks of reads, FUSE writes) instead of mapping fresh pages for each:
+    a 256 MiB cold read cost 65,000 page faults, a third of the daemon's CPU. Buffers
+    up to 8 MiB come from the heap (above that, block-sized buffers are mapped and go
+    back to the kernel when freed), the heap keeps up to 32 MiB free for reuse, and two
+    arenas, not eight per core, serve the worker threads. Measured on a cold 256 MiB
+    read: 4,000 page faults instead of 65,000, and 0.23 s instead of 0.29 s.
+    """
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         libc = ctypes.CDLL(None)
         libc.mallopt(M_ARENA_MAX, 2)
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(M_MMAP_THRESHOLD, 8 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 32 << 20)
 
 
 def sync_mount(mountpoint: str) -> None:
@@ -220,6 +231,7 @@ async def _serve(ops: S3Operations | AllBucketsOperations, metrics: socket.socke
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(stop_on_signals)
+        nursery.start_soon(tune_kernel_read_ahead, ops)
         if metrics is not None:
             nursery.start_soon(serve_metrics, metrics)
         await pyfuse3.main(max_tasks=256)
@@ -276,7 +288,6 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
     except RuntimeError as exc:
         report(f"mounting at {opts.mountpoint} failed: {exc}")
         return 1
-    tune_kernel_read_ahead(opts.mountpoint, opts.kernel_read_ahead)
     where = opts.endpoint_url or "AWS"
     source = ALL_BUCKETS if opts.all_buckets else f"s3://{opts.bucket_name}/{opts.prefix}"
     log.info("mounted %s (%s) at %s", source, where, opts.mountpoint)

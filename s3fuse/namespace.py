@@ -44,6 +44,7 @@ class Namespace:
         self.inodes = InodeTable(directory(), root_inode)
         self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
+        self.nursery: trio.Nursery | None = None  # for listing pages asked for ahead; set by the mount loop
         self.siblings = SiblingTracker(opts.prefetch_files, ObjectReader.SMALL_OBJECT)
         # directory -> when this mount last changed it: what S3 answered about the directory
         # to a request sent before then may predate the change, and must not be cached
@@ -258,7 +259,7 @@ class DirHandle:
         )
 
     def _new_stream(self) -> DirectoryStream:
-        return DirectoryStream(self.ns.s3, dir_prefix(self.ns.root_prefix, self.path))
+        return DirectoryStream(self.ns.s3, dir_prefix(self.ns.root_prefix, self.path), nursery=self.ns.nursery)
 
     async def entry(self, index: int) -> tuple[str, EntryInfo] | None:
         """Entry number ``index`` of the directory, or None past its end."""

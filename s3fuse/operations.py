@@ -98,6 +98,11 @@ class S3Operations(pyfuse3.Operations):
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle | ControlDirHandle | VersionListing] = {}
         self._nursery: trio.Nursery | None = None
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        """Called while libfuse answers the kernel's INIT; the reply goes out when this returns."""
+        self.initialized.set()
 
     @property
     def nursery(self) -> trio.Nursery | None:
@@ -107,6 +112,7 @@ class S3Operations(pyfuse3.Operations):
     def nursery(self, nursery: trio.Nursery) -> None:
         """Set by the mount loop before requests arrive: background work runs there."""
         self._nursery = nursery
+        self.ns.nursery = nursery
         self.wb.start(nursery)
 
     # ---- helpers
@@ -415,6 +421,8 @@ class S3Operations(pyfuse3.Operations):
         node = handle.node
         reader = handle.reader
         if reader is None or reader.etag != node.info.etag or reader.size != node.info.size:
+            if reader is not None:
+                reader.close()
             reader = handle.reader = self._reader(node.path, node.info, on_changed=lambda: self.ns.mark_stale(node))
         return reader
 
@@ -468,6 +476,8 @@ class S3Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
+        if handle is not None and handle.reader is not None:
+            handle.reader.close()
         if handle is not None and handle.writer is not None:
             await self.wb.release(handle.writer)
 

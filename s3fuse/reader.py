@@ -1,17 +1,21 @@
 """Reading one open object: ranged GETs pinned to the ETag seen at open.
 
-Owns the access-pattern detection of one file handle. Sequential reads are served
-from whole blocks in the shared block cache, with a read-ahead window of parallel
-GETs that doubles up to ``max_readahead``; random reads fetch just the bytes asked
-for. Every GET carries If-Match, so a replaced object fails the read (EIO) instead
-of mixing two versions. A reader given a ``version_id`` reads that version of the
-object (GetObject VersionId, for ``.versions/``).
+Owns the access-pattern detection of one file handle. Sequential reads of objects
+over 1 MiB are served by streams (stream.py): GETs of ``block_size`` segments, as
+many ahead as ``max_readahead`` covers, each served chunk by chunk as it arrives
+and let go of once read. Sequential reads of small objects, and what the streams
+cannot serve, come from whole blocks in the shared block cache, with a read-ahead
+window of parallel GETs that doubles up to ``max_readahead``; random reads fetch
+just the bytes asked for. Every GET carries If-Match, so a replaced object fails
+the read (EIO) instead of mixing two versions. A reader given a ``version_id``
+reads that version of the object (GetObject VersionId, for ``.versions/``).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+from collections import deque
 from collections.abc import Callable, Hashable
 
 import pyfuse3
@@ -19,6 +23,7 @@ import trio
 
 from .blockcache import BlockCache
 from .s3client import S3Client, S3Error
+from .stream import BodyStream
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,7 @@ class ObjectReader:
     INITIAL_READAHEAD_BLOCKS = 2
     SMALL_OBJECT = 1 << 20
     STREAMING_FIRST_READ = 256 << 10
+    SEQUENTIAL_SLACK = 4 << 20
 
     def __init__(
         self,
@@ -55,7 +61,17 @@ class ObjectReader:
         self.on_changed = on_changed  # called when S3 says the object is not the one opened
         self._expected_offset = 0
         self._sequential_reads = 0
+        self._contiguous_reads = 0  # each starting where the one before ended: streams start on these
         self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
+        # Segments of block_size streamed ahead of a sequential reader, as many as the read-ahead covers
+        self._streams: deque[BodyStream] = deque()
+        self.max_streams = max(1, self.max_readahead_blocks)
+        self._segments = 0  # streamed since the reader's sequential run began
+        self._stream_failed = False  # after a failed stream, ranged GETs only (they retry and report)
+
+    def close(self) -> None:
+        """The handle is closed: stop streaming."""
+        self._close_streams()
 
     def prefetch_small_object(self) -> None:
         """Start fetching an object of one small block now, before the kernel asks.
@@ -71,18 +87,76 @@ class ObjectReader:
             return b""
         size = min(size, self.size - offset)
         # The kernel's own read-ahead may deliver sequential requests slightly out of
-        # order, so 'sequential' allows one block of slack around the expected offset.
-        sequential = offset == 0 or abs(offset - self._expected_offset) <= self.block_size
+        # order, so 'sequential' allows a few of its reads of slack around the expected offset.
+        sequential = offset == 0 or abs(offset - self._expected_offset) <= self.SEQUENTIAL_SLACK
+        contiguous = offset == self._expected_offset
+        self._contiguous_reads = self._contiguous_reads + 1 if contiguous else 0
         self._expected_offset = offset + size
         try:
-            if sequential:
+            # A small read near the last one but not next to it, in an object of many blocks,
+            # is likely a random one: it gets just its bytes, not a block.
+            if sequential and (contiguous or size >= self.STREAMING_FIRST_READ or self.size <= self.block_size):
                 self._sequential_reads += 1
+                streamed = await self._read_stream(offset, size)
+                if streamed is not None:
+                    return streamed
+                if self._streams:  # a read just behind them: no block read-ahead beside the streams
+                    return await self._read_range(offset, size)
                 return await self._read_blocks(offset, size)
             self._sequential_reads = 0
+            self._close_streams()
             self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
             return await self._read_range(offset, size)
         except S3Error as exc:
             raise self._fuse_error(exc) from exc
+
+    async def _read_stream(self, offset: int, size: int) -> bytes | memoryview | None:
+        """The bytes from the reader's streams (started here when reads become a stream), or None."""
+        streams = self._streams
+        # Streams a chunk behind the read are done (the slack: kernel reads overtake each other).
+        while streams and streams[0].end + streams[0].chunk <= offset:
+            streams.popleft().close()
+        if streams and not streams[0].start <= offset < streams[-1].end:
+            self._close_streams()  # the reader went on elsewhere in the file
+        if not streams:
+            # The first read of a streaming reader is large; a small one may be 'head -c' or 'file',
+            # and small reads near each other may be random ones.
+            streaming = self._contiguous_reads > 1 or size >= self.STREAMING_FIRST_READ
+            if not streaming or self._stream_failed or self.size - offset <= self.SMALL_OBJECT:
+                return None
+        self._stream_ahead(offset)
+        pieces = []
+        position, end = offset, min(offset + size, self.size)
+        while position < end:  # more than one piece only when a read spans two segments
+            stream = next((s for s in streams if s.start <= position < s.end), None)
+            data = await stream.read(position, end - position) if stream is not None else None
+            if data is None:  # a read behind the streams; or one broke off and they start again
+                if stream is not None and stream.broke_off:
+                    self._stream_failed = stream.failed  # then ranged GETs only: they retry and report errors
+                    self._close_streams()
+                return None
+            pieces.append(data)
+            position += len(data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _stream_ahead(self, offset: int) -> None:
+        """Start streams for the next segments, up to the read-ahead (and the mount's stream limit)."""
+        start = self._streams[-1].end if self._streams else offset
+        while len(self._streams) < self.max_streams and start < self.size:
+            # Segments double from one block: a short read costs a short GET, a long one few GETs.
+            length = self.block_size << min(self._segments, 4)
+            end = min(start + length, self.size)
+            stream = BodyStream.open(self.nursery, self.s3, self.key, start, end, self.block_size, **self._get_params())
+            if stream is None:
+                return
+            self._streams.append(stream)
+            self._segments += 1
+            start = end
+
+    def _close_streams(self) -> None:
+        while self._streams:
+            self._streams.popleft().close()
+        self._segments = 0
 
     async def _read_blocks(self, offset: int, size: int) -> bytes | memoryview:
         bs = self.block_size
@@ -139,13 +213,16 @@ class ObjectReader:
         cached = self._cached_slice(start, end - start)
         return bytes(cached) if cached is not None else await self._get(start, end)
 
-    async def _get(self, start: int, end: int) -> bytes:
-        params = {"Range": f"bytes={start}-{end - 1}"}
+    def _get_params(self) -> dict[str, str]:
+        params = {}
         if self.etag:
             params["IfMatch"] = self.etag  # with a VersionId too: the 'null' version can be overwritten
         if self.version_id is not None:
             params["VersionId"] = self.version_id
-        _, data = await self.s3.get_bytes(self.key, **params)
+        return params
+
+    async def _get(self, start: int, end: int) -> bytes:
+        _, data = await self.s3.get_bytes(self.key, Range=f"bytes={start}-{end - 1}", **self._get_params())
         if len(data) != end - start:
             raise S3Error(errno.EIO, "ShortRead", f"got {len(data)} of {end - start} bytes at offset {start}")
         return data

@@ -237,6 +237,9 @@ def make_boto_client(settings: ClientSettings, region: str | None = None) -> Any
         signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2)
         # Uploads carry Content-MD5 (computed by s3fuse); a second checksum would cost CPU.
         request_checksum_calculation="when_required",
+        # Not a CRC of every whole-object GET either (a third of a cold read's CPU): reads are
+        # pinned to the ETag seen at open, and ranged GETs carry no checksum to check anyway.
+        response_checksum_validation="when_required",
     )
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
     METRICS.observe(client)
@@ -272,6 +275,8 @@ class S3Client:
         self.client = client
         self.bucket = bucket
         self.limiter = trio.CapacityLimiter(settings.max_connections)
+        # Streaming GETs (stream.py) hold a connection and a thread each while they last.
+        self.streams = trio.CapacityLimiter(max(1, settings.max_connections // 4))
         # botocore's own timeouts bound each attempt; this bounds the whole call.
         self.deadline = settings.timeout * settings.max_attempts + 5.0
         self.max_attempts = settings.max_attempts

@@ -398,6 +398,21 @@ def test_truncated_bodies_are_retried_or_eio_never_short(s3, bucket, faulty, mou
     assert len(faulty.injected("truncate")) >= 4
 
 
+def test_a_sequential_read_is_a_few_streamed_gets_and_survives_one_cut_short(s3, bucket, faulty, mount):
+    """Segments double from --block-size (4 + 8 + 16 + 12 MiB of 40), two streamed at a time;
+    a GET cut short midway is made up by ranged GETs. The bytes are right either way."""
+    data = {name: randbytes(20 + i, 40 * MIB) for i, name in enumerate(("whole.bin", "cut.bin"))}
+    for name, body in data.items():
+        s3.put_object(Bucket=bucket, Key=name, Body=body)
+    mnt = mount_via(mount, faulty, bucket, *QUICK, "--block-size", "4M", "--read-ahead", "8M")
+    assert read_file(mnt / "whole.bin") == data["whole.bin"]
+    gets = [e for e in faulty.log if e.method == "GET" and e.path.endswith("/whole.bin")]
+    assert 4 <= len(gets) <= 5  # 10 GETs of 4 MiB blocks without streams
+    faulty.add(Rule("truncate", path="/cut.bin$", times=1, keep=0.5, method="GET"))
+    assert read_file(mnt / "cut.bin") == data["cut.bin"]
+    assert len(faulty.injected("truncate")) == 1
+
+
 # ---------------------------------------------------------------- random faults
 
 

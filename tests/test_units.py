@@ -17,6 +17,7 @@ import pyfuse3
 import pytest
 import trio
 from conftest import boto_client
+from faultproxy import Rule
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -538,6 +539,35 @@ def stream_of(moto):
 
 def summary(entries):
     return [(name, "dir" if info.is_dir else info.size) for name, info in entries]
+
+
+def test_stream_asks_for_the_next_page_ahead_and_again_after_it_failed(s3, bucket, faulty):
+    """With a nursery, page n+1 is asked for as page n is handed out; a failed one fails the
+    next_batch that takes it, and the one after asks for the same page again."""
+    keys = [f"d/k{i}" for i in range(5)]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    client = S3Client(boto_client(faulty.url), bucket, ClientSettings(endpoint_url=faulty.url, max_attempts=1))
+    faulty.add(Rule("internal", query="continuation-token", times=2, method="GET"))  # botocore retries once
+    listed = []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            stream = DirectoryStream(client, "d/", page_size=2, nursery=nursery)
+            listed.extend(await stream.next_batch())
+            with trio.fail_after(10):
+                while len(faulty.log) < 2:  # the second page, asked for before anyone wanted it
+                    await trio.sleep(0.01)
+            with pytest.raises(S3Error):
+                await stream.next_batch()
+            while not stream.done:
+                listed.extend(await stream.next_batch())
+
+    trio.run(main)
+    assert [name for name, _ in listed] == [key[2:] for key in keys]
+    pages = [e for e in faulty.log if e.method == "GET"]
+    assert [e.fault for e in pages] == [None, "internal", "internal", None, None]
+    assert pages[1].query == pages[3].query
 
 
 def test_feed_directory_wins_over_file(stream_of, caplog):

@@ -1,0 +1,156 @@
+"""One ranged GET that feeds a sequential reader as its bytes arrive.
+
+Owns a GET of one segment of an object, the worker thread that reads its body in
+chunks, and the chunks the thread has read and the reader not yet passed. A GET whose
+body is read whole before its first byte is served makes the reader wait for all of
+it, and holds all of it in memory until the block cache lets go; a stream's first
+chunk is served as soon as it arrives, and each chunk is let go once the reader is
+past it. So segments can be long (each GET costs botocore and the server about as
+much CPU as a few MiB of body): the thread reads at most ``window`` bytes ahead of
+the reader, and drops the GET, freeing its connection, when the reader has not asked
+for more for ``IDLE_TIMEOUT`` seconds. A mount runs at most ``S3Client.streams``
+streams until their readers close them, so streamed bytes in memory stay under that
+many windows.
+
+A stream only ever serves what it has: a read outside its segment, behind its chunks,
+or past where it failed is answered with ``None``, and the caller reads those bytes
+with ranged GETs, which carry the retries and the error reporting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+import trio
+
+from .s3client import S3Client
+
+log = logging.getLogger(__name__)
+
+
+class BodyStream:
+    # Most FUSE reads are 1 MiB (the kernel's largest) and fall inside one chunk: served
+    # as a view of it, without a copy. Larger chunks wake the event loop less often.
+    CHUNK = 4 << 20
+    IDLE_TIMEOUT = 10.0
+
+    def __init__(self, s3: S3Client, key: str, start: int, end: int, window: int, params: dict[str, Any]) -> None:
+        """Bytes [start, end) of ``key``; params: GetObject's (IfMatch, VersionId) without Range."""
+        self.s3 = s3
+        self.key = key
+        self.start = start
+        self.end = end
+        self._kwargs = s3.params("get_object", Key=key, Range=f"bytes={start}-{end - 1}", **params)
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._received = start  # every byte below this has arrived
+        self._arrival = trio.Event()
+        # A window of at least 4 chunks: the chunk behind the reader that is kept, the one it
+        # reads, one that read may reach into, and one arriving.
+        self.chunk = max(64 << 10, min(self.CHUNK, window // 4))
+        self._capacity = max(4, window // self.chunk)
+        self._free_chunks = threading.Semaphore(self._capacity)  # chunks the thread may read ahead
+        self._closed = False
+        self._idle = False  # the reader stopped asking, so the thread dropped the GET
+        self.ended = False  # no more chunks will come: the last arrived, or the GET failed or was closed
+
+    @classmethod
+    def open(
+        cls, nursery: trio.Nursery, s3: S3Client, key: str, start: int, end: int, window: int, **params: Any
+    ) -> BodyStream | None:
+        """A running stream, or None when the mount's streams are all taken (each holds a connection)."""
+        stream = cls(s3, key, start, end, window, params)
+        try:
+            s3.streams.acquire_on_behalf_of_nowait(stream)
+        except trio.WouldBlock:
+            return None
+        nursery.start_soon(stream._run)
+        return stream
+
+    @property
+    def broke_off(self) -> bool:
+        """It ended before its last byte, and not because it was closed."""
+        return self.ended and self._received < self.end and not self._closed
+
+    @property
+    def failed(self) -> bool:
+        """It broke off with an error (not for an idle reader)."""
+        return self.broke_off and not self._idle
+
+    def close(self) -> None:
+        """Let go of the chunks; the thread drops the GET at its next chunk."""
+        if not self._closed:
+            self._closed = True
+            self._chunks.clear()
+            self._free_chunks.release()  # wake the thread, if it waits for the reader
+            self.s3.streams.release_on_behalf_of(self)
+
+    async def read(self, offset: int, size: int) -> bytes | memoryview | None:
+        """Bytes [offset, offset + size) clipped to the segment, once they arrived; None if it cannot give them."""
+        end = min(offset + size, self.end)
+        if not self.start <= offset < self.end:
+            return None
+        # One chunk behind the read is kept: the kernel's read-ahead requests may overtake each other.
+        self._drop_before(offset - self.chunk)
+        held_from = self._chunks[0][0] if self._chunks else self._received
+        if offset < held_from or end > held_from + self._capacity * self.chunk:
+            return None
+        while self._received < end:
+            if self.ended:
+                return None
+            await self._arrival.wait()
+        return self._slice(offset, end)
+
+    def _drop_before(self, offset: int) -> None:
+        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= offset:
+            self._chunks.popleft()
+            self._free_chunks.release()
+
+    def _slice(self, offset: int, end: int) -> bytes | memoryview | None:
+        pieces = []
+        for start, data in self._chunks:
+            if start < end and offset < start + len(data):
+                pieces.append(memoryview(data)[max(offset - start, 0) : end - start])
+        if sum(map(len, pieces)) != end - offset:
+            return None  # close() let go of them meanwhile
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _arrived(self, offset: int, data: bytes) -> None:
+        if not self._closed:
+            self._chunks.append((offset, data))
+            self._received = offset + len(data)
+            self._wake()
+
+    def _wake(self) -> None:
+        self._arrival.set()
+        self._arrival = trio.Event()
+
+    async def _run(self) -> None:
+        try:
+            token = trio.lowlevel.current_trio_token()
+            await trio.to_thread.run_sync(self._pump, token, limiter=self.s3.limiter, abandon_on_cancel=True)
+        except Exception as exc:  # whatever it was: ranged GETs read the rest, and report it
+            log.debug("streaming %r from %d ended early: %r", self.key, self._received, exc)
+        finally:
+            self.ended = True
+            self._wake()
+
+    def _pump(self, token: trio.lowlevel.TrioToken) -> None:
+        body = self.s3.client.get_object(**self._kwargs)["Body"]
+        try:
+            offset = self.start
+            while offset < self.end and not self._closed:
+                if not self._free_chunks.acquire(timeout=self.IDLE_TIMEOUT):
+                    self._idle = True
+                    return
+                if self._closed:
+                    return
+                data = body.read(min(self.chunk, self.end - offset))
+                if not data:
+                    raise EOFError(f"the body ended at {offset} of {self.end}")
+                token.run_sync_soon(self._arrived, offset, data)
+                offset += len(data)
+        finally:
+            body.close()
