@@ -717,7 +717,9 @@ class S3Operations(pyfuse3.Operations):
         if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and not self.opts.no_xattr:
             return METRICS.exposition().encode()
         if not is_s3fuse_name(name) and not self.opts.no_xattr:
-            raise pyfuse3.FUSEError(errno.ENODATA)  # ls -l asks every entry for security.selinux
+            # Not ENODATA: 'ls -l' asks every entry for security.selinux unless the answer says
+            # the file system has no such attributes, which it then remembers for the mount.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self._xattr_node(inode)
         history = self._history(node.path)
         if history is not None:

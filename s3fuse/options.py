@@ -255,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument(
         "--no-xattr",
         action="store_true",
-        help="no extended attributes (user.*, s3.*): the kernel then stops asking, which saves a round trip "
-        "to s3fuse per entry of 'ls -l' (it asks each for security.selinux)",
+        help="no extended attributes (user.*, s3.*): the kernel then answers every xattr call itself, "
+        "without a round trip to s3fuse",
     )
     fs.add_argument(
         "--show-control-dir",

@@ -73,8 +73,8 @@ NAMESPACES = (USER.encode(), b"s3.")
 
 
 def is_s3fuse_name(name: bytes) -> bool:
-    """Names s3fuse has values for; others (security.*, system.*, which ls -l asks of
-    every entry) are answered ENODATA before anything is looked up."""
+    """Names s3fuse has values for; others (security.*, trusted.*, system.*) are not
+    supported: EOPNOTSUPP, before anything is looked up."""
     return name.startswith(NAMESPACES)
 
 
