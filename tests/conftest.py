@@ -11,8 +11,9 @@
   every mount is unmounted with ``fusermount3 -u``, the daemon must exit with status 0,
   and its log and stderr must hold no Python traceback.
 
-A per-test watchdog kills the test's daemons if the test hangs (a blocked system call
-on a FUSE mount then fails with ENOTCONN instead of hanging pytest forever).
+A per-test watchdog kills the test's daemons if the test hangs, that is, makes no new
+mount for WATCHDOG_SECONDS (a blocked system call on a FUSE mount then fails with
+ENOTCONN instead of hanging pytest forever).
 """
 
 from __future__ import annotations
@@ -455,6 +456,13 @@ class Mounter:
         self.mounts: list[Mount] = []
         self._serial = itertools.count()
         self.watchdog_fired = False
+        self._watchdog: threading.Timer | None = None
+        self._rearm_watchdog()
+
+    def _rearm_watchdog(self) -> None:
+        """A test that mounts again is making progress: long ones (the crash battery) are not hung."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._watchdog = threading.Timer(WATCHDOG_SECONDS, self._fire)
         self._watchdog.daemon = True
         self._watchdog.start()
@@ -475,6 +483,7 @@ class Mounter:
     ) -> Path:
         """Mount with --foreground and --log-file (and --endpoint-url unless endpoint=False), at
         ``at`` (an empty directory) or a new one in tmp_path, which only root can reach."""
+        self._rearm_watchdog()
         n = next(self._serial)
         mnt = at or self.tmp_path / f"mnt{n}"
         mnt.mkdir(exist_ok=at is not None)
@@ -541,7 +550,7 @@ class Mounter:
         self._watchdog.cancel()
         problems = []
         if self.watchdog_fired:
-            problems.append(f"the test hung for {WATCHDOG_SECONDS:.0f} s; its s3fuse daemons were killed")
+            problems.append(f"no new mount for {WATCHDOG_SECONDS:.0f} s: hung; its s3fuse daemons were killed")
         for m in self.mounts:
             try:
                 code = self.unmount(m.path)
