@@ -17,17 +17,25 @@ import time
 from collections.abc import Callable, Sequence
 
 import trio
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
-from .names import dir_prefix, file_key, invalid_reason, join, split
+from .names import dir_prefix, file_key, invalid_reason, join, split, start_after_for
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
 from .siblings import SiblingTracker
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LookupWindowSeen:
+    start_after: str  # the window listed the keys after this one
+    last_key: str | None  # up to this one; None: to the end of the directory
+    listed: frozenset[str]  # the names it found
+    asked_at: float
 
 
 class Namespace:
@@ -49,6 +57,12 @@ class Namespace:
         # directory -> when this mount last changed it: what S3 answered about the directory
         # to a request sent before then may predate the change, and must not be cached
         self._changed: LRUCache[str, float] = LRUCache(maxsize=10_000)
+        # directory -> the last lookup window's key range and the names it listed: a name in
+        # that range that it did not list is missing too, for --negative-ttl. So 'mv a b'
+        # costs one LIST (the window that found 'a' also shows 'b' is free), not two.
+        self._windows: TTLCache[str, LookupWindowSeen] = TTLCache(
+            maxsize=256, ttl=max(opts.negative_ttl, 1e-3), timer=time.monotonic
+        )
 
     def changed_since(self, directory_path: str, since: float) -> bool:
         return self._changed.get(directory_path, float("-inf")) >= since
@@ -107,6 +121,8 @@ class Namespace:
         if listing is not None:  # a complete listing answers for absent names too
             known = listing.get(name)
             return None if known is None else self.resolve(path, known)
+        if self._window_says_missing(parent.path, name):
+            return None
         asked_at = time.monotonic()
         info = await self._fetch(parent.path, name, asked_at)
         if self.changed_since(parent.path, asked_at):
@@ -133,6 +149,10 @@ class Namespace:
             if sibling != name and (info.is_dir or not self.opts.posix_metadata):
                 self.meta.put(join(parent_path, sibling), info)
         self.siblings.remember_order(parent_path, window.entries)
+        if self.opts.negative_ttl > 0 and not self.changed_since(parent_path, asked_at):
+            listed = frozenset(sibling for sibling, _ in window.entries + window.uncertain)
+            end = None if window.complete else window.last_key
+            self._windows[parent_path] = LookupWindowSeen(start_after_for(key), end, listed, asked_at)
         covered = window.complete or (window.last_key is not None and window.last_key >= key + "/")
         if not covered:
             # The window ended before 'name/' could appear: ask for that prefix directly.
@@ -142,6 +162,15 @@ class Namespace:
         if found is not None and not found.is_dir and self.opts.posix_metadata:
             return await self.head(key)
         return found
+
+    def _window_says_missing(self, parent_path: str, name: str) -> bool:
+        """Whether a recent lookup window of the directory covered the name, as a file and as a
+        directory ('name/'), without listing it, and nothing changed there since."""
+        seen = self._windows.get(parent_path)
+        if seen is None or name in seen.listed or self.changed_since(parent_path, seen.asked_at):
+            return False
+        key = dir_prefix(self.root_prefix, parent_path) + name
+        return seen.start_after < key and (seen.last_key is None or seen.last_key >= key + "/")
 
     async def head(self, key: str) -> EntryInfo | None:
         """HeadObject as an entry; None if the object is gone."""

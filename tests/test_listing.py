@@ -213,6 +213,25 @@ def test_cat_50_files_one_lookup_window(s3, bucket, mount, moto):
     assert sorted(r.key for r in gets) == sorted(files)
 
 
+def test_a_lookup_window_answers_for_the_missing_names_in_its_range(s3, bucket, mount, moto):
+    """'mv a b' looks up both: the window that found 'a' covers 'b' too, so that costs no LIST."""
+    put_objects(s3, bucket, {"d/a": b"1", "d/c": b"2", "d/e/x": b"3", "d/z": b"4"})
+    mnt = mount(bucket)
+    (mnt / "d").is_dir()
+    mark = moto.mark()
+    assert (mnt / "d/a").read_bytes() == b"1"
+    assert not (mnt / "d/b").exists()  # after 'a', not listed
+    assert not (mnt / "d/e.txt").exists()  # between 'e' and 'e/': listed as missing too
+    assert (mnt / "d/e").is_dir()
+    assert (mnt / "d/z").read_bytes() == b"4"
+    assert len([r for r in moto.requests(mark, bucket) if r.is_list]) == 1  # the window that found 'a'
+    os.rename(mnt / "d/a", mnt / "d/b")
+    mark = moto.mark()
+    assert not (mnt / "d/bb").exists()  # the rename changed d: the window no longer answers for it
+    assert [r for r in moto.requests(mark, bucket) if r.is_list]
+    assert sorted(os.listdir(mnt / "d")) == ["b", "c", "e", "z"]
+
+
 def test_posix_metadata_listing_costs_one_head_per_file(s3, bucket, mount, moto):
     files = {f"dir/f{i:02d}": b"x" * i for i in range(50)}
     put_objects(s3, bucket, files, Metadata={"mode": "33152"})  # 0o100600
