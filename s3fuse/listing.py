@@ -7,7 +7,7 @@ cannot be POSIX names are skipped with one log line, and when a key is both a fi
 and a prefix the directory wins (the file is hidden, as in mountpoint-s3). Never
 holds more than two pages plus a few held-back files, whatever the directory's size:
 given a nursery, a stream asks for the next page as soon as one arrives, so the LIST
-overlaps the kernel's taking the entries (for ``ls -l``, a getxattr each).
+overlaps the kernel's taking the entries.
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ class Window:
     uncertain: list[tuple[str, EntryInfo]]
     complete: bool  # the listing reached the end of the directory
     last_key: str | None  # the greatest key the listing covered
+    start_after: str  # it listed the keys after this one
 
 
 async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Window:
@@ -162,4 +163,5 @@ async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Wind
         [] if complete else held,
         complete,
         max(keys, default=None),
+        start_after,
     )

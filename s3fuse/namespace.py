@@ -22,7 +22,7 @@ from cachetools import LRUCache, TTLCache
 from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
-from .names import dir_prefix, file_key, invalid_reason, join, split, start_after_for
+from .names import dir_prefix, file_key, invalid_reason, join, split
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
 from .siblings import SiblingTracker
@@ -152,7 +152,7 @@ class Namespace:
         if self.opts.negative_ttl > 0 and not self.changed_since(parent_path, asked_at):
             listed = frozenset(sibling for sibling, _ in window.entries + window.uncertain)
             end = None if window.complete else window.last_key
-            self._windows[parent_path] = LookupWindowSeen(start_after_for(key), end, listed, asked_at)
+            self._windows[parent_path] = LookupWindowSeen(window.start_after, end, listed, asked_at)
         covered = window.complete or (window.last_key is not None and window.last_key >= key + "/")
         if not covered:
             # The window ended before 'name/' could appear: ask for that prefix directly.

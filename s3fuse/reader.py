@@ -1,9 +1,9 @@
 """Reading one open object: ranged GETs pinned to the ETag seen at open.
 
 Owns the access-pattern detection of one file handle. Sequential reads of objects
-over 1 MiB are served by streams (stream.py): GETs of ``block_size`` segments, as
-many ahead as ``max_readahead`` covers, each served chunk by chunk as it arrives
-and let go of once read. Sequential reads of small objects, and what the streams
+over 1 MiB are served by streams (stream.py): GETs of segments that double from
+``block_size``, as many at a time as ``max_readahead`` covers, each served chunk by
+chunk as it arrives and let go of once read. Sequential reads of small objects, and what the streams
 cannot serve, come from whole blocks in the shared block cache, with a read-ahead
 window of parallel GETs that doubles up to ``max_readahead``; random reads fetch
 just the bytes asked for. Every GET carries If-Match, so a replaced object fails
