@@ -145,11 +145,12 @@ class Namespace:
         key = prefix + name
         window = await lookup_window(self.s3, prefix, name, self.opts.lookup_window)
         found = next((info for sibling, info in window.entries + window.uncertain if sibling == name), None)
-        for sibling, info in window.entries if not self.changed_since(parent_path, asked_at) else ():
+        current = not self.changed_since(parent_path, asked_at)  # else S3 may predate a change made here
+        for sibling, info in window.entries if current else ():
             if sibling != name and (info.is_dir or not self.opts.posix_metadata):
                 self.meta.put(join(parent_path, sibling), info)
         self.siblings.remember_order(parent_path, window.entries)
-        if self.opts.negative_ttl > 0 and not self.changed_since(parent_path, asked_at):
+        if current and self.opts.negative_ttl > 0:
             listed = frozenset(sibling for sibling, _ in window.entries + window.uncertain)
             end = None if window.complete else window.last_key
             self._windows[parent_path] = LookupWindowSeen(window.start_after, end, listed, asked_at)

@@ -141,11 +141,11 @@ class BodyStream:
         body = self.s3.client.get_object(**self._kwargs)["Body"]
         try:
             offset = self.start
-            while offset < self.end and not self._closed:
+            while offset < self.end:
                 if not self._free_chunks.acquire(timeout=self.IDLE_TIMEOUT):
                     self._idle = True
                     return
-                if self._closed:
+                if self._closed:  # close() woke it, or closed it meanwhile
                     return
                 data = body.read(min(self.chunk, self.end - offset))
                 if not data:

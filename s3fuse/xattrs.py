@@ -364,7 +364,7 @@ class Xattrs:
                 meta_name = name[len(USER) :].lower()
                 if meta_name in POSIX_METADATA or meta_name not in await self._stored_or_pending(node, key):
                     raise no_such_attribute(name)  # as getxattr: chmod, chown and touch keep those
-                await self.change_headers(node, HeaderChanges(metadata={name[len(USER) :].lower(): None}))
+                await self.change_headers(node, HeaderChanges(metadata={meta_name: None}))
             elif name in OBJECT_NAMES or name in BUCKET_NAMES:
                 raise S3Error(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be removed")
             else:
