@@ -37,7 +37,7 @@ from .mutations import new_entry, refuse
 from .names import NAME_MAX, decode_name, invalid_reason
 from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of_s3
 from .options import ALL_BUCKETS
-from .s3client import ClientSettings, S3Client, S3Error, make_boto_client, region_of
+from .s3client import ClientSettings, S3Client, S3Error, boto_session, make_boto_client, region_of
 from .xattrs import is_s3fuse_name
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class BucketTable:
         self._listing_lock = trio.Lock()  # one ListBuckets at a time; waiters use its answer
         self._clients: dict[str, Any] = {s3.client.meta.region_name: s3.client}
         self._clients_lock = trio.Lock()
+        self._session: Any = None  # for the other regions' clients, made one at a time under the lock
 
     # ---- the listing
 
@@ -208,7 +209,9 @@ class BucketTable:
             return self.s3.client
         async with self._clients_lock:
             if region not in self._clients:
-                client = await trio.to_thread.run_sync(make_boto_client, self.settings, region)
+                if self._session is None:
+                    self._session = await trio.to_thread.run_sync(boto_session, self.settings)
+                client = await trio.to_thread.run_sync(make_boto_client, self.settings, region, self._session)
                 self._clients[region] = client
             return self._clients[region]
 

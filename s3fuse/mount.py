@@ -30,7 +30,7 @@ from .journal import JournalInUse
 from .localserver import start_demo_server
 from .operations import S3Operations
 from .options import ALL_BUCKETS
-from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, make_boto_client, region_of
+from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, boto_session, make_boto_client, region_of
 from .stats import metrics_listener, serve_metrics
 
 log = logging.getLogger("s3fuse")
@@ -108,8 +108,9 @@ def check_bucket(opts: argparse.Namespace) -> Any:
     """HeadBucket (and GetBucketLocation without --region), or ListBuckets with --all-buckets;
     the client to mount with."""
     quick = dataclasses.replace(settings_of(opts), timeout=CHECK_TIMEOUT, max_attempts=2)
+    session = boto_session(quick)
     try:
-        client = make_boto_client(quick)
+        client = make_boto_client(quick, session=session)
         region = opts.region
         if region is None and not opts.all_buckets:  # all buckets: each one's region is asked at its first use
             try:
@@ -119,7 +120,7 @@ def check_bucket(opts: argparse.Namespace) -> Any:
                     raise
                 # Not allowed to ask: HeadBucket below still proves access.
             if region and region != client.meta.region_name:
-                client = make_boto_client(quick, region)
+                client = make_boto_client(quick, region, session)
         if opts.all_buckets:
             client.list_buckets()
         else:
@@ -128,7 +129,7 @@ def check_bucket(opts: argparse.Namespace) -> Any:
         raise MountError(describe_failure(exc, opts)) from exc
     except ValueError as exc:  # botocore's word for a malformed endpoint URL
         raise MountError(f"invalid S3 endpoint {opts.endpoint_url!r}: {exc}") from exc
-    return make_boto_client(settings_of(opts), client.meta.region_name)
+    return make_boto_client(settings_of(opts), client.meta.region_name, session)
 
 
 SYSLOG = "syslog"  # --log-file syslog: to the system log
