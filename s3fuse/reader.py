@@ -35,6 +35,10 @@ class ObjectReader:
     SMALL_OBJECT = 1 << 20
     STREAMING_FIRST_READ = 256 << 10
     SEQUENTIAL_SLACK = 4 << 20
+    # Bytes each stream reads ahead of its reader: 4 chunks of 1 MiB, the kernel's largest
+    # read. A cold 256 MiB read is as fast with 4 MiB as with 16 MiB (0.20 s on moto) and
+    # peaks 24 MiB lower, two streams running.
+    STREAM_WINDOW = 4 << 20
 
     def __init__(
         self,
@@ -146,7 +150,9 @@ class ObjectReader:
             # Segments double from one block: a short read costs a short GET, a long one few GETs.
             length = self.block_size << min(self._segments, 4)
             end = min(start + length, self.size)
-            stream = BodyStream.open(self.nursery, self.s3, self.key, start, end, self.block_size, **self._get_params())
+            stream = BodyStream.open(
+                self.nursery, self.s3, self.key, start, end, self.STREAM_WINDOW, **self._get_params()
+            )
             if stream is None:
                 return
             self._streams.append(stream)
