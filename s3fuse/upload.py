@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import errno
 import hashlib
+import io
 import json
 import logging
 import mimetypes
@@ -56,8 +58,60 @@ def streamed_part_size(index: int) -> int:
     return MIN_PART << min(index // 1000, 9)
 
 
-def content_md5(data: bytes | memoryview) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
+class FileRange(io.RawIOBase):
+    """Bytes [start, end) of an open file as a seekable body for botocore, read with pread.
+
+    A part is hashed (Content-MD5, and SigV4 over plain HTTP), sent and, on a retry,
+    rewound from its file without ever being in memory whole: 4 parts in flight
+    would otherwise hold 32 MiB. pread keeps parts of one file independent of each
+    other and of the file's offset.
+    """
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        super().__init__()
+        self.fd, self.start, self.end = fd, start, end
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: len(self)}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(0, len(self) - self.position)
+        size = left if size is None or size < 0 else min(size, left)
+        data = os.pread(self.fd, size, self.start + self.position) if size else b""
+        if len(data) < size:
+            raise OSError(errno.EIO, f"file ended {size - len(data)} bytes before the part did")
+        self.position += size
+        return data
+
+    def readall(self) -> bytes:
+        return self.read()
+
+
+def content_md5(data: bytes | memoryview | FileRange) -> str:
+    digest = hashlib.md5()
+    if isinstance(data, FileRange):
+        data.seek(0)
+        while chunk := data.read(MiB):
+            digest.update(chunk)
+        data.seek(0)
+    else:
+        digest.update(data)
+    return base64.b64encode(digest.digest()).decode()
 
 
 def guess_content_type(key: str) -> str:
@@ -229,14 +283,13 @@ class MultipartUpload:
         self.upload_id = resp["UploadId"]
         self.registry.record(self.upload_id, self.key)
 
-    async def send_part(self, number: int, read: Callable[[], bytes]) -> None:
-        """Upload part ``number``; ``read`` produces its bytes inside the worker thread."""
+    async def send_part(self, number: int, body: bytes | FileRange) -> None:
+        """Upload part ``number``; a FileRange is read (hashed, sent) inside the worker thread."""
 
         params = self.s3.params("upload_part", Key=self.key, UploadId=self.upload_id, PartNumber=number)
 
         def send() -> dict[str, Any]:
-            data = read()
-            return self.s3.client.upload_part(Body=data, ContentMD5=content_md5(data), **params)
+            return self.s3.client.upload_part(Body=body, ContentMD5=content_md5(body), **params)
 
         self.parts[number] = (await self.s3.run(send))["ETag"]
 

@@ -45,6 +45,7 @@ from .spill import SpillFile
 from .upload import (
     MAX_SINGLE_COPY,
     SINGLE_PUT_LIMIT,
+    FileRange,
     HeaderChanges,
     MultipartUpload,
     ObjectHeaders,
@@ -731,7 +732,7 @@ class OpenFile:
 
         async def send(number: int, start: int, end: int) -> None:
             data = await spill.read(start, end, self._fetch_base)
-            await upload.send_part(number, lambda: data)
+            await upload.send_part(number, data)
 
         jobs = [
             (
@@ -846,7 +847,7 @@ class StreamingUpload:
                     return
                 await self._start()
                 assert self.upload is not None
-                await self.upload.send_part(number, lambda: os.pread(fd, end - start, start))
+                await self.upload.send_part(number, FileRange(fd, start, end))
         except S3Error as exc:
             self.error = self.error or exc
         except Exception as exc:  # a background task: anything uncaught would end the daemon
@@ -875,7 +876,7 @@ class StreamingUpload:
         while start < size:  # the tail: usually less than one part
             end = min(size, start + streamed_part_size(number))
             number += 1
-            await self.upload.send_part(number, lambda s=start, e=end: os.pread(fd, e - s, s))
+            await self.upload.send_part(number, FileRange(fd, start, end))
             start = end
         etag = await self.upload.complete()
         final = self.of.with_attributes(self.headers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 
 import pytest
@@ -10,7 +12,16 @@ from conftest import boto_client, keys_of
 
 from s3fuse import upload
 from s3fuse.s3client import ClientSettings, S3Client
-from s3fuse.upload import MiB, UploadRegistry, copy_object, delete_keys, planned_part_size, streamed_part_size
+from s3fuse.upload import (
+    FileRange,
+    MiB,
+    UploadRegistry,
+    content_md5,
+    copy_object,
+    delete_keys,
+    planned_part_size,
+    streamed_part_size,
+)
 
 
 def test_part_sizes_reach_five_tib_within_10000_parts():
@@ -25,6 +36,31 @@ def test_part_sizes_reach_five_tib_within_10000_parts():
 @pytest.fixture
 def client(moto, bucket):
     return S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url))
+
+
+def test_file_range_is_a_part_read_from_its_file(tmp_path):
+    """A part's body: the bytes of its range only, seekable for hashing and retries, read with pread."""
+    data = random.Random(7).randbytes(3 * MiB + 5)
+    path = tmp_path / "spill"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        part = FileRange(fd, MiB + 1, 3 * MiB + 2)
+        assert len(part) == 2 * MiB + 1
+        assert content_md5(part) == content_md5(data[MiB + 1 : 3 * MiB + 2]) == content_md5(part)
+        assert part.tell() == 0
+        assert part.read(10) == data[MiB + 1 : MiB + 11]
+        assert part.read() == data[MiB + 11 : 3 * MiB + 2]
+        assert part.read(1) == b""
+        part.seek(-4, os.SEEK_END)
+        assert part.read() == data[3 * MiB - 2 : 3 * MiB + 2]
+        part.seek(0)
+        assert hashlib.md5(part.read()).digest() == hashlib.md5(data[MiB + 1 : 3 * MiB + 2]).digest()
+        beyond = FileRange(fd, 3 * MiB, 4 * MiB)  # the file ends first: an error, not a short part
+        with pytest.raises(OSError):
+            beyond.read()
+    finally:
+        os.close(fd)
 
 
 def test_copy_above_the_single_copy_limit_is_a_multipart_copy(s3, bucket, client, tmp_path, monkeypatch):
