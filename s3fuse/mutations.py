@@ -73,6 +73,7 @@ class Mutations:
         of = self.wb.files.get(node.inode)
         if of is not None:
             async with of.lock:  # a save in flight must not re-create the object afterwards
+                await of.keep_content()
                 of.unlink()
         if of is None or not of.never_saved:  # a file created here and not saved yet is not in S3
             await self.s3.call("delete_object", Key=file_key(self.prefix, node.path))

@@ -579,6 +579,22 @@ class OpenFile:
         self.unlinked = True
         self._forget_record()
 
+    async def keep_content(self) -> None:
+        """Before its object is deleted under open handles: copy the bytes only S3 holds into
+        the spill file, so reads and truncates through the handles keep working, as POSIX
+        keeps an unlinked open file. If that fails, those bytes read as EIO later."""
+        if self.base is None or not self.handles:
+            return
+        if self.spill is None:
+            self.spill = SpillFile(self.wb.spill_dir, self.base.size)  # no stream: it is never uploaded
+        spill, block = self.spill, self.wb.opts.block_size
+        try:
+            for start, end, inside in list(spill.written.segments(0, spill.base_limit)):
+                for offset in range(start, end, block) if not inside else ():
+                    spill.write(offset, await self._fetch_base(offset, min(end, offset + block)))
+        except (S3Error, OSError) as exc:
+            log.warning("%r was removed while open; its bytes not written here are lost to it: %s", self.key, exc)
+
     async def read(self, offset: int, size: int) -> bytes:
         assert self.spill is not None
         return await self.spill.read(offset, offset + size, self._fetch_base)
@@ -662,9 +678,9 @@ class OpenFile:
             headers = await self._headers(needs_base=spill.needs_base(0, size))
             if size <= SINGLE_PUT_LIMIT:
                 data = await spill.read(0, size, self._fetch_base)
+                # Not kept in the block cache: the kernel's page cache holds what was written
+                # (its pages stay valid, see kernel_etag), and the daemon's memory stays small.
                 etag = await put_object(self.wb.s3, self.key, data, headers)
-                if 0 < size <= self.wb.opts.block_size:
-                    self.wb.blocks.put((self.key, etag, 0), data)  # reading it back costs no GET
             else:
                 etag = await self._rebuild(spill, headers)
         self._saved(etag, size)

@@ -868,6 +868,27 @@ def test_sigterm_saves_files_still_open(s3, bucket, mount):
     assert body_of(s3, bucket, "open.bin") == data
 
 
+def test_unlinked_open_file_keeps_its_saved_bytes(s3, bucket, mount):
+    """A file saved to S3 and then removed while open still reads whole through its handle:
+    the bytes only S3 held are copied to the local spill file before DeleteObject."""
+    mnt = mount(bucket, "--block-size", "1M")
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    fd = os.open(mnt / "big.bin", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        os.pwrite(fd, b"HEAD", 0)  # a change of its own, in the spill file
+        os.unlink(mnt / "big.bin")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read from the daemon, not the page cache
+        assert os.pread(fd, len(data) + 10, 0) == b"HEAD" + data[4:]
+        os.ftruncate(fd, 2 * 1024 * 1024)
+        assert os.fstat(fd).st_size == 2 * 1024 * 1024
+        assert os.pread(fd, 100, 2 * 1024 * 1024 - 50) == data[2 * 1024 * 1024 - 50 : 2 * 1024 * 1024]
+    finally:
+        os.close(fd)
+    assert keys_of(s3, bucket) == {}
+
+
 def test_unlinked_open_file_still_truncates(s3, bucket, mount):
     """An open file keeps working after unlink, truncate included; nothing reaches S3."""
     mnt = mount(bucket)
