@@ -10,6 +10,7 @@ from __future__ import annotations
 import pyfuse3
 
 from .metadata import EntryInfo
+from .metrics import METRICS
 from .names import at_or_below
 
 
@@ -42,6 +43,10 @@ class InodeTable:
         root.nlookup = 1  # the root is never forgotten
         self._by_inode[root.inode] = root
         self._by_path[""] = root
+        METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        return {"s3fuse_inodes": len(self._by_inode)}
 
     def get(self, inode: int) -> Node | None:
         return self._by_inode.get(inode)

@@ -37,6 +37,7 @@ HELP = {
     "s3fuse_journal_bytes": "bytes in the write-back journal not yet uploaded",
     "s3fuse_block_cache_bytes": "bytes held in the block cache",
     "s3fuse_metadata_cache_entries": "entries held in the metadata cache",
+    "s3fuse_inodes": "inodes the kernel holds (each costs the daemon memory until the kernel forgets it)",
     "s3fuse_uptime_seconds": "seconds since the daemon started",
 }
 # The mount root's extended attribute that holds ``exposition()`` (read by ``s3fuse stats``).

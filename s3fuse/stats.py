@@ -90,7 +90,7 @@ def render(summary: dict, mountpoint: str) -> str:
         lines.append(f"{cache + ' cache':<16} hit rate {rate:>4} ({hits} hits, {misses} misses)")
     lines.append(
         f"{'':<16} holds {_size(g.get('block_cache_bytes', 0))} of blocks, "
-        f"{int(g.get('metadata_cache_entries', 0))} metadata entries"
+        f"{int(g.get('metadata_cache_entries', 0))} metadata entries; the kernel holds {int(g.get('inodes', 0))} inodes"
     )
     lines += [
         "",

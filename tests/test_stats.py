@@ -97,6 +97,10 @@ def test_stats_count_what_the_server_saw(s3, bucket, moto, mount, tmp_path):
     assert ({"operation": "GetBucketWebsite", "code": "NoSuchWebsiteConfiguration"}, 1) in errors
     sent = [v for name, _, v in samples if name == "s3fuse_bytes_sent_total"]
     assert sent[0] >= 20 * MiB
+    # the kernel still holds the root and what ls and cat looked up (docs/, readme.txt, big.bin)
+    inodes = [v for name, _, v in samples if name == "s3fuse_inodes"]
+    assert inodes and inodes[0] >= 3
+    assert "the kernel holds" in table.stdout
 
 
 def test_stats_of_something_else(tmp_path):
