@@ -76,20 +76,30 @@ class Metrics:
         events.register("response-received.s3", self._on_response)
 
     def _on_send(self, request: Any, event_name: str, **_: Any) -> None:
-        self.count("s3fuse_requests_total", operation=event_name.rsplit(".", 1)[-1])
-        self.count("s3fuse_bytes_sent_total", int(request.headers.get("Content-Length") or 0))
+        self.sent(event_name.rsplit(".", 1)[-1], int(request.headers.get("Content-Length") or 0))
 
     def _on_response(self, event_name: str, response_dict: Any, parsed_response: Any, exception: Any, **_: Any) -> None:
         operation = event_name.rsplit(".", 1)[-1]
         if exception is not None:
-            self.count("s3fuse_request_errors_total", operation=operation, code=type(exception).__name__)
+            self.failed(operation, type(exception).__name__)
             return
-        if not operation.startswith("Head"):  # a HEAD's Content-Length is the object's, not sent
-            self.count("s3fuse_bytes_received_total", int(response_dict["headers"].get("content-length") or 0))
+        self.received(operation, int(response_dict["headers"].get("content-length") or 0))
         if response_dict.get("status_code", 200) >= 300:
             error = (parsed_response or {}).get("Error", {})
-            code = str(error.get("Code") or response_dict.get("status_code"))
-            self.count("s3fuse_request_errors_total", operation=operation, code=code)
+            self.failed(operation, str(error.get("Code") or response_dict.get("status_code")))
+
+    def sent(self, operation: str, body_bytes: int) -> None:
+        """One request attempt (by botocore, or by direct.py)."""
+        self.count("s3fuse_requests_total", operation=operation)
+        self.count("s3fuse_bytes_sent_total", body_bytes)
+
+    def received(self, operation: str, content_length: int) -> None:
+        if not operation.startswith("Head"):  # a HEAD's Content-Length is the object's, not sent
+            self.count("s3fuse_bytes_received_total", content_length)
+
+    def failed(self, operation: str, code: str) -> None:
+        """An attempt that failed: with an S3 error code, an HTTP status, or the exception's name."""
+        self.count("s3fuse_request_errors_total", operation=operation, code=code)
 
     def gauges(self) -> Counter[tuple[str, Labels]]:
         totals: Counter[tuple[str, Labels]] = Counter({("s3fuse_uptime_seconds", ()): time.monotonic() - self._started})

@@ -138,7 +138,7 @@ class BodyStream:
             self._wake()
 
     def _pump(self, token: trio.lowlevel.TrioToken) -> None:
-        body = self.s3.client.get_object(**self._kwargs)["Body"]
+        body = self.s3.direct.get_object(**self._kwargs)["Body"]
         try:
             offset = self.start
             while offset < self.end:

@@ -187,7 +187,7 @@ async def put_object(s3: S3Client, key: str, data: bytes, headers: ObjectHeaders
     params = s3.params("put_object", Key=key, Body=data, **headers.params())
 
     def send() -> dict[str, Any]:
-        return s3.client.put_object(ContentMD5=content_md5(data), **params)
+        return s3.direct.put_object(ContentMD5=content_md5(data), **params)
 
     return quoted_etag((await s3.run(send))["ETag"])
 
@@ -289,7 +289,7 @@ class MultipartUpload:
         params = self.s3.params("upload_part", Key=self.key, UploadId=self.upload_id, PartNumber=number)
 
         def send() -> dict[str, Any]:
-            return self.s3.client.upload_part(Body=body, ContentMD5=content_md5(body), **params)
+            return self.s3.direct.upload_part(Body=body, ContentMD5=content_md5(body), **params)
 
         self.parts[number] = (await self.s3.run(send))["ETag"]
 
