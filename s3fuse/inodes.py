@@ -2,10 +2,15 @@
 
 Owns the two-way map inode <-> path and the kernel's lookup counts: an inode lives
 from the first lookup (or readdirplus entry) until the kernel forgets it, so memory
-follows what the kernel caches, not the size of the bucket.
+follows what the kernel caches, not the size of the bucket. The kernel forgets only
+under memory pressure, so after ``ls -l`` of a million keys it would hold a million
+inodes; past ``limit``, the least recently looked-up files are the ones the mount
+asks it to forget (``surplus``).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import pyfuse3
 
@@ -17,7 +22,7 @@ from .names import at_or_below
 class Node:
     """One inode: its path, the kernel's lookup count and its last known attributes."""
 
-    __slots__ = ("info", "inode", "kernel_etag", "nlookup", "path", "writers")
+    __slots__ = ("info", "inode", "kernel_etag", "nlookup", "opened", "path", "writers")
 
     def __init__(self, inode: int, path: str, info: EntryInfo) -> None:
         self.inode = inode
@@ -28,17 +33,23 @@ class Node:
         self.kernel_etag: str | None = None
         # Handles open for writing: while any is, the local attributes win over S3's.
         self.writers = 0
+        self.opened = 0  # open handles of any kind: the kernel is not asked to forget such a file
 
 
 class InodeTable:
     """inode <-> Node, path -> Node."""
 
-    def __init__(self, root_info: EntryInfo, root_inode: int = pyfuse3.ROOT_INODE) -> None:
-        """New inodes are numbered up from root_inode (an all-buckets mount gives each bucket a range)."""
+    def __init__(self, root_info: EntryInfo, root_inode: int = pyfuse3.ROOT_INODE, limit: int = 0) -> None:
+        """New inodes are numbered up from root_inode (an all-buckets mount gives each bucket a range);
+        ``limit``: how many inodes the kernel should hold at most (0: no limit)."""
         self._by_inode: dict[int, Node] = {}
         self._by_path: dict[str, Node] = {}
         self.root_inode = root_inode
         self._next = root_inode + 1
+        self.limit = limit
+        # Files, least recently looked up first: the ones the kernel is asked to forget.
+        self._recent: OrderedDict[int, Node] = OrderedDict()
+        self._released: set[int] = set()  # asked to forget, not forgotten yet: not counted
         root = Node(root_inode, "", root_info)
         root.nlookup = 1  # the root is never forgotten
         self._by_inode[root.inode] = root
@@ -57,14 +68,39 @@ class InodeTable:
     def resolve(self, path: str, info: EntryInfo, new_inode: bool = False) -> Node:
         """The node for a path with fresh attributes; a new inode if it is new, changed kind or ``new_inode``."""
         node = self._by_path.get(path)
-        if node is not None and node.info.kind == info.kind and not new_inode:
-            node.info = info
-            return node
-        node = Node(self._next, path, info)
-        self._next += 1
-        self._by_inode[node.inode] = node
-        self._by_path[path] = node  # an old node of another kind lives on until forgotten
+        if node is None or node.info.kind != info.kind or new_inode:
+            node = Node(self._next, path, info)
+            self._next += 1
+            self._by_inode[node.inode] = node
+            self._by_path[path] = node  # an old node of another kind lives on until forgotten
+        node.info = info
+        if not info.is_dir:
+            self._recent[node.inode] = node
+            self._recent.move_to_end(node.inode)
+            self._released.discard(node.inode)
         return node
+
+    def surplus(self) -> list[Node]:
+        """Files the kernel should forget to hold ``limit`` inodes again: down to 90% of it, the
+        least recently looked up first. Never a directory (a shell's working directory would
+        turn into '(deleted)'), an open file or one waiting for its upload."""
+        held = len(self._by_inode) - len(self._released)
+        if not self.limit or held <= self.limit:
+            return []
+        excess = held - self.limit * 9 // 10
+        victims: list[Node] = []
+        for _ in range(len(self._recent)):
+            if len(victims) >= excess:
+                break
+            inode, node = self._recent.popitem(last=False)
+            if self._by_inode.get(inode) is not node or node.nlookup <= 0 or self._by_path.get(node.path) is not node:
+                continue  # forgotten, never the kernel's, or its name is another's now
+            if node.opened or node.writers:
+                self._recent[inode] = node  # in use: after the others
+                continue
+            victims.append(node)
+            self._released.add(inode)
+        return victims
 
     def detach(self, path: str, tree: bool) -> None:
         """Unlink path (and with ``tree`` what is below it) from its nodes.
@@ -104,5 +140,8 @@ class InodeTable:
     def drop(self, node: Node) -> None:
         """Remove a node the kernel holds no reference to."""
         self._by_inode.pop(node.inode, None)
+        if self._recent.get(node.inode) is node:
+            del self._recent[node.inode]
+        self._released.discard(node.inode)
         if self._by_path.get(node.path) is node:
             del self._by_path[node.path]

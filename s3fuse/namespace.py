@@ -49,7 +49,7 @@ class Namespace:
         self.s3 = s3
         self.opts = opts
         self.root_prefix: str = opts.prefix
-        self.inodes = InodeTable(directory(), root_inode)
+        self.inodes = InodeTable(directory(), root_inode, opts.inode_limit)
         self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
         self.nursery: trio.Nursery | None = None  # for listing pages asked for ahead; set by the mount loop

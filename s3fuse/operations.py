@@ -197,6 +197,26 @@ class S3Operations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
         return attr
 
+    def _add_handle(self, handle: FileHandle) -> int:
+        fh = next(self._handles)
+        self._files[fh] = handle
+        handle.node.opened += 1
+        return fh
+
+    def _forget_surplus(self) -> None:
+        """Past --inode-limit, have the kernel forget the files looked up least recently.
+
+        The kernel drops a dentry it is told is invalid, and then sends FORGET for its
+        inode (at once, if nothing uses it), so the inode table shrinks with it. The
+        notification waits for requests on the same directory, so pyfuse3 sends it
+        from a thread of its own.
+        """
+        for node in self.ns.inodes.surplus():
+            parent_path, name = split(node.path)
+            parent = self.ns.inodes.by_path(parent_path)
+            if parent is not None:
+                pyfuse3.invalidate_entry_async(parent.inode, name.encode(), ignore_enoent=True)
+
     def _invalidate_soon(self, inode: int) -> None:
         """Drop an inode's kernel page cache from a worker thread.
 
@@ -221,6 +241,7 @@ class S3Operations(pyfuse3.Operations):
             negative.entry_timeout = self.opts.negative_ttl
             return negative
         node.nlookup += 1
+        self._forget_surplus()
         return self._attributes(node)
 
     async def _lookup(self, parent: Node, name: bytes) -> Node | None:
@@ -301,6 +322,7 @@ class S3Operations(pyfuse3.Operations):
         handle = self._dirs[fh]
         with errno_of_s3("list", handle.path):
             await self._readdir(handle, start_id, token)
+        self._forget_surplus()
 
     async def _readdir(
         self, handle: DirHandle | ControlDirHandle | VersionListing, start_id: int, token: pyfuse3.ReaddirToken
@@ -346,9 +368,7 @@ class S3Operations(pyfuse3.Operations):
                 version = await history.version(node.path)
             assert self.nursery is not None
             reader = version_reader(self.s3, self.opts, version, self.blocks, self.nursery)
-            fh = next(self._handles)
-            self._files[fh] = FileHandle(node, reader=reader, pinned=True)
-            return pyfuse3.FileInfo(fh=fh)
+            return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, reader=reader, pinned=True)))
         fresh = await self._revalidate(node, "open")  # close-to-open: at most attr-ttl old
         handle = FileHandle(fresh)
         if flags & os.O_ACCMODE != os.O_RDONLY:
@@ -356,8 +376,7 @@ class S3Operations(pyfuse3.Operations):
             handle.writer = self.wb.open(fresh, exists=True)
             if flags & os.O_TRUNC:
                 await handle.writer.truncate(0)
-        fh = next(self._handles)
-        self._files[fh] = handle
+        fh = self._add_handle(handle)
         info = fresh.info
         # The kernel may keep its cached pages only if they hold this very version.
         keep = info.etag is not None and fresh.kernel_etag == info.etag
@@ -376,8 +395,7 @@ class S3Operations(pyfuse3.Operations):
             if writing and not document.writable:
                 raise pyfuse3.FUSEError(errno.EACCES)
             opened = await self.control.open(document.name, truncate=bool(flags & os.O_TRUNC), create=create)
-        fh = next(self._handles)
-        self._files[fh] = FileHandle(node, control=opened)
+        fh = self._add_handle(FileHandle(node, control=opened))
         node.info = dataclasses.replace(node.info, size=len(opened.content))
         # direct_io: reads and writes reach the document itself, never a stale page cache
         return pyfuse3.FileInfo(fh=fh, direct_io=True)
@@ -396,10 +414,9 @@ class S3Operations(pyfuse3.Operations):
             return fi, self._attributes(node)
         path = self._new_path(parent_inode, name)
         node = self.ns.added(path, new_entry(stat.S_IFREG, mode, ctx.uid, ctx.gid))
-        handle = FileHandle(node, writer=self.wb.open(node, exists=False))
-        fh = next(self._handles)
-        self._files[fh] = handle
+        fh = self._add_handle(FileHandle(node, writer=self.wb.open(node, exists=False)))
         node.nlookup += 1
+        self._forget_surplus()
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._attributes(node)
 
     def _reader(self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None) -> ObjectReader:
@@ -476,6 +493,8 @@ class S3Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
+        if handle is not None:
+            handle.node.opened -= 1
         if handle is not None and handle.reader is not None:
             handle.reader.close()
         if handle is not None and handle.writer is not None:

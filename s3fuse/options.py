@@ -335,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=200_000,
         help="most entries held in the metadata cache (default: %(default)s)",
     )
+    cache.add_argument(
+        "--inode-limit",
+        type=int,
+        default=50_000,
+        help="most inodes the kernel is left to hold (each costs the daemon memory): beyond it, the "
+        "files looked up least recently are dropped from the kernel's cache; 0: no limit (default: %(default)s)",
+    )
 
     logs = p.add_argument_group("logging")
     logs.add_argument(

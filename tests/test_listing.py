@@ -6,10 +6,11 @@ import calendar
 import errno
 import os
 import stat
+import subprocess
 import time
 
 import pytest
-from conftest import keys_of, put_objects, run
+from conftest import keys_of, put_objects, run, wait_until
 
 
 def lastmodified_ns(obj: dict) -> int:
@@ -386,3 +387,35 @@ def test_names_the_kernel_sends_but_s3_cannot_hold(s3, bucket, mount):
     with pytest.raises(OSError) as err:  # a metadata name the object does not have
         os.getxattr(mnt / "ok", "user.anything")
     assert err.value.errno == errno.ENODATA
+
+
+def held_inodes(mnt) -> int:
+    from s3fuse.metrics import STATS_XATTR, parse_exposition
+
+    text = os.getxattr(mnt, STATS_XATTR).decode()
+    return int(next(value for name, _, value in parse_exposition(text) if name == "s3fuse_inodes"))
+
+
+def test_inode_limit_keeps_what_the_kernel_holds_bounded(s3, bucket, mount):
+    """ls -l of 3000 files under --inode-limit 500: the kernel is made to forget the files looked
+    up least recently, so the daemon holds about 500 inodes, not 3000. An open file and a process's
+    working directory are never among them, and the directory still lists and reads right."""
+    names = [f"f{i:05d}" for i in range(3000)]
+    put_objects(s3, bucket, {f"many/{n}": n.encode() for n in names} | {"keep.txt": b"kept\n", "sub/x": b""})
+    mnt = mount(bucket, "--inode-limit", "500")
+    kept = open(mnt / "keep.txt", "rb")  # noqa: SIM115 - held open across the listing
+    sleeper = subprocess.Popen(["sleep", "120"], cwd=mnt / "sub")
+    try:
+        for _ in range(2):
+            listed = run(["ls", "-l", str(mnt / "many")]).stdout.decode().splitlines()
+            assert len(listed) == 3001 and listed[-1].endswith(names[-1])
+            assert wait_until(lambda: held_inodes(mnt) <= 500, 10), held_inodes(mnt)
+        assert os.readlink(f"/proc/self/fd/{kept.fileno()}") == str(mnt / "keep.txt")  # not '(deleted)'
+        assert kept.read() == b"kept\n"
+        assert os.readlink(f"/proc/{sleeper.pid}/cwd") == str(mnt / "sub")
+        for n in (names[0], names[1500], names[-1]):  # forgotten ones are looked up again
+            assert (mnt / "many" / n).read_bytes() == n.encode()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        kept.close()
