@@ -845,12 +845,15 @@ class StreamingUpload:
         if self.broken or spill.base_limit > 0:
             return  # changes to an existing object: uploaded as a plan when saved
         while end > self.sent_end + streamed_part_size(self.parts):  # the writer moved past the part
-            part_end = self.sent_end + streamed_part_size(self.parts)
-            self.parts += 1
-            self.in_flight += 1
-            self.idle = trio.Event() if self.in_flight == 1 else self.idle
-            self.nursery.start_soon(self._send, self.parts, self.sent_end, part_end, spill.fd)
-            self.sent_end = part_end
+            self._send_next(self.sent_end + streamed_part_size(self.parts), spill.fd)
+
+    def _send_next(self, end: int, fd: int) -> None:
+        """Send [sent_end, end) as the next part, in the background."""
+        self.parts += 1
+        self.in_flight += 1
+        self.idle = trio.Event() if self.in_flight == 1 else self.idle
+        self.nursery.start_soon(self._send, self.parts, self.sent_end, end, fd)
+        self.sent_end = end
 
     def truncated(self, size: int) -> None:
         if size < self.sent_end:
@@ -883,17 +886,14 @@ class StreamingUpload:
                 self.upload = upload
 
     async def finish(self, size: int) -> str:
-        """Send the tail, complete the upload; returns the new object's ETag."""
+        """Send the tail alongside the parts still in flight, complete the upload; returns the new ETag."""
+        assert self.of.spill is not None
+        while self.sent_end < size:  # the tail: usually less than one part
+            self._send_next(min(size, self.sent_end + streamed_part_size(self.parts)), self.of.spill.fd)
         await self.idle.wait()
         if self.error is not None:
             raise self.error
-        assert self.upload is not None and self.headers is not None and self.of.spill is not None
-        fd, start, number = self.of.spill.fd, self.sent_end, self.parts
-        while start < size:  # the tail: usually less than one part
-            end = min(size, start + streamed_part_size(number))
-            number += 1
-            await self.upload.send_part(number, FileRange(fd, start, end))
-            start = end
+        assert self.upload is not None and self.headers is not None
         etag = await self.upload.complete()
         final = self.of.with_attributes(self.headers)
         if final.metadata != self.headers.metadata:
