@@ -553,7 +553,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         if self.opts.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
         if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
-            return METRICS.exposition().encode()
+            return METRICS.snapshot(ctx.pid).encode()
         if inode == pyfuse3.ROOT_INODE or not is_s3fuse_name(name):
             raise pyfuse3.FUSEError(errno.ENODATA)
         return await (await self._ops(inode)).getxattr(inode, name, ctx)

@@ -10,6 +10,9 @@ asks it to forget (``surplus``).
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 from collections import OrderedDict
 
 import pyfuse3
@@ -17,6 +20,41 @@ import pyfuse3
 from .metadata import EntryInfo
 from .metrics import METRICS
 from .names import at_or_below
+
+log = logging.getLogger(__name__)
+
+
+class KernelForgetting:
+    """Threads that tell the kernel directory entries are invalid, so it forgets them.
+
+    The kernel takes the directory's lock for each notification, and a listing holds
+    it (shared) while it reads each page: few notifications get through per page, and
+    one thread (pyfuse3's invalidate_entry_async) falls far behind a listing.
+    """
+
+    THREADS = 32
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def forget(self, parent_inode: int, name: bytes) -> None:
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.THREADS)]
+            for thread in self._threads:
+                thread.start()
+        self._queue.put((parent_inode, name))
+
+    def _run(self) -> None:
+        while (entry := self._queue.get()) is not None:
+            try:
+                pyfuse3.invalidate_entry(*entry)
+            except OSError as exc:  # the kernel forgot it already (ENOENT), or the mount is gone
+                log.debug("invalidating entry %r of inode %d: %s", entry[1], entry[0], exc)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
 
 
 class Node:
@@ -79,6 +117,11 @@ class InodeTable:
             self._recent.move_to_end(node.inode)
             self._released.discard(node.inode)
         return node
+
+    @property
+    def full(self) -> bool:
+        """The kernel holds ``limit`` inodes, counting those it was asked to forget and has not yet."""
+        return 0 < self.limit <= len(self._by_inode)
 
     def surplus(self) -> list[Node]:
         """Files the kernel should forget to hold ``limit`` inodes again: down to 90% of it, the

@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from cachetools import TTLCache
+
 Labels = tuple[tuple[str, str], ...]
 GaugeSource = Callable[[], dict[str, float]]
 
@@ -54,6 +56,7 @@ class Metrics:
         self._counters: Counter[tuple[str, Labels]] = Counter()
         self._sources: list[weakref.WeakMethod[GaugeSource]] = []
         self._started = time.monotonic()
+        self._snapshots: TTLCache[int, str] = TTLCache(maxsize=64, ttl=1.0, timer=time.monotonic)
 
     def count(self, name: str, amount: float = 1, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
@@ -110,6 +113,15 @@ class Metrics:
             for name, value in (source() if source else {}).items():
                 totals[(name, ())] += value
         return totals
+
+    def snapshot(self, reader: int) -> str:
+        """``exposition()``, the same text for the same reader (a process id) within a second:
+        getxattr asks for the size of a value and then for the value, and a value that grew
+        in between (a counter passing a power of ten) fails with ERANGE."""
+        text = self._snapshots.get(reader)
+        if text is None:
+            text = self._snapshots[reader] = self.exposition()
+        return text
 
     def exposition(self) -> str:
         """Every counter and gauge in the Prometheus text format."""

@@ -25,7 +25,7 @@ import trio
 
 from .blockcache import BlockCache
 from .controldir import CONTROL_DIR, ControlDir, ControlDirHandle, ControlFile, document_name, in_control_dir
-from .inodes import Node
+from .inodes import KernelForgetting, Node
 from .metadata import EntryInfo
 from .metrics import METRICS, STATS_XATTR
 from .mutations import Mutations, new_entry
@@ -41,6 +41,7 @@ from .xattrs import Xattrs, is_s3fuse_name
 log = logging.getLogger(__name__)
 
 PREFERRED_IO_SIZE = 1 << 20  # st_blksize: the largest request FUSE sends
+SHORT_REPLY = KernelForgetting.THREADS // 2  # readdir entries per reply past --inode-limit
 FAKE_CAPACITY_BLOCKS = 1 << 40  # statfs: S3 has no capacity; report 4 PiB free like peers
 
 
@@ -99,6 +100,7 @@ class S3Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle | ControlDirHandle | VersionListing] = {}
         self._nursery: trio.Nursery | None = None
         self.initialized = trio.Event()
+        self.forgetting = KernelForgetting()
 
     def init(self) -> None:
         """Called while libfuse answers the kernel's INIT; the reply goes out when this returns."""
@@ -215,7 +217,7 @@ class S3Operations(pyfuse3.Operations):
             parent_path, name = split(node.path)
             parent = self.ns.inodes.by_path(parent_path)
             if parent is not None:
-                pyfuse3.invalidate_entry_async(parent.inode, name.encode(), ignore_enoent=True)
+                self.forgetting.forget(parent.inode, name.encode())
 
     def _invalidate_soon(self, inode: int) -> None:
         """Drop an inode's kernel page cache from a worker thread.
@@ -348,6 +350,10 @@ class S3Operations(pyfuse3.Operations):
                 return
             node.nlookup += 1  # readdirplus: the kernel now holds a reference
             index += 1
+            if index - start_id >= SHORT_REPLY and self.ns.inodes.full:
+                # While the kernel reads a page it holds the directory's lock, which each of
+                # its invalidations waits for: short pages let them keep up with the listing.
+                return
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -734,7 +740,7 @@ class S3Operations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and not self.opts.no_xattr:
-            return METRICS.exposition().encode()
+            return METRICS.snapshot(ctx.pid).encode()
         if not is_s3fuse_name(name) and not self.opts.no_xattr:
             # Not ENODATA: 'ls -l' asks every entry for security.selinux unless the answer says
             # the file system has no such attributes, which it then remembers for the mount.
@@ -779,4 +785,5 @@ class S3Operations(pyfuse3.Operations):
 
     async def shutdown(self) -> None:
         """Before exit: every file still open for writing is saved or kept locally."""
+        self.forgetting.stop()
         await self.wb.shutdown()

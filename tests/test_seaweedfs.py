@@ -9,14 +9,19 @@ one bucket, and compare every result with boto3 on the same server.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import os
 import random
+import subprocess
 import tarfile
 
 import pytest
 from conftest import boto_client, run, wait_until
 from faultproxy import FaultProxy, Rule
+from test_listing import held_inodes
+
+from s3fuse.s3client import ClientSettings, S3Client
 
 MIB = 1 << 20
 _prefixes = itertools.count(1)
@@ -139,3 +144,26 @@ def test_write_back_journal_survives_sigkill(seaweed, mount, tmp_path):
     assert objects(client, prefix) == files
     assert (again / "big.bin").read_bytes() == files["big.bin"]
     mount.check(again)
+
+
+def test_a_long_listing_keeps_the_inode_limit(seaweed, mount, tmp_path):
+    """find of 20,000 keys in one directory under --inode-limit 1000: the kernel is made to forget
+    files while the listing runs (short pages let its invalidations through the directory's lock),
+    so the daemon never holds more than a few thousand inodes, not the 20,000 it listed."""
+    prefix = f"t{next(_prefixes):03d}-{os.getpid()}"
+    objects_ = S3Client(boto_client(seaweed.url), seaweed.BUCKET, ClientSettings(endpoint_url=seaweed.url)).direct
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:  # a third of boto3's CPU per request
+        list(
+            pool.map(
+                lambda i: objects_.put_object(Bucket=seaweed.BUCKET, Key=f"{prefix}/f{i:05d}", Body=b""), range(20_000)
+            )
+        )
+    mnt = mount(f"{seaweed.BUCKET}:{prefix}", "--endpoint-url", seaweed.url, "--inode-limit", "1000", endpoint=False)
+    samples = []
+    listed = tmp_path / "listed"
+    with open(listed, "wb") as out:
+        finder = subprocess.Popen(["find", str(mnt)], stdout=out)
+        while finder.poll() is None:
+            samples.append(held_inodes(mnt))
+    assert finder.returncode == 0 and len(listed.read_bytes().splitlines()) == 20_001
+    assert len(samples) > 5 and max(samples) < 4000, samples
