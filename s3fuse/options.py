@@ -332,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument(
         "--metadata-cache-entries",
         type=int,
-        default=200_000,
-        help="most entries held in the metadata cache (default: %(default)s)",
+        default=50_000,
+        help="most entries held in the metadata cache, about 650 bytes each (default: %(default)s)",
     )
     cache.add_argument(
         "--inode-limit",
