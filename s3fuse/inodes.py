@@ -10,6 +10,7 @@ asks it to forget (``surplus``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -53,8 +54,15 @@ class KernelForgetting:
                 log.debug("invalidating entry %r of inode %d: %s", entry[1], entry[0], exc)
 
     def stop(self) -> None:
+        """Unmounting: drop what is queued and wait for the threads (a notification sent after
+        pyfuse3 closed its session would go to a freed one). Blocks up to a few seconds."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
         for _ in self._threads:
             self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)  # one waiting for a directory's lock is freed by the unmount
 
 
 class Node:

@@ -210,8 +210,8 @@ class S3Operations(pyfuse3.Operations):
 
         The kernel drops a dentry it is told is invalid, and then sends FORGET for its
         inode (at once, if nothing uses it), so the inode table shrinks with it. The
-        notification waits for requests on the same directory, so pyfuse3 sends it
-        from a thread of its own.
+        notification waits for requests on the same directory, so it is sent from
+        KernelForgetting's threads.
         """
         for node in self.ns.inodes.surplus():
             parent_path, name = split(node.path)
@@ -785,5 +785,5 @@ class S3Operations(pyfuse3.Operations):
 
     async def shutdown(self) -> None:
         """Before exit: every file still open for writing is saved or kept locally."""
-        self.forgetting.stop()
+        await trio.to_thread.run_sync(self.forgetting.stop)
         await self.wb.shutdown()
