@@ -844,7 +844,9 @@ class StreamingUpload:
             self.broken = True
         if self.broken or spill.base_limit > 0:
             return  # changes to an existing object: uploaded as a plan when saved
-        while end > self.sent_end + streamed_part_size(self.parts):  # the writer moved past the part
+        # A part goes as soon as the writer reaches its end, so a file that ends on a part
+        # boundary has nothing left to send at close; up to SINGLE_PUT_LIMIT it is one PutObject.
+        while end >= self.sent_end + streamed_part_size(self.parts) and end > SINGLE_PUT_LIMIT:
             self._send_next(self.sent_end + streamed_part_size(self.parts), spill.fd)
 
     def _send_next(self, end: int, fd: int) -> None:

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -254,7 +255,7 @@ def test_upload_shapes_and_content_md5(s3, bucket, mount, proxy):
 
 
 def test_file_of_exactly_8_mib_is_one_put(s3, bucket, mount, moto):
-    """The boundary: a part is streamed only once the writer has moved past it."""
+    """The boundary: up to 8 MiB a file is one PutObject, even when the writer reached a part's end."""
     exact = randbytes(16, SINGLE_PUT_LIMIT)
     mnt = mount(bucket)
     mark = moto.mark()
@@ -263,6 +264,33 @@ def test_file_of_exactly_8_mib_is_one_put(s3, bucket, mount, moto):
     requests = [r for r in moto.requests(mark, bucket) if r.key == "exact.bin"]
     assert [(r.method, sorted(r.query)) for r in requests] == [("PUT", [])], requests
     assert body_of(s3, bucket, "exact.bin") == exact
+
+
+def test_parts_go_once_the_writer_reaches_their_end(s3, bucket, mount, proxy):
+    """A file that ends on a part boundary has every part sent before close: close only completes.
+
+    The kernel keeps written pages until close or its writeback (a long-running writer);
+    POSIX_FADV_DONTNEED starts that writeback now.
+    """
+    data = randbytes(17, 2 * SINGLE_PUT_LIMIT)
+    mnt = mount(bucket, "--endpoint-url", proxy.url, endpoint=False)
+    mark = proxy.mark()
+
+    def parts_sent() -> list:
+        return [r for r in proxy.since(mark) if r.key == "aligned.bin" and "partNumber" in r.query]
+
+    with open(mnt / "aligned.bin", "wb") as f:
+        f.write(data)
+        f.flush()
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        deadline = time.monotonic() + 30
+        while len(parts_sent()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(parts_sent()) == 2, proxy.since(mark)
+        closing = proxy.mark()
+    after_close = [r for r in proxy.since(closing) if r.key == "aligned.bin"]
+    assert [(r.method, sorted(r.query)) for r in after_close] == [("POST", ["uploadId"])], after_close
+    assert body_of(s3, bucket, "aligned.bin") == data
 
 
 def test_read_back_while_and_after_writing(s3, bucket, mount):
