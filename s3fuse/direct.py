@@ -1,7 +1,9 @@
-"""GetObject, HeadObject, PutObject and UploadPart without botocore's request pipeline.
+"""The object requests of file data and renames, without botocore's request pipeline.
 
-These four carry every byte of file data, and one of them is the round trip of each
-small file read or written. Through a boto3 client each costs about 2 ms of CPU
+GetObject, HeadObject, PutObject and UploadPart carry every byte of file data, and
+one of them is the round trip of each small file read or written; CopyObject and
+DeleteObject are a rename (one of each per file, also for every key of a renamed
+directory) and an unlink. Through a boto3 client each costs about 2 ms of CPU
 (events, parameter validation, endpoint rules, response parsing): more than a local
 S3 server takes to answer it, and twice what it costs here.
 
@@ -34,9 +36,11 @@ import botocore
 import botocore.awsrequest
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 import botocore.response
 import botocore.utils
 from botocore.retries import standard
+from urllib3.exceptions import HTTPError
 
 from . import __version__
 from .metrics import METRICS
@@ -49,11 +53,15 @@ OPERATIONS = {
     "head_object": "HeadObject",
     "put_object": "PutObject",
     "upload_part": "UploadPart",
+    "copy_object": "CopyObject",
+    "delete_object": "DeleteObject",
 }
 # A changed body fails its Content-MD5, and a changed Content-MD5 fails the signature.
 UNSIGNED_BODY = botocore.config.Config(s3={"payload_signing_enabled": False})
 EXPECT_CONTINUE_FROM = 1 << 20  # smaller bodies go out with their headers, in one round trip
 USER_AGENT = f"s3fuse/{__version__} botocore/{botocore.__version__}"
+# what reading a body that breaks off raises (urllib3's IncompleteRead and read timeouts)
+BROKEN_BODY = (botocore.exceptions.BotoCoreError, OSError, HTTPError)
 
 
 def parse_timestamp(value: str) -> datetime.datetime:
@@ -73,7 +81,7 @@ def parse_timestamp(value: str) -> datetime.datetime:
 
 
 class DirectRequests:
-    """The four object operations of one bucket, through the internals of one boto3 client."""
+    """The object operations of OPERATIONS on one bucket, through the internals of one boto3 client."""
 
     def __init__(self, client: Any, bucket: str, max_attempts: int) -> None:
         self.client = client
@@ -113,6 +121,13 @@ class DirectRequests:
 
     def upload_part(self, **params: Any) -> dict[str, Any]:
         return self._call("upload_part", params)
+
+    def copy_object(self, **params: Any) -> dict[str, Any]:
+        botocore.handlers.handle_copy_source_param(params)  # {"Bucket", "Key"} -> the quoted header
+        return self._call("copy_object", params)
+
+    def delete_object(self, **params: Any) -> dict[str, Any]:
+        return self._call("delete_object", params)
 
     # ---- the request
 
@@ -174,6 +189,10 @@ class DirectRequests:
                 METRICS.failed(operation.name, type(exc).__name__)
             else:
                 METRICS.received(operation.name, int(response.headers.get("Content-Length") or 0))
+                if response.status_code < 300 and not stream and _answer_of(response) is None:
+                    # S3 may answer a copy with 200 and then fail it in the body, or the body
+                    # breaks off: botocore makes that a 500, which the retry policy retries.
+                    response.status_code = 500
                 if response.status_code >= 300:
                     error = _error_of(response)
                     METRICS.failed(operation.name, error["Error"]["Code"])
@@ -204,9 +223,12 @@ class DirectRequests:
         raise AssertionError("unreachable")
 
     def _parse(self, operation: Any, response: botocore.awsrequest.AWSResponse, stream: bool) -> dict[str, Any]:
-        """The response's header members, typed as botocore types them."""
+        """The response's header members and XML payload (CopyObjectResult), typed as botocore types them."""
         headers = response.headers
         parsed: dict[str, Any] = {}
+        payload = operation.output_shape.serialization.get("payload")
+        if payload is not None and not stream:
+            parsed[payload] = _members_of(operation.output_shape.members[payload], _answer_of(response))
         for name, member in operation.output_shape.members.items():
             where = member.serialization
             location = where.get("location")
@@ -247,13 +269,40 @@ def _typed(type_name: str, value: str) -> Any:
     return value
 
 
+def _answer_of(response: botocore.awsrequest.AWSResponse) -> ElementTree.Element | None:
+    """The XML root of a successful answer with a body; None for an error in it, or a broken body."""
+    try:
+        body = response.content
+    except BROKEN_BODY:
+        return None
+    if not body:
+        return ElementTree.Element("Empty")
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    return None if root.tag == "Error" else root
+
+
+def _members_of(shape: Any, root: ElementTree.Element | None) -> dict[str, Any]:
+    """A structure's scalar members from the children of its XML element."""
+    members = {member.serialization.get("name", name): (name, member) for name, member in shape.members.items()}
+    out: dict[str, Any] = {}
+    for child in root if root is not None else ():
+        tag = child.tag.rpartition("}")[2]  # without the namespace
+        if tag in members and child.text is not None:
+            name, member = members[tag]
+            out[name] = _typed(member.type_name, child.text)
+    return out
+
+
 def _error_of(response: botocore.awsrequest.AWSResponse) -> dict[str, Any]:
     """botocore's error dict of a failed response: the XML body's Code and Message, or the status."""
     code, message = str(response.status_code), ""
     try:
         body = response.content  # read whole, so the connection goes back to the pool
         root = ElementTree.fromstring(body) if body else None
-    except (ElementTree.ParseError, botocore.exceptions.BotoCoreError, OSError):
+    except (ElementTree.ParseError, *BROKEN_BODY):
         root = None
     if root is not None:
         code = root.findtext("Code") or code

@@ -76,6 +76,47 @@ def test_errors_are_botocores(s3, bucket, moto):
         d.head_object(Bucket="another-bucket", Key="k")  # the URL is this bucket's
 
 
+def test_copies_and_deletes_are_boto3s(s3, bucket, moto):
+    d = direct(moto.url, bucket)
+    for key in ODD_KEYS:
+        body = key.encode() * 2
+        put(d, bucket, key, body, Metadata={"mode": "33188"})
+        mine = d.copy_object(Bucket=bucket, Key=key + ".mine", CopySource={"Bucket": bucket, "Key": key})
+        theirs = s3.copy_object(Bucket=bucket, Key=key + ".theirs", CopySource={"Bucket": bucket, "Key": key})
+        assert mine["CopyObjectResult"]["ETag"] == theirs["CopyObjectResult"]["ETag"], key
+        assert (
+            mine["CopyObjectResult"]["LastModified"] == s3.head_object(Bucket=bucket, Key=key + ".mine")["LastModified"]
+        )
+        assert s3.get_object(Bucket=bucket, Key=key + ".mine")["Body"].read() == body, key
+        assert s3.head_object(Bucket=bucket, Key=key + ".mine")["Metadata"] == {"mode": "33188"}
+        d.delete_object(Bucket=bucket, Key=key + ".mine")
+        d.delete_object(Bucket=bucket, Key=key + ".theirs")
+    replaced = d.copy_object(
+        Bucket=bucket,
+        Key="plain.txt",
+        CopySource=f"{bucket}/plain.txt",
+        MetadataDirective="REPLACE",
+        Metadata={"uid": "7"},
+    )
+    assert s3.head_object(Bucket=bucket, Key="plain.txt")["Metadata"] == {"uid": "7"}
+    assert replaced["CopyObjectResult"]["ETag"] == s3.head_object(Bucket=bucket, Key="plain.txt")["ETag"]
+    assert sorted(keys_of(s3, bucket)) == sorted(ODD_KEYS)
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        d.copy_object(Bucket=bucket, Key="to", CopySource={"Bucket": bucket, "Key": "missing"})
+    assert translate(caught.value).errno == errno.ENOENT
+
+
+def test_a_copy_whose_answer_breaks_off_is_sent_again(s3, bucket, faulty):
+    """A 200 whose body does not arrive whole is no answer (botocore makes it a 500 and retries)."""
+    d = direct(faulty.url, bucket, max_attempts=3)
+    put(d, bucket, "src", b"source")
+    faulty.add(Rule("truncate", method="PUT", header="x-amz-copy-source", times=1, keep=0.3))
+    copied = d.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"})
+    copies = [e for e in faulty.log if e.method == "PUT" and e.path.endswith("/dst")]
+    assert [e.fault for e in copies] == ["truncate", None], faulty.log
+    assert copied["CopyObjectResult"]["ETag"] == s3.head_object(Bucket=bucket, Key="dst")["ETag"]
+
+
 def test_retries_and_counts_are_botocores(s3, bucket, faulty, tmp_path):
     d = direct(faulty.url, bucket, max_attempts=3)
     before = METRICS.exposition()
