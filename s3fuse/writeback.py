@@ -61,7 +61,7 @@ from .upload import (
 
 log = logging.getLogger(__name__)
 
-PARTS_IN_FLIGHT = 4  # per file: bounds the memory of a streaming upload to 4 parts
+PARTS_IN_FLIGHT = 4  # per file; parts are read from the spill file as they are sent, so this bounds connections
 RETRY_DELAY_MAX = 60.0  # seconds between attempts of a journaled file's upload, at most
 # Failures that no retry mends: the file goes to lost+found instead of being retried.
 FINAL_ERRORS = {errno.ESTALE, errno.EACCES, errno.EPERM, errno.EINVAL, errno.EFBIG, errno.ENAMETOOLONG, errno.EROFS}
@@ -814,7 +814,7 @@ class OpenFile:
 class StreamingUpload:
     """A multipart upload fed while its file is still being written front to back.
 
-    Each part is sent as soon as the writer has moved past it, PARTS_IN_FLIGHT at
+    Each part is sent as soon as the writer has reached its end, PARTS_IN_FLIGHT at
     a time, read back from the spill file. A write or truncate that reaches into
     bytes already sent makes the stream unusable; the file is then uploaded whole
     when saved.
