@@ -10,6 +10,7 @@ one bucket, and compare every result with boto3 on the same server.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import itertools
 import os
 import random
@@ -110,6 +111,17 @@ def test_attributes(weed):
     os.utime(mnt / "f.txt", (1_600_000_000, 1_600_000_000))
     meta = client.head_object(Bucket="s3fuse-tests", Key=f"{prefix}/f.txt")["Metadata"]
     assert (meta["mode"], meta["mtime"]) == (str(0o100600), "1600000000")
+
+
+def test_a_file_changed_behind_the_mount_is_not_renamed(weed):
+    """The rename's CopyObject carries the ETag the mount knows (moto ignores it; SeaweedFS does not)."""
+    client, prefix, mnt = weed
+    (mnt / "f").write_bytes(b"written through the mount")
+    client.put_object(Bucket="s3fuse-tests", Key=f"{prefix}/f", Body=b"written by another client meanwhile")
+    with pytest.raises(OSError) as err:
+        os.rename(mnt / "f", mnt / "g")
+    assert err.value.errno == errno.ESTALE
+    assert objects(client, prefix) == {"f": b"written by another client meanwhile"}
 
 
 def test_write_back_journal_survives_sigkill(seaweed, mount, tmp_path):
