@@ -136,8 +136,8 @@ class DirectRequests:
         if params.get("Bucket") != self.bucket:
             raise ValueError(f"{self.bucket!r} is this client's bucket, not {params.get('Bucket')!r}")
         url, headers, body = self._serialize(operation, params)
-        response = self._send(operation, url, headers, body, stream)
-        return self._parse(operation, response, stream)
+        response, answer = self._send(operation, url, headers, body, stream)
+        return self._parse(operation, response, answer)
 
     def _serialize(self, operation: Any, params: dict[str, Any]) -> tuple[str, dict[str, str], Any]:
         """URL, headers and body of a call, placed where the service model says."""
@@ -164,7 +164,8 @@ class DirectRequests:
 
     def _send(
         self, operation: Any, url: str, headers: dict[str, str], body: Any, stream: bool
-    ) -> botocore.awsrequest.AWSResponse:
+    ) -> tuple[botocore.awsrequest.AWSResponse, ElementTree.Element | None]:
+        """The successful response, and its XML body parsed (None for a streamed one)."""
         method = operation.http["method"]
         length = len(body)
         for attempt in itertools.count(1):
@@ -181,6 +182,7 @@ class DirectRequests:
             METRICS.sent(operation.name, length)
             response: botocore.awsrequest.AWSResponse | None = None
             error: dict[str, Any] | None = None
+            answer: ElementTree.Element | None = None
             failure: Exception | None = None
             try:
                 response = self.http.send(prepared)
@@ -189,16 +191,18 @@ class DirectRequests:
                 METRICS.failed(operation.name, type(exc).__name__)
             else:
                 METRICS.received(operation.name, int(response.headers.get("Content-Length") or 0))
-                if response.status_code < 300 and not stream and _answer_of(response) is None:
-                    # S3 may answer a copy with 200 and then fail it in the body, or the body
-                    # breaks off: botocore makes that a 500, which the retry policy retries.
-                    response.status_code = 500
+                if response.status_code < 300 and not stream:
+                    answer = _answer_of(response)
+                    if answer is None:
+                        # S3 may answer a copy with 200 and then fail it in the body, or the body
+                        # breaks off: botocore makes that a 500, which the retry policy retries.
+                        response.status_code = 500
                 if response.status_code >= 300:
                     error = _error_of(response)
                     METRICS.failed(operation.name, error["Error"]["Code"])
             if failure is None and error is None:
                 assert response is not None
-                return response
+                return response, answer
             context = standard.RetryContext(
                 attempt_number=attempt,
                 operation_model=operation,
@@ -222,13 +226,16 @@ class DirectRequests:
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _parse(self, operation: Any, response: botocore.awsrequest.AWSResponse, stream: bool) -> dict[str, Any]:
-        """The response's header members and XML payload (CopyObjectResult), typed as botocore types them."""
+    def _parse(
+        self, operation: Any, response: botocore.awsrequest.AWSResponse, answer: ElementTree.Element | None
+    ) -> dict[str, Any]:
+        """The response's header members and XML payload (CopyObjectResult), typed as botocore
+        types them; ``answer`` is the parsed body, None for a streamed one."""
         headers = response.headers
         parsed: dict[str, Any] = {}
         payload = operation.output_shape.serialization.get("payload")
-        if payload is not None and not stream:
-            parsed[payload] = _members_of(operation.output_shape.members[payload], _answer_of(response))
+        if payload is not None and answer is not None:
+            parsed[payload] = _members_of(operation.output_shape.members[payload], answer)
         for name, member in operation.output_shape.members.items():
             where = member.serialization
             location = where.get("location")
@@ -243,7 +250,7 @@ class DirectRequests:
             elif location == "headers":
                 prefix = where["name"].lower()
                 parsed[name] = {k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)}
-        if stream:
+        if answer is None:  # streamed: the body is the caller's to read
             length = headers.get("Content-Length")
             parsed["Body"] = botocore.response.StreamingBody(response.raw, int(length) if length else None)
         parsed["ResponseMetadata"] = {
@@ -284,11 +291,11 @@ def _answer_of(response: botocore.awsrequest.AWSResponse) -> ElementTree.Element
     return None if root.tag == "Error" else root
 
 
-def _members_of(shape: Any, root: ElementTree.Element | None) -> dict[str, Any]:
+def _members_of(shape: Any, root: ElementTree.Element) -> dict[str, Any]:
     """A structure's scalar members from the children of its XML element."""
     members = {member.serialization.get("name", name): (name, member) for name, member in shape.members.items()}
     out: dict[str, Any] = {}
-    for child in root if root is not None else ():
+    for child in root:
         tag = child.tag.rpartition("}")[2]  # without the namespace
         if tag in members and child.text is not None:
             name, member = members[tag]
