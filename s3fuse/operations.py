@@ -499,11 +499,12 @@ class S3Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None:
-            handle.node.opened -= 1
-        if handle is not None and handle.reader is not None:
+        if handle is None:
+            return
+        handle.node.opened -= 1
+        if handle.reader is not None:
             handle.reader.close()
-        if handle is not None and handle.writer is not None:
+        if handle.writer is not None:
             await self.wb.release(handle.writer)
 
     # ---- attributes
