@@ -121,6 +121,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     return predicate()
 
 
+def held_inodes(mnt: os.PathLike | str) -> int:
+    """The inodes a mount's kernel holds, from its s3fuse.stats xattr."""
+    from s3fuse.metrics import STATS_XATTR, parse_exposition
+
+    text = os.getxattr(mnt, STATS_XATTR).decode()
+    return int(next(value for name, _, value in parse_exposition(text) if name == "s3fuse_inodes"))
+
+
 def fusermount_u(path: os.PathLike | str) -> None:
     """Unmount; retry while busy (a reader may still be closing), lazily as a last resort."""
     for _ in range(20):

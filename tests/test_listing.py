@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import keys_of, put_objects, run, wait_until
+from conftest import held_inodes, keys_of, put_objects, run, wait_until
 
 
 def lastmodified_ns(obj: dict) -> int:
@@ -387,13 +387,6 @@ def test_names_the_kernel_sends_but_s3_cannot_hold(s3, bucket, mount):
     with pytest.raises(OSError) as err:  # a metadata name the object does not have
         os.getxattr(mnt / "ok", "user.anything")
     assert err.value.errno == errno.ENODATA
-
-
-def held_inodes(mnt) -> int:
-    from s3fuse.metrics import STATS_XATTR, parse_exposition
-
-    text = os.getxattr(mnt, STATS_XATTR).decode()
-    return int(next(value for name, _, value in parse_exposition(text) if name == "s3fuse_inodes"))
 
 
 def test_inode_limit_keeps_what_the_kernel_holds_bounded(s3, bucket, mount):

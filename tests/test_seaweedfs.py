@@ -18,9 +18,8 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import boto_client, run, wait_until
+from conftest import boto_client, held_inodes, run, wait_until
 from faultproxy import FaultProxy, Rule
-from test_listing import held_inodes
 
 from s3fuse.s3client import ClientSettings, S3Client
 
