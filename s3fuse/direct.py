@@ -15,9 +15,9 @@ and the exception types that ``s3client.translate`` maps to errno. The bucket's 
 comes from the client's own endpoint resolution (a presigned URL, made once).
 
 The calls take boto3's parameters and return boto3's response dicts, so callers
-cannot tell the difference, except that a body with Content-MD5 is signed as
-UNSIGNED-PAYLOAD (the signed MD5 already protects it) instead of being hashed with
-SHA-256 again over plain HTTP, and only bodies of 1 MiB or more ask the server for
+cannot tell the difference, except that a body with a checksum (Content-MD5 or
+x-amz-checksum-crc32, which the server checks) is signed as UNSIGNED-PAYLOAD instead
+of being hashed with SHA-256 again over plain HTTP, and only bodies of 1 MiB or more ask the server for
 ``100 Continue`` first.
 """
 
@@ -56,7 +56,9 @@ OPERATIONS = {
     "copy_object": "CopyObject",
     "delete_object": "DeleteObject",
 }
-# A changed body fails its Content-MD5, and a changed Content-MD5 fails the signature.
+# A body corrupted on the way fails its checksum, and a changed checksum fails the signature.
+# (Over plain HTTP, someone on the path could still forge a body with the same CRC32.)
+CHECKSUM_HEADERS = ("Content-MD5", "x-amz-checksum-crc32")
 UNSIGNED_BODY = botocore.config.Config(s3={"payload_signing_enabled": False})
 EXPECT_CONTINUE_FROM = 1 << 20  # smaller bodies go out with their headers, in one round trip
 USER_AGENT = f"s3fuse/{__version__} botocore/{botocore.__version__}"
@@ -172,7 +174,7 @@ class DirectRequests:
             request = botocore.awsrequest.AWSRequest(
                 method=method, url=url, data=body, headers=dict(headers), stream_output=stream
             )
-            if length and "Content-MD5" in headers:
+            if length and any(name in headers for name in CHECKSUM_HEADERS):
                 request.context["client_config"] = UNSIGNED_BODY
             if length >= EXPECT_CONTINUE_FROM:
                 request.headers["Expect"] = "100-continue"

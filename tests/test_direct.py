@@ -15,7 +15,7 @@ from faultproxy import Rule
 
 from s3fuse.metrics import METRICS
 from s3fuse.s3client import ClientSettings, S3Client, translate
-from s3fuse.upload import FileRange, content_md5
+from s3fuse.upload import FileRange, content_crc32, content_md5
 
 # Keys whose URL needs care: empty components, dot segments, reserved and non-ASCII characters.
 ODD_KEYS = [
@@ -168,7 +168,7 @@ def _sample(exposition: str, name: str, operation: str, code: str | None = None)
 
 
 def test_seaweedfs_accepts_the_signature(seaweed):
-    """SeaweedFS checks SigV4, including an UNSIGNED-PAYLOAD body (with its Content-MD5) and query strings."""
+    """SeaweedFS checks SigV4, including an UNSIGNED-PAYLOAD body (with its checksum) and query strings."""
     bucket = seaweed.BUCKET
     d = direct(seaweed.url, bucket)
     body = os.urandom(6 << 20)
@@ -177,15 +177,18 @@ def test_seaweedfs_accepts_the_signature(seaweed):
     assert d.get_object(Bucket=bucket, Key=key, Range="bytes=5-9")["Body"].read() == body[5:10]
     assert d.head_object(Bucket=bucket, Key=key)["Metadata"] == {"mtime": "1700000000"}
     boto = boto_client(seaweed.url)
-    upload = boto.create_multipart_upload(Bucket=bucket, Key="direct/mp")["UploadId"]
-    part = d.upload_part(
-        Bucket=bucket, Key="direct/mp", UploadId=upload, PartNumber=1, Body=body, ContentMD5=content_md5(body)
-    )
+    upload = boto.create_multipart_upload(Bucket=bucket, Key="direct/mp", ChecksumAlgorithm="CRC32")["UploadId"]
+    crc = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": content_crc32(body)}
+    part = d.upload_part(Bucket=bucket, Key="direct/mp", UploadId=upload, PartNumber=1, Body=body, **crc)
+    # a part whose CRC32 is not its bytes' is refused, as a body with a wrong Content-MD5 is
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        d.upload_part(Bucket=bucket, Key="direct/mp", UploadId=upload, PartNumber=2, Body=body[1:], **crc)
+    assert caught.value.response["Error"]["Code"] == "BadDigest"
     boto.complete_multipart_upload(
         Bucket=bucket,
         Key="direct/mp",
         UploadId=upload,
-        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"], "ChecksumCRC32": crc["ChecksumCRC32"]}]},
     )
     assert boto.get_object(Bucket=bucket, Key="direct/mp")["Body"].read() == body
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import random
@@ -16,6 +17,7 @@ from s3fuse.upload import (
     FileRange,
     MiB,
     UploadRegistry,
+    content_crc32,
     content_md5,
     copy_object,
     delete_keys,
@@ -48,6 +50,9 @@ def test_file_range_is_a_part_read_from_its_file(tmp_path):
         part = FileRange(fd, MiB + 1, 3 * MiB + 2)
         assert len(part) == 2 * MiB + 1
         assert content_md5(part) == content_md5(data[MiB + 1 : 3 * MiB + 2]) == content_md5(part)
+        assert content_crc32(part) == content_crc32(data[MiB + 1 : 3 * MiB + 2])
+        check_value = base64.b64encode(bytes.fromhex("cbf43926")).decode()  # CRC-32's, of "123456789"
+        assert content_crc32(b"123456789") == check_value
         assert part.tell() == 0
         assert part.read(10) == data[MiB + 1 : MiB + 11]
         assert part.read() == data[MiB + 11 : 3 * MiB + 2]

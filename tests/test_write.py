@@ -2,7 +2,7 @@
 
 Ordinary programs (cp, mv, rm, tar, rsync, dd, sed, vim, git) work on the mount; boto3
 is the ground truth of every result. Some tests put a recording HTTP proxy between the
-mount and moto, because the werkzeug request log shows neither headers (Content-MD5,
+mount and moto, because the werkzeug request log shows neither headers (checksums,
 x-amz-copy-source) nor body sizes.
 """
 
@@ -23,6 +23,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -98,6 +99,7 @@ class Seen:
     headers: dict[str, str]  # lower-case names
     sent: int  # request body bytes
     md5: str  # base64 MD5 of the request body, as Content-MD5 spells it
+    crc32: str  # base64 CRC32 of the request body, as x-amz-checksum-crc32 spells it
     received: int  # response body bytes
     status: int
 
@@ -139,6 +141,7 @@ class RecordingProxy:
                     {k.lower(): v for k, v in self.headers.items()},
                     len(body),
                     base64.b64encode(hashlib.md5(body).digest()).decode(),
+                    base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
                     len(answer),
                     resp.status,
                 )
@@ -184,12 +187,20 @@ def proxy(moto):
     p.close()
 
 
-def assert_md5_on_every_upload(seen: list[Seen]) -> None:
-    """Every request that carries bytes (PutObject, UploadPart) has a matching Content-MD5."""
-    uploads = [r for r in seen if r.method == "PUT" and r.copy_source is None and r.key]
-    assert uploads
-    for r in uploads:
-        assert r.headers.get("content-md5") == r.md5, (r.key, r.query, r.headers)
+def assert_checksum_on_every_upload(seen: list[Seen]) -> None:
+    """Every request that carries bytes has a checksum that matches them, for the server to
+    check: a PutObject its Content-MD5, a part its CRC32, in an upload created for CRC32."""
+    puts = [r for r in seen if r.method == "PUT" and r.copy_source is None and r.key and not r.query]
+    parts = [r for r in seen if r.method == "PUT" and r.copy_source is None and "partNumber" in r.query]
+    creates = [r for r in seen if r.method == "POST" and "uploads" in r.query]
+    assert puts or parts
+    for r in puts:
+        assert r.headers.get("content-md5") == r.md5, (r.key, r.headers)
+    for r in parts:
+        assert r.headers.get("x-amz-checksum-crc32") == r.crc32, (r.key, r.query, r.headers)
+        assert "content-md5" not in r.headers, "one checksum is enough"
+    for r in creates:
+        assert r.headers.get("x-amz-checksum-algorithm") == "CRC32", r.headers
 
 
 # ---------------------------------------------------------------- durability and uploads
@@ -221,10 +232,10 @@ def test_close_and_fsync_make_data_durable(s3, bucket, mount, moto):
     assert body_of(s3, bucket, "synced.txt") == b"first\nsecond\nthird\n"
 
 
-def test_upload_shapes_and_content_md5(s3, bucket, mount, proxy):
+def test_upload_shapes_and_checksums(s3, bucket, mount, proxy):
     """Up to 8 MiB: one PutObject. Bigger, written front to back: a multipart upload.
 
-    Every request carrying bytes has a Content-MD5 that matches them.
+    Every request carrying bytes has a checksum that matches them.
     """
     mnt = mount(bucket, "--endpoint-url", proxy.url, endpoint=False)
     small = randbytes(2, SINGLE_PUT_LIMIT - 1)
@@ -251,7 +262,7 @@ def test_upload_shapes_and_content_md5(s3, bucket, mount, proxy):
     assert all(r.copy_source is None for r in parts)
     assert not [r for r in seen if r.method == "PUT" and not r.query], "no PutObject or CopyObject"
     assert body_of(s3, bucket, "big.bin") == big
-    assert_md5_on_every_upload(proxy.since(0))
+    assert_checksum_on_every_upload(proxy.since(0))
 
 
 def test_file_of_exactly_8_mib_is_one_put(s3, bucket, mount, moto):
@@ -631,7 +642,7 @@ def test_dd_notrunc_copies_unchanged_ranges_in_s3(s3, bucket, mount, proxy, tmp_
     assert copied + sum(r.sent for r in sends) == size
     assert sum(r.received for r in seen if r.method == "GET") <= 8 * MIB, "nor is the object downloaded"
     assert not [r for r in seen if r.method == "PUT" and not r.query], "no PutObject of the whole file"
-    assert_md5_on_every_upload(seen)
+    assert_checksum_on_every_upload(seen)
 
 
 def test_append_and_truncate(s3, bucket, mount):
