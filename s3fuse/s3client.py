@@ -228,7 +228,8 @@ def make_boto_client(
         s3={"addressing_style": settings.addressing_style},
         tcp_keepalive=True,
         signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2)
-        # Uploads carry Content-MD5 (computed by s3fuse); a second checksum would cost CPU.
+        # Uploads carry their checksum (Content-MD5 or CRC32, computed by s3fuse); botocore's
+        # own would cost the CPU a second time.
         request_checksum_calculation="when_required",
         # Not a CRC of every whole-object GET either (a third of a cold read's CPU): reads are
         # pinned to the ETag seen at open, and ranged GETs carry no checksum to check anyway.
