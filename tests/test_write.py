@@ -22,7 +22,6 @@ import stat
 import subprocess
 import tarfile
 import threading
-import time
 import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -294,9 +293,7 @@ def test_parts_go_once_the_writer_reaches_their_end(s3, bucket, mount, proxy):
         f.write(data)
         f.flush()
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        deadline = time.monotonic() + 30
-        while len(parts_sent()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(parts_sent()) >= 2, 30)
         assert len(parts_sent()) == 2, proxy.since(mark)
         closing = proxy.mark()
     after_close = [r for r in proxy.since(closing) if r.key == "aligned.bin"]
