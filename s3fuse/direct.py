@@ -16,9 +16,9 @@ comes from the client's own endpoint resolution (a presigned URL, made once).
 
 The calls take boto3's parameters and return boto3's response dicts, so callers
 cannot tell the difference, except that a body with a checksum (Content-MD5 or
-x-amz-checksum-crc32, which the server checks) is signed as UNSIGNED-PAYLOAD instead
-of being hashed with SHA-256 again over plain HTTP, and only bodies of 1 MiB or more ask the server for
-``100 Continue`` first.
+x-amz-checksum-crc32, which the server checks) is signed as UNSIGNED-PAYLOAD
+instead of being hashed with SHA-256 again over plain HTTP, and only bodies of
+1 MiB or more ask the server for ``100 Continue`` first.
 """
 
 from __future__ import annotations
