@@ -19,7 +19,9 @@ Rules (``Rule``) say which requests get a fault:
   only half its status line is sent: http.client would accept headers cut short as
   complete, which no server can help);
 - ``stall_body``: like ``truncate``, but the connection stays silent for ``seconds``
-  before it is closed.
+  before it is closed;
+- ``late``: S3's real answer, held back for ``seconds``: an answer that describes S3 as
+  it was when the request arrived, delivered after later requests changed it.
 
 A rule matches the method, a regular expression searched in the decoded path
 (``/bucket/key``), a substring the raw query string must contain (``query``, e.g.
@@ -29,7 +31,7 @@ matching requests (None: to all), each with probability ``p`` drawn from the pro
 seeded random generator; a rule with several faults picks one the same way. With
 ``when="before"`` (the default for errors, resets and stalls) the request never
 reaches S3; with ``when="after"`` it is forwarded first, so S3 did the work and only
-its answer is lost. Truncations are always after. Every request and the fault it got
+its answer is lost. Truncations and late answers are always after. Every request and the fault it got
 are recorded in ``.log``.
 """
 
@@ -52,7 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
-FAULTS = ("slowdown", "internal", "reset", "stall", "truncate", "stall_body")
+FAULTS = ("slowdown", "internal", "reset", "stall", "truncate", "stall_body", "late")
 ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
@@ -85,7 +87,7 @@ class Rule:
     times: int | None = None  # the first N matching requests; None: every one
     p: float = 1.0
     when: str = "before"  # "after": forwarded first, the answer is what is lost
-    seconds: float = 30.0  # stall, stall_body
+    seconds: float = 30.0  # stall, stall_body, late
     keep: float = 0.5  # truncate, stall_body: the fraction of the body sent
     rst: bool = False  # reset: TCP RST instead of FIN
     applied: int = 0  # how many requests got a fault from this rule
@@ -252,7 +254,7 @@ class FaultProxy:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 body = self._read_body(headers)
                 rule, fault = proxy._choose(self.command, path, query, headers)
-                when = None if rule is None else ("after" if fault in ("truncate", "stall_body") else rule.when)
+                when = None if rule is None else ("after" if fault in ("truncate", "stall_body", "late") else rule.when)
 
                 def record(status: int | None) -> None:
                     proxy._record(Exchange(self.command, path, query, fault, when, status))
@@ -266,7 +268,9 @@ class FaultProxy:
                         proxy.stopping.wait(rule.seconds)
                     self._close(rst=rule.rst)
                 status, reason, resp_headers, resp_body = self._forward(body)
-                if rule is None:
+                if rule is None or fault == "late":
+                    if rule is not None:
+                        proxy.stopping.wait(rule.seconds)
                     record(status)
                     return self._send(status, reason, resp_headers, resp_body)
                 if fault in ERRORS:
