@@ -191,14 +191,18 @@ class Namespace:
         if info is None:
             self.meta.forget(node.path)  # not negative: it may have become a directory
             return None
-        self.meta.put(node.path, info)
-        self.meta.remember_headers(node.path, info)
+        if not self.changed_since(split(node.path)[0], info.fetched_at):  # else S3 may predate a change made here
+            self.meta.put(node.path, info)
+            self.meta.remember_headers(node.path, info)
         return self.resolve(node.path, info)
 
     # ---- changes made through this mount
 
     def added(self, path: str, info: EntryInfo) -> Node:
         """path now exists with these attributes (created, written or renamed here)."""
+        # As fresh as the change: any answer S3 gave to a request sent before it is older,
+        # even one that arrives later (a HEAD of the name a rename just replaced).
+        info = dataclasses.replace(info, fetched_at=time.monotonic())
         self.meta.put(path, info)
         self.meta.remember_headers(path, info)
         self._update_listing(path, info)

@@ -76,11 +76,6 @@ def worker(directory: str, writer: int, deadline: float, results: multiprocessin
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="a known race under load (issue 8): rarely (about 1 run in 10 here), a read returns bytes "
-    "that are no whole version of the file",
-)
 def test_sixteen_processes_in_one_directory(s3, bucket, mount):
     mnt = mount(bucket, "--attr-ttl", "1", "--dir-ttl", "1")
     directory = mnt / "busy"

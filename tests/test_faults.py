@@ -16,6 +16,7 @@ import http.client
 import io
 import os
 import random
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -178,6 +179,17 @@ def test_proxy_injects_what_its_rules_say(s3, bucket, faulty):
     with pytest.raises(botocore.exceptions.ConnectionClosedError):
         client.put_object(Bucket=bucket, Key="cut", Body=b"done too")
     assert body_of(s3, bucket, "cut") == b"done too"
+    late = faulty.add(Rule("late", method="GET", times=1, seconds=1.5))
+    answer: list[bytes] = []
+    patient = client_of(faulty.url)  # waits longer than the answer is held
+    asking = threading.Thread(target=lambda: answer.append(patient.get_object(Bucket=bucket, Key="k")["Body"].read()))
+    asking.start()
+    assert wait_until(lambda: late.applied == 1, BOUND)
+    time.sleep(0.3)  # S3 has answered; the proxy holds the answer back
+    s3.put_object(Bucket=bucket, Key="k", Body=b"replaced")
+    asking.join(BOUND)
+    assert answer == [b"0123456789"]  # S3 as it was when the request arrived
+    s3.put_object(Bucket=bucket, Key="k", Body=b"0123456789")
     assert get() == b"0123456789"  # every rule is used up
     assert [(e.fault, e.when) for e in faulty.injected()] == [
         ("slowdown", "before"),
@@ -189,6 +201,7 @@ def test_proxy_injects_what_its_rules_say(s3, bucket, faulty):
         ("stall_body", "after"),
         ("reset", "after"),
         ("truncate", "after"),
+        ("late", "after"),
     ]
 
 
@@ -249,6 +262,36 @@ def test_transient_faults_on_every_operation_are_retried(s3, bucket, faulty, mou
     assert read_file(reader / "old.txt") == new_old
     unused = [name for name, pair in rules.items() if any(r.applied < 1 for r in pair)]
     assert not unused, f"rules that never fired: {unused}"
+
+
+def test_an_answer_older_than_a_rename_does_not_undo_it(s3, bucket, faulty, mount):
+    """A HeadObject sent before a rename replaced the file and answered after it describes
+    the replaced file. The mount must keep what the rename made: under load, such an
+    answer used to bring the old version back under the name (the 16-process test's
+    torn reads), so that the next rename copied the new bytes under the old size."""
+    mnt = mount_via(mount, faulty, bucket, "--attr-ttl", "2")
+    old, new = b"old\n", b"the new, longer version\n" * 100
+    (mnt / "f").write_bytes(old)
+    (mnt / "g").write_bytes(new)
+    assert sorted(os.listdir(mnt)) == ["f", "g"]  # a listing: the rename's lookups need no request
+    fd = os.open(mnt / "f", os.O_RDONLY)
+    try:
+        time.sleep(2.3)  # past --attr-ttl: fstat makes the mount ask S3 with HeadObject
+        late = faulty.add(Rule("late", method="HEAD", path=rf"^/{bucket}/f$", times=1, seconds=1.0))
+        asking = threading.Thread(target=os.fstat, args=(fd,))
+        asking.start()
+        assert wait_until(lambda: late.applied == 1, BOUND)
+        time.sleep(0.2)  # S3 has answered (the old f); the proxy holds the answer back
+        os.rename(mnt / "g", mnt / "f")
+        asking.join(BOUND)
+        assert faulty.injected("late") and not asking.is_alive()
+    finally:
+        os.close(fd)
+    os.rename(mnt / "f", mnt / "h")  # copies what the mount takes f to be
+    assert body_of(s3, bucket, "h") == new
+    assert os.stat(mnt / "h").st_size == len(new)
+    assert (mnt / "h").read_bytes() == new
+    assert sorted(os.listdir(mnt)) == ["h"]
 
 
 # ---------------------------------------------------------------- persistent faults
