@@ -521,7 +521,8 @@ class OpenFile:
 
     def _spill(self) -> SpillFile:
         if self.spill is None:
-            self.spill = SpillFile(self.wb.spill_dir, self.base.size if self.base else 0)
+            # Under --write-back close() makes the spill file durable: no use holding it in memory.
+            self.spill = SpillFile(self.wb.spill_dir, self.base.size if self.base else 0, not self.wb.write_back)
             if self.wb.nursery is not None:
                 self.stream = StreamingUpload(self, self.wb.nursery)
         return self.spill
@@ -586,7 +587,8 @@ class OpenFile:
         if self.base is None or not self.handles:
             return
         if self.spill is None:
-            self.spill = SpillFile(self.wb.spill_dir, self.base.size)  # no stream: it is never uploaded
+            # no stream: it is never uploaded
+            self.spill = SpillFile(self.wb.spill_dir, self.base.size, not self.wb.write_back)
         spill, block = self.spill, self.wb.opts.block_size
         try:
             for start, end, inside in list(spill.written.segments(0, spill.base_limit)):

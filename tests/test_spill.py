@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s3fuse.extents import Extents
-from s3fuse.spill import SpillFile
+from s3fuse.spill import MEMORY_BUDGET, SpillFile
 
 SIZE = 200  # small files: hypothesis explores the interval arithmetic, not the disk
 
@@ -45,9 +46,12 @@ operations = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=SIZE), operations, ranges)
-def test_spill_file_reads_what_a_local_file_would_hold(tmp_path_factory, base, ops, probe):
-    spill = SpillFile(str(tmp_path_factory.mktemp("spill")), len(base))
+@given(st.binary(max_size=SIZE), operations, ranges, st.sampled_from(["memory", "disk", "memory, then disk"]))
+def test_spill_file_reads_what_a_local_file_would_hold(tmp_path_factory, base, ops, probe, where):
+    directory = tmp_path_factory.mktemp("spill") / "not yet made"
+    spill = SpillFile(str(directory), len(base), in_memory=where != "disk")
+    if where == "memory, then disk":
+        spill.memory_limit = SIZE // 2  # writes past it move the bytes to disk
     model = bytearray(base)
     fetched = []
 
@@ -70,8 +74,14 @@ def test_spill_file_reads_what_a_local_file_would_hold(tmp_path_factory, base, o
         start, end = probe
         assert trio.run(spill.read, start, end, fetch_base) == bytes(model[start:end])
         assert spill.needs_base(start, end) == bool(fetched)
+        crossed = any(op == "write" and offset + len(data) > SIZE // 2 for op, offset, data in ops)
+        assert directory.exists() == (where == "disk" or (where == "memory, then disk" and crossed))
+        for s, e in spill.written.ranges():  # the file on disk, made now if need be
+            assert os.pread(spill.fd, e - s, s) == bytes(model[s:e])
+        assert trio.run(spill.read, start, end, fetch_base) == bytes(model[start:end])
     finally:
         spill.close()
+    assert SpillFile.budget.free == MEMORY_BUDGET  # every byte held in memory was given back
 
 
 def test_an_empty_range_intersects_nothing():
