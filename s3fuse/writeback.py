@@ -250,6 +250,10 @@ class WriteBack:
                 await self.stopping.wait()
             delay = min(delay * 2, RETRY_DELAY_MAX)
 
+    def new_spill(self, base_size: int) -> SpillFile:
+        # Under --write-back close() makes the spill file durable: no use holding it in memory.
+        return SpillFile(self.spill_dir, base_size, in_memory=not self.write_back)
+
     def move_to_lost_and_found(self, path: str, name: str) -> str:
         """Move a file into lost+found under a name no other kept file has; returns its new path."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -521,8 +525,7 @@ class OpenFile:
 
     def _spill(self) -> SpillFile:
         if self.spill is None:
-            # Under --write-back close() makes the spill file durable: no use holding it in memory.
-            self.spill = SpillFile(self.wb.spill_dir, self.base.size if self.base else 0, not self.wb.write_back)
+            self.spill = self.wb.new_spill(self.base.size if self.base else 0)
             if self.wb.nursery is not None:
                 self.stream = StreamingUpload(self, self.wb.nursery)
         return self.spill
@@ -587,8 +590,7 @@ class OpenFile:
         if self.base is None or not self.handles:
             return
         if self.spill is None:
-            # no stream: it is never uploaded
-            self.spill = SpillFile(self.wb.spill_dir, self.base.size, not self.wb.write_back)
+            self.spill = self.wb.new_spill(self.base.size)  # no stream: it is never uploaded
         spill, block = self.spill, self.wb.opts.block_size
         try:
             for start, end, inside in list(spill.written.segments(0, spill.base_limit)):
@@ -768,9 +770,8 @@ class OpenFile:
             raise
 
     def _saved(self, etag: str, size: int) -> None:
-        info = dataclasses.replace(
-            self.node.info, size=size, etag=etag, last_modified_ns=None, from_head=True, fetched_at=time.monotonic()
-        )
+        # Namespace.added stamps it with the time of the save.
+        info = dataclasses.replace(self.node.info, size=size, etag=etag, last_modified_ns=None, from_head=True)
         self._forget_record()  # before its spill file goes: a record never names a missing file
         if self.spill is not None:
             self.spill.close()
