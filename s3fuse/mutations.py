@@ -28,6 +28,12 @@ from .writeback import WriteBack
 log = logging.getLogger(__name__)
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"  # what s3fs-fuse gives its markers
+# A renamed directory's objects are deleted in a few batches while its copies go on, not
+# all after them: SeaweedFS spends 0.4 ms of CPU per key of a DeleteObjects (40 ms for 100
+# keys), which then overlaps the copies. mv of 100 keys on SeaweedFS, 14 rounds alternating
+# with the single DeleteObjects after the copies: median 0.169 s against 0.178 s.
+DELETE_BATCHES_PER_PAGE = 4
+MIN_DELETE_BATCH = 25
 
 
 def refuse(code: int, message: str, *args: Any) -> S3Error:
@@ -103,7 +109,13 @@ class Mutations:
             for of in self.wb.under(target.path):
                 of.unlink()  # replaced: its pending data must not reach the new object
         if node.info.is_dir:
-            await self._rename_dir(old_path, new_path)
+            try:
+                await self._rename_dir(old_path, new_path)
+            except BaseException:
+                # Some keys may be moved already: what the caches say of either tree is unsure.
+                self.ns.unsure(old_path)
+                self.ns.unsure(new_path)
+                raise
             info = node.info
         else:
             etag = await self._rename_file(node, new_path)
@@ -121,7 +133,8 @@ class Mutations:
         return etag
 
     async def _rename_dir(self, old_path: str, new_path: str) -> None:
-        """Parallel copies, then DeleteObjects, one listing page (1000 keys) at a time."""
+        """Parallel copies, the sources deleted in batches as they finish, one listing page (1000
+        keys) at a time; the directory markers last, deepest first."""
         for of in self.wb.under(old_path):
             await of.save()
         old, new = self._marker_key(old_path), self._marker_key(new_path)
@@ -135,15 +148,10 @@ class Mutations:
                 params["ContinuationToken"] = token
             page = await self.s3.list_page(**params)
             objects = page.get("Contents", [])
-            await gather(
-                (
-                    lambda obj=obj: self._copy_key(obj, new + obj["Key"][len(old) :])  # type: ignore[misc]
-                    for obj in objects
-                ),
-                PARALLEL_COPIES,
-            )
-            await delete_keys(self.s3, [obj["Key"] for obj in objects])
+            await self._move_page(objects, old, new)
             for obj in objects:
+                if obj["Key"].endswith("/"):
+                    directories.add(obj["Key"])
                 parent = obj["Key"].rstrip("/").rpartition("/")[0]
                 while len(parent) >= len(old):
                     directories.add(parent + "/")
@@ -160,6 +168,25 @@ class Mutations:
         # markers not listed do not exist, and deleting them is a no-op).
         await delete_keys(self.s3, sorted(directories, key=lambda key: -key.count("/")))
         log.info("renamed %r to %r: %d objects in %.1f s", old_path, new_path, moved, time.monotonic() - started)
+
+    async def _move_page(self, objects: list[dict[str, Any]], old: str, new: str) -> None:
+        """Copy one listing page's objects from under ``old`` to under ``new``; the sources
+        are deleted in a few batches as their copies finish, markers excepted."""
+        copied: list[str] = []
+        batch = max(MIN_DELETE_BATCH, len(objects) // DELETE_BATCHES_PER_PAGE)
+
+        async def move(obj: dict[str, Any]) -> None:
+            await self._copy_key(obj, new + obj["Key"][len(old) :])
+            if obj["Key"].endswith("/"):
+                return  # a marker goes with the other directories, after what is in them
+            copied.append(obj["Key"])
+            if len(copied) >= batch:
+                done = copied[:]
+                copied.clear()
+                await delete_keys(self.s3, done)
+
+        await gather((lambda obj=obj: move(obj) for obj in objects), PARALLEL_COPIES)  # type: ignore[misc]
+        await delete_keys(self.s3, copied)
 
     async def _copy_key(self, obj: dict[str, Any], new_key: str) -> None:
         if obj["Key"].endswith("/"):

@@ -221,6 +221,14 @@ class Namespace:
         self._forget_name(old, info.is_dir)
         return self.added(new, info)
 
+    def unsure(self, path: str) -> None:
+        """What is at and below path is not known any more (a rename of it failed half-way):
+        the next lookups and listings ask S3."""
+        self.meta.forget(path, tree=True)
+        parent = split(path)[0]
+        self.meta.forget_listing(parent)
+        self._changed[parent] = time.monotonic()
+
     def _forget_name(self, path: str, is_dir: bool) -> None:
         """The caches learn that nothing is at path any more."""
         self.meta.forget(path, tree=is_dir)

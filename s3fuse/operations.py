@@ -723,8 +723,13 @@ class S3Operations(pyfuse3.Operations):
         if new_path == node.path:
             return
         await self.wb.settled(node)
-        with errno_of_s3("rename", node.path):
-            await self.mut.rename(node, new_path, target)
+        try:
+            with errno_of_s3("rename", node.path):
+                await self.mut.rename(node, new_path, target)
+        except pyfuse3.FUSEError:
+            if node.info.is_dir:  # maybe half done: the kernel must ask again what the new name is
+                self.forgetting.forget(parent_inode_new, name_new)
+            raise
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         pass  # every change to the tree is in S3 when its call returns

@@ -27,7 +27,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
-from conftest import ACCESS_KEY, REGION, SECRET_KEY, keys_of, wait_until
+from conftest import ACCESS_KEY, REGION, SECRET_KEY, keys_of, put_objects, wait_until
 from faultproxy import FaultProxy, Rule
 
 MIB = 1 << 20
@@ -292,6 +292,31 @@ def test_an_answer_older_than_a_rename_does_not_undo_it(s3, bucket, faulty, moun
     assert os.stat(mnt / "h").st_size == len(new)
     assert (mnt / "h").read_bytes() == new
     assert sorted(os.listdir(mnt)) == ["h"]
+
+
+def test_a_directory_rename_that_fails_half_way_loses_nothing(s3, bucket, faulty, mount):
+    """The copy of one key of a renamed directory fails for good: mv fails with EIO, by then
+    others are copied and some deleted (sources go in batches while copies go on). Every key
+    is in S3 under one name or both, and the mount lists what S3 holds, not what it cached."""
+    files = {f"f{i:03d}": randbytes(i, 100 + i) for i in range(60)}
+    put_objects(s3, bucket, {f"d/{name}": data for name, data in files.items()})
+    mnt = mount_via(mount, faulty, bucket, *QUICK)
+    assert sorted(os.listdir(mnt / "d")) == sorted(files)  # cached: the rename must not leave it so
+    assert not (mnt / "e").exists()  # cached as missing
+    faulty.add(Rule("internal", method="PUT", path=rf"^/{bucket}/e/f059$", header="x-amz-copy-source"))
+    with pytest.raises(OSError) as err:
+        os.rename(mnt / "d", mnt / "e")
+    assert err.value.errno == errno.EIO
+    faulty.clear()
+    old, new = keys_of(s3, bucket, "d/"), keys_of(s3, bucket, "e/")
+    for name, data in files.items():
+        assert f"d/{name}" in old or f"e/{name}" in new, name
+        for key in {f"d/{name}", f"e/{name}"} & (old.keys() | new.keys()):
+            assert body_of(s3, bucket, key) == data, key
+    assert "d/f059" in old and "e/f059" not in new
+    assert len(old) < len(files), "no source was deleted before the failure: the test shows nothing"
+    assert sorted(os.listdir(mnt / "d")) == sorted(k.removeprefix("d/") for k in old)
+    assert sorted(os.listdir(mnt / "e")) == sorted(k.removeprefix("e/") for k in new)
 
 
 # ---------------------------------------------------------------- persistent faults
