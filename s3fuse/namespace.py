@@ -337,9 +337,13 @@ class DirHandle:
                 out.append((name, info))
         return out
 
+    def removed_since_listed(self) -> bool:
+        """Whether this mount may have removed names since the listing began: then ask ``gone``."""
+        return self.ns.changed_since(self.path, self.started)
+
     def gone(self, name: str) -> bool:
         """Whether a listed name was removed here after the listing began (not to be shown)."""
-        return self.ns.changed_since(self.path, self.started) and self.ns.meta.get(join(self.path, name)) is NEGATIVE
+        return self.ns.meta.get(join(self.path, name)) is NEGATIVE
 
     def _remember(self, batch: list[tuple[str, EntryInfo]]) -> None:
         if self.ns.changed_since(self.path, self.started):
