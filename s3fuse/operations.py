@@ -332,7 +332,7 @@ class S3Operations(pyfuse3.Operations):
         index = start_id
         # Asked once per page, not per entry: while the kernel reads a page it holds the
         # directory's lock, so no unlink or rename through the mount changes it meanwhile.
-        removals = isinstance(handle, DirHandle) and handle.removed_since_listed()
+        gone = handle.gone if isinstance(handle, DirHandle) and handle.removed_since_listed() else None
         while True:
             try:
                 item = await handle.entry(index)
@@ -343,7 +343,7 @@ class S3Operations(pyfuse3.Operations):
             if item is None:
                 return
             name, info = item
-            if removals and handle.gone(name):  # type: ignore[union-attr]
+            if gone is not None and gone(name):
                 index += 1  # listed before this mount removed it: the kernel must not learn it
                 continue
             node = self.ns.resolve(join(handle.path, name), info)
