@@ -30,7 +30,16 @@ from s3fuse.metadata import EntryInfo, MetadataCache, apply_posix_metadata, dire
 from s3fuse.mount import describe_failure
 from s3fuse.options import build_parser, expand_mount_options, parse_args, parse_mode, parse_size
 from s3fuse.progress import Progress
-from s3fuse.s3client import ClientSettings, RedactSecrets, S3Client, S3Error, translate
+from s3fuse.s3client import (
+    ClientSettings,
+    LeanModelLoader,
+    RedactSecrets,
+    S3Client,
+    S3Error,
+    boto_session,
+    make_boto_client,
+    translate,
+)
 
 # Characters an S3 key realistically holds: no surrogates (not UTF-8), no NUL, no U+10FFFF
 # (a noncharacter; start_after_for pads with it).
@@ -693,6 +702,35 @@ def test_describe_failure_wrong_region():
     )
     opts = argparse.Namespace(endpoint_url=None, bucket_name="bkt", profile=None, all_buckets=False)
     assert describe_failure(exc, opts) == "bucket 'bkt' is in another region (eu-west-1); use --region eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("region", "endpoint"),
+    [
+        ("eu-west-1", "https://s3.eu-west-1.amazonaws.com"),
+        ("cn-north-1", "https://s3.cn-north-1.amazonaws.com.cn"),
+        ("us-gov-west-1", "https://s3.us-gov-west-1.amazonaws.com"),
+    ],
+)
+def test_clients_keep_only_the_model_data_s3_needs(monkeypatch, region, endpoint):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    session = boto_session(ClientSettings())
+    client = make_boto_client(ClientSettings(), region, session)
+    loader = session._session.get_component("data_loader")
+    assert isinstance(loader.file_loader, LeanModelLoader)
+    for partition in loader.load_data("endpoints")["partitions"]:
+        assert "s3" in partition["services"]
+        assert set(partition["services"]) <= LeanModelLoader.KEPT_ENDPOINTS
+    model = client.meta.service_model
+    assert model.operation_model("GetObject").documentation == ""
+    assert model.shape_for("GetObjectOutput").members["Body"].documentation == ""
+    # What the data is for still works: the region's endpoint, signing, the STS client
+    # that assumed-role credentials are fetched with.
+    assert client.meta.endpoint_url == endpoint
+    url = client.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
+    assert "X-Amz-Credential=k%2F" in url and f"%2F{region}%2Fs3%2Faws4_request" in url
+    assert session.client("sts", region_name=region).meta.endpoint_url.startswith("https://sts.")
 
 
 def test_redact_secrets():
