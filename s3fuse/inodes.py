@@ -161,6 +161,10 @@ class InodeTable:
         for node in self._nodes(path, tree):
             del self._by_path[node.path]
 
+    def attached(self, node: Node) -> bool:
+        """Whether a name still leads to node (not unlinked, replaced or renamed over)."""
+        return self._by_path.get(node.path) is node
+
     def move(self, old: str, new: str, tree: bool) -> None:
         """Rename: the nodes at (and with ``tree`` below) ``old`` keep their inodes under ``new``."""
         for node in self._nodes(old, tree):

@@ -184,8 +184,11 @@ class Namespace:
             raise
 
     async def revalidate(self, node: Node) -> Node | None:
-        """Fresh attributes for a file whose cached ones outlived the TTL; None if it is gone."""
-        if node.info.is_dir or node.writers or node.info.age() < self.opts.attr_ttl:
+        """Fresh attributes for a file whose cached ones outlived the TTL; None if it is gone.
+
+        A file unlinked or replaced here keeps its last attributes: no name leads to it in
+        S3 any more, and whatever now has its old name is another file."""
+        if node.info.is_dir or node.writers or node.info.age() < self.opts.attr_ttl or not self.inodes.attached(node):
             return node
         info = await self.head(file_key(self.root_prefix, node.path))
         if info is None:

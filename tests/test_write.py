@@ -22,6 +22,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -923,6 +924,24 @@ def test_unlinked_open_file_keeps_its_saved_bytes(s3, bucket, mount):
     finally:
         os.close(fd)
     assert keys_of(s3, bucket) == {}
+
+
+def test_unlinked_file_open_for_reading_keeps_its_attributes(s3, bucket, mount):
+    """fstat of a file removed while open for reading, past the attribute TTL: the file's
+    own attributes, as a local file system keeps them, not ENOENT nor those of a new
+    object that took its name."""
+    s3.put_object(Bucket=bucket, Key="log.txt", Body=b"old contents\n")
+    mnt = mount(bucket, "--attr-ttl", "1")
+    with open(mnt / "log.txt", "rb") as f:
+        os.unlink(mnt / "log.txt")
+        time.sleep(1.2)  # past the TTL: fstat makes the kernel ask the daemon again
+        assert os.fstat(f.fileno()).st_size == len(b"old contents\n")
+        (mnt / "log.txt").write_bytes(b"a new file under the old name, longer\n")
+        time.sleep(1.2)
+        assert os.fstat(f.fileno()).st_size == len(b"old contents\n")
+        assert f.read() == b"old contents\n"
+    assert (mnt / "log.txt").read_bytes() == b"a new file under the old name, longer\n"
+    mount.check(mnt)
 
 
 def test_unlinked_open_file_still_truncates(s3, bucket, mount):
