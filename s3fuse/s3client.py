@@ -203,8 +203,8 @@ def _add_request_payer_header(params: dict[str, Any], **_: Any) -> None:
 class LeanModelLoader(botocore.loaders.JSONFileLoader):
     """botocore's JSON data files, less what an S3 mount never uses, which its clients
     would otherwise hold for as long as they live: of the endpoint data of every AWS
-    service (6.5 MiB once parsed) only S3's and that of the services credentials may
-    come from, and no documentation strings in service models (1.5 MiB of S3's)."""
+    service (6.8 MiB once parsed) only S3's and that of the services credentials may
+    come from, and no documentation strings in service models (about 1 MiB of S3's)."""
 
     KEPT_ENDPOINTS = frozenset({"s3", "s3-control", "sts", "sso", "sso-oidc", "signin"})
 
