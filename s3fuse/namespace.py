@@ -340,8 +340,9 @@ class DirHandle:
                 out.append((name, info))
         return out
 
-    def removed_since_listed(self) -> bool:
-        """Whether this mount may have removed names since the listing began: then ask ``gone``."""
+    def changed_since_listed(self) -> bool:
+        """Whether this mount changed the directory since the listing began (then S3's pages
+        may predate the change, and ``gone`` tells the names removed meanwhile)."""
         return self.ns.changed_since(self.path, self.started)
 
     def gone(self, name: str) -> bool:
@@ -349,7 +350,7 @@ class DirHandle:
         return self.ns.meta.get(join(self.path, name)) is NEGATIVE
 
     def _remember(self, batch: list[tuple[str, EntryInfo]]) -> None:
-        if self.ns.changed_since(self.path, self.started):
+        if self.changed_since_listed():
             self.collected = None  # S3 listed the directory as it was before a change made here
             return
         for name, info in batch:

@@ -332,7 +332,7 @@ class S3Operations(pyfuse3.Operations):
         index = start_id
         # Asked once per page, not per entry: while the kernel reads a page it holds the
         # directory's lock, so no unlink or rename through the mount changes it meanwhile.
-        gone = handle.gone if isinstance(handle, DirHandle) and handle.removed_since_listed() else None
+        gone = handle.gone if isinstance(handle, DirHandle) and handle.changed_since_listed() else None
         while True:
             try:
                 item = await handle.entry(index)
@@ -538,7 +538,7 @@ class S3Operations(pyfuse3.Operations):
             return self._attributes(node)  # atime or ctime alone: not kept
         if not fields.update_size and self._memory_only(node, changes):
             info = dataclasses.replace(node.info, **changes)
-            if self.ns.inodes.by_path(node.path) is node:
+            if self.ns.inodes.attached(node):
                 self.ns.added(node.path, info)  # the caches too, or a listing would bring back the old value
             else:
                 node.info = info
@@ -615,7 +615,7 @@ class S3Operations(pyfuse3.Operations):
         - an mtime that moved by less than a second, the precision of x-amz-meta-mtime
           (the kernel's own stamp of a write s3fuse already saved, sent late).
         """
-        if node.info.is_dir or self.ns.inodes.by_path(node.path) is not node:
+        if node.info.is_dir or not self.ns.inodes.attached(node):
             return True
         if set(changes) != {"mtime_ns"} or node.writers:
             return False
