@@ -10,6 +10,14 @@ on disk (a journal record, ``lost+found``, a part read by a worker thread). A sm
 written and saved then never touches the disk: creating, writing, reading back and
 deleting a spill file cost 0.1-0.2 ms of the daemon's time per file, several per cent
 of a ``cp`` or ``tar x`` of small files.
+
+On disk the spill file is always exactly as long as the file (growing truncates
+extend it sparsely), so any range of the file can be sent to S3 straight from it
+(``upload.FileRange``): holes read as zeros without ever being held in memory, and
+``fill`` first copies in the bytes only the old object has, a block at a time. A
+read in progress keeps the spill file open (``in_use``): a save that ends meanwhile
+closes it only when the read is done, never under it (a closed descriptor's number
+is soon reused, and a pread of it would read another file).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from .extents import Extents
 
@@ -64,6 +72,8 @@ class SpillFile:
         # The spill file's offsets [0, len(memory)), until it goes to disk (then None).
         self._memory: bytearray | None = bytearray() if in_memory else None
         self._fd, self._path = -1, ""
+        self._readers = 0  # reads in progress; close() waits for them to end
+        self._remove_on_close: bool | None = None  # closed while read: what to do once they end
         if not in_memory:
             self._create()
 
@@ -73,6 +83,8 @@ class SpillFile:
         spill = cls(os.path.dirname(path), size, in_memory=True)
         spill.base_limit, spill.written, spill._memory = base_limit, written, None
         spill._fd, spill._path = os.open(path, os.O_RDWR | os.O_CLOEXEC), path
+        if os.fstat(spill._fd).st_size < size:  # journaled before growing truncates extended the file
+            os.ftruncate(spill._fd, size)
         return spill
 
     @property
@@ -92,6 +104,7 @@ class SpillFile:
         except FileNotFoundError:  # the first spill file of this daemon, or the directory was removed
             os.makedirs(self.directory, exist_ok=True)
             self._fd, self._path = tempfile.mkstemp(dir=self.directory, prefix="spill-")
+        os.ftruncate(self._fd, self.size)  # holes: no disk blocks
 
     def _to_disk(self) -> None:
         if self._memory is None or self.closed:
@@ -119,7 +132,7 @@ class SpillFile:
 
     def copy(self, directory: str) -> SpillFile:
         """A new spill file on disk with the same bytes and bookkeeping."""
-        twin = SpillFile(directory, self.size, in_memory=False)
+        twin = SpillFile(directory, self.size, in_memory=False)  # as long as this one
         twin.base_limit, twin.written = self.base_limit, Extents.of(self.written.ranges())
         if self._memory is not None:
             _write_at(twin._fd, self._memory, 0)
@@ -147,11 +160,11 @@ class SpillFile:
         if size < self.size:
             self.written.truncate(size)
             self.base_limit = min(self.base_limit, size)
-            if self._memory is None:
-                os.ftruncate(self._fd, size)
-            elif size < len(self._memory):
+            if self._memory is not None and size < len(self._memory):
                 self.budget.give(len(self._memory) - size)
                 del self._memory[size:]
+        if self._memory is None:
+            os.ftruncate(self._fd, size)  # growing too: a hole that reads as zeros
         self.size = size
 
     def needs_base(self, start: int, end: int) -> bool:
@@ -159,21 +172,45 @@ class SpillFile:
         return any(not inside and s < self.base_limit for s, _, inside in self.written.segments(start, end))
 
     async def read(self, start: int, end: int, fetch_base: FetchBase) -> bytes:
-        """The file's bytes in [start, end), assembled from spill, base object and zeros."""
+        """The file's bytes in [start, end), assembled from spill, base object and zeros.
+
+        For reads of a few MiB at most (FUSE's reads, small files): the result is in memory.
+        """
         end = min(end, self.size)
         if start >= end:
             return b""
         pieces = []
-        for s, e, inside in self.written.segments(start, end):
-            if inside:
-                pieces.append(bytes(self._memory[s:e]) if self._memory is not None else os.pread(self._fd, e - s, s))
-            elif s < self.base_limit:
-                from_base = min(e, self.base_limit)
-                pieces.append(await fetch_base(s, from_base))
-                pieces.append(bytes(e - from_base))
-            else:
-                pieces.append(bytes(e - s))
+        with self.in_use():
+            for s, e, inside in self.written.segments(start, end):
+                if inside:
+                    memory = self._memory
+                    pieces.append(bytes(memory[s:e]) if memory is not None else os.pread(self._fd, e - s, s))
+                elif s < self.base_limit:
+                    from_base = min(e, self.base_limit)
+                    pieces.append(await fetch_base(s, from_base))
+                    pieces.append(bytes(e - from_base))
+                else:
+                    pieces.append(bytes(e - s))
         return b"".join(pieces)
+
+    async def fill(self, start: int, end: int, fetch_base: FetchBase, block: int) -> None:
+        """Copy the base object's bytes of [start, end) into the spill file, ``block`` bytes at a
+        time, so that the range can be sent from the file and memory holds one block at most."""
+        with self.in_use():
+            for s, e, inside in list(self.written.segments(start, min(end, self.base_limit))):
+                for offset in range(s, e, block) if not inside else ():
+                    self.write(offset, await fetch_base(offset, min(e, offset + block)))
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Keep the spill file's bytes while a read (or fill) that awaits in between uses them."""
+        self._readers += 1
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            if self._readers == 0 and self._remove_on_close is not None:
+                self._release(self._remove_on_close)
 
     @property
     def written_bytes(self) -> int:
@@ -186,14 +223,23 @@ class SpillFile:
         return self._path
 
     def close(self, remove: bool = True) -> None:
+        """Done with it; its memory or file descriptor go once no read uses them (``in_use``)."""
         if self.closed:
             return
         self.closed = True
+        if self._readers:
+            self._remove_on_close = remove
+            return
+        self._release(remove)
+
+    def _release(self, remove: bool) -> None:
+        self._remove_on_close = None
         if self._memory is not None:
             self.budget.give(len(self._memory))
             self._memory = None
             return
-        os.close(self._fd)
+        self._fd, fd = -1, self._fd  # a late write fails (EBADF), never lands in a reused descriptor
+        os.close(fd)
         if remove:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)

@@ -37,6 +37,10 @@ MiB = 1 << 20
 MIN_PART = 8 * MiB  # S3 wants at least 5 MiB in every part but the last
 MAX_PARTS = 10_000
 MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit; larger objects are copied part by part
+# The largest file s3fuse writes: 5 TiB, the largest object of S3 until December 2025 and
+# still of MinIO, Ceph and most other servers (AWS now takes 10,000 parts of 5 GiB, 48.8 TiB).
+# A write or truncate past it fails with EFBIG before anything is sent.
+MAX_FILE_SIZE = 5 << 40
 SINGLE_PUT_LIMIT = MIN_PART  # files up to this size are one PutObject
 # The checksum of a multipart upload's parts: the server checks each part against it, as
 # against a PutObject's Content-MD5, and CRC32 costs a sixth of MD5's CPU (0.06 against
@@ -53,6 +57,12 @@ def planned_part_size(size: int) -> int:
     """Part size for an upload of known size: at least MIN_PART, at most 10,000 parts."""
     part = max(MIN_PART, -(-size // MAX_PARTS))
     return -(-part // MiB) * MiB
+
+
+def check_file_size(size: int) -> None:
+    """EFBIG (as S3Error) for a file size s3fuse cannot store as one object."""
+    if size > MAX_FILE_SIZE:
+        raise S3Error(errno.EFBIG, "FileTooLarge", f"{size} bytes: the largest file is {MAX_FILE_SIZE} (5 TiB)")
 
 
 def streamed_part_size(index: int) -> int:

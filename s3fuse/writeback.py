@@ -50,6 +50,7 @@ from .upload import (
     MultipartUpload,
     ObjectHeaders,
     UploadRegistry,
+    check_file_size,
     copy_object,
     gather,
     guess_content_type,
@@ -531,6 +532,7 @@ class OpenFile:
         return self.spill
 
     async def write(self, offset: int, data: bytes) -> None:
+        check_file_size(offset + len(data))
         self.wrote = True
         while True:
             async with self.lock:
@@ -548,9 +550,13 @@ class OpenFile:
             await self.wb.wait_for_space(self.key)  # a full cache dir blocks writers
 
     async def truncate(self, size: int) -> None:
+        check_file_size(size)
         async with self.lock:
             spill = self._spill()
-            spill.truncate(size)
+            try:
+                spill.truncate(size)
+            except OSError as exc:  # the cache dir's file system: EFBIG, ENOSPC, EIO
+                raise S3Error(exc.errno or errno.EIO, "LocalDisk", f"truncating {self.key!r}: {exc}") from exc
             self._touch(size)
             if self.stream is not None:
                 self.stream.truncated(size)
@@ -591,15 +597,17 @@ class OpenFile:
             return
         if self.spill is None:
             self.spill = self.wb.new_spill(self.base.size)  # no stream: it is never uploaded
-        spill, block = self.spill, self.wb.opts.block_size
         try:
-            for start, end, inside in list(spill.written.segments(0, spill.base_limit)):
-                for offset in range(start, end, block) if not inside else ():
-                    spill.write(offset, await self._fetch_base(offset, min(end, offset + block)))
+            await self.spill.fill(0, self.spill.base_limit, self._fetch_base, self.wb.opts.block_size)
         except (S3Error, OSError) as exc:
             log.warning("%r was removed while open; its bytes not written here are lost to it: %s", self.key, exc)
 
     async def read(self, offset: int, size: int) -> bytes:
+        """Bytes of the file with its unsaved changes (the caller saw ``spill`` set).
+
+        Not under the lock: a read must not wait for an upload. A save that ends while
+        this awaits S3 closes the spill file only after this read (SpillFile.in_use).
+        """
         assert self.spill is not None
         return await self.spill.read(offset, offset + size, self._fetch_base)
 
@@ -751,8 +759,10 @@ class OpenFile:
         await upload.start()
 
         async def send(number: int, start: int, end: int) -> None:
-            data = await spill.read(start, end, self._fetch_base)
-            await upload.send_part(number, data)
+            # From the spill file, never whole in memory: a part of a large file is up to
+            # 525 MiB, and one of a sparse file is mostly a hole (zeros the file reads as).
+            await spill.fill(start, end, self._fetch_base, self.wb.opts.block_size)
+            await upload.send_part(number, FileRange(spill.fd, start, end))
 
         jobs = [
             (

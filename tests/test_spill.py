@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -79,6 +80,12 @@ def test_spill_file_reads_what_a_local_file_would_hold(tmp_path_factory, base, o
         for s, e in spill.written.ranges():  # the file on disk, made now if need be
             assert os.pread(spill.fd, e - s, s) == bytes(model[s:e])
         assert trio.run(spill.read, start, end, fetch_base) == bytes(model[start:end])
+        # On disk it is as long as the file, holes and all: any range can be sent from it ...
+        assert os.fstat(spill.fd).st_size == len(model)
+        # ... once fill has copied in what only the base object holds, a few bytes at a time.
+        trio.run(spill.fill, start, end, fetch_base, 7)
+        assert os.pread(spill.fd, end - start, start) == bytes(model[start:end])
+        assert not spill.needs_base(start, end)
     finally:
         spill.close()
     assert SpillFile.budget.free == MEMORY_BUDGET  # every byte held in memory was given back
@@ -88,3 +95,26 @@ def test_an_empty_range_intersects_nothing():
     extents = Extents()
     extents.add(0, 2)  # the case hypothesis found
     assert not extents.intersects(1, 1)
+
+
+def test_a_read_keeps_the_spill_file_until_it_ends(tmp_path):
+    """A save that ends while a read awaits S3 closes the spill file only after that read:
+    the read's later pieces come from the file it began with, never from a reused descriptor."""
+    spill = SpillFile(str(tmp_path), 100, in_memory=False)  # bytes [0, 100) are the object's
+    spill.write(100, b"new bytes")
+
+    async def main() -> None:
+        closed = trio.Event()
+
+        async def fetch_base(start: int, end: int) -> bytes:
+            spill.close()  # the save ends while the read waits for S3
+            closed.set()
+            return b"b" * (end - start)
+
+        assert await spill.read(0, 109, fetch_base) == b"b" * 100 + b"new bytes"
+        assert closed.is_set()
+
+    trio.run(main)
+    assert not os.listdir(tmp_path)  # closed and removed once the read ended
+    with pytest.raises(OSError):
+        spill.write(0, b"late")  # never into whatever file took its descriptor number
