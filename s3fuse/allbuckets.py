@@ -35,7 +35,7 @@ from .metadata import EntryInfo
 from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry, refuse
 from .names import NAME_MAX, decode_name, invalid_reason
-from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of_s3
+from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of_s3, guard_handlers
 from .options import ALL_BUCKETS
 from .s3client import ClientSettings, S3Client, S3Error, boto_session, make_boto_client, region_of
 from .xattrs import is_s3fuse_name
@@ -242,6 +242,7 @@ class BucketTable:
         self._retire(bucket)
 
 
+@guard_handlers
 class AllBucketsOperations(pyfuse3.Operations):
     """Routes each request to the mount root, a bucket directory, or the bucket's own S3Operations."""
 

@@ -278,8 +278,8 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
         log.error("%s", exc)
         report(str(exc))
         return 1
-    fsname = ALL_BUCKETS if opts.all_buckets else opts.bucket_name
-    fuse_options = set(pyfuse3.default_options) | {f"fsname=s3fuse:{fsname}", "subtype=s3fuse", "noatime"}
+    fsname = opts.fsname or f"s3fuse:{ALL_BUCKETS if opts.all_buckets else opts.bucket_name}"
+    fuse_options = set(pyfuse3.default_options) | {f"fsname={fsname}", f"subtype={opts.subtype}", "noatime"}
     if opts.read_only or opts.at is not None:
         fuse_options.add("ro")
     if opts.allow_other:

@@ -244,6 +244,8 @@ class Namespace:
         Storing it again restarts its TTL: while a directory is being written through
         this mount, lookups of new names are answered without a LIST.
         """
+        if not path:
+            return  # the root: no parent lists it (touch or chmod of the mount point)
         parent, name = split(path)
         self._changed[parent] = time.monotonic()
         listing = self.meta.get_listing(parent)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
+import inspect
 import logging
 import os
 import stat
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import count
+from typing import Any
 
 import pyfuse3
 import trio
@@ -33,7 +36,7 @@ from .names import NAME_MAX, decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
 from .reader import ObjectReader
 from .s3client import S3Client, S3Error
-from .upload import HeaderChanges
+from .upload import HeaderChanges, check_file_size
 from .versions import VERSIONS_DIR, TimeView, VersionListing, Versions, in_versions_dir, version_reader
 from .writeback import OpenFile, WriteBack
 from .xattrs import Xattrs, is_s3fuse_name
@@ -56,6 +59,47 @@ def errno_of_s3(action: str, path: str) -> Iterator[None]:
         raise pyfuse3.FUSEError(exc.errno) from None
 
 
+# The request handlers pyfuse3 awaits (init is called, not awaited).
+HANDLERS = frozenset(name for name, value in vars(pyfuse3.Operations).items() if inspect.iscoroutinefunction(value))
+
+
+def _guarded(name: str, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(handler)
+    async def guarded(self: pyfuse3.Operations, *args: Any) -> Any:
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            if name == "forget":  # pyfuse3 sends forget no reply: an error would end its loop
+                return None
+            raise
+        except Exception as exc:
+            # pyfuse3 answers only FUSEError; anything else would end its loop, and with it
+            # the mount and every unsaved write of every open file.
+            if isinstance(exc, S3Error):
+                log.warning("%s failed: %s", name, exc)
+                code = exc.errno
+            else:
+                log.exception("%s failed with an unexpected error; the call fails with EIO, the mount stays up", name)
+                code = errno.EIO
+            if name == "forget":
+                return None
+            raise pyfuse3.FUSEError(code) from None
+
+    return guarded
+
+
+def guard_handlers(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
+    """Class decorator: no exception of a request handler ends the daemon.
+
+    Every handler cls defines fails its call instead: S3Error with its errno, any
+    other exception (a bug, MemoryError, an OSError nobody expected) with EIO and
+    its traceback in the log.
+    """
+    for name in HANDLERS & vars(cls).keys():
+        setattr(cls, name, _guarded(name, getattr(cls, name)))
+    return cls
+
+
 @dataclass
 class FileHandle:
     node: Node
@@ -65,6 +109,7 @@ class FileHandle:
     pinned: bool = False  # reader reads one version for good (.versions/, --at)
 
 
+@guard_handlers
 class S3Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     # The kernel gathers small writes into large ones (a 4 KiB write costs no round
@@ -546,6 +591,8 @@ class S3Operations(pyfuse3.Operations):
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)  # a truncate
         with errno_of_s3("setattr", node.path):
+            if fields.update_size:
+                check_file_size(attr.st_size)  # before any request
             await self._change_file(
                 node,
                 lambda writer: self._change(writer, fields.update_size, attr.st_size, changes),
@@ -710,6 +757,8 @@ class S3Operations(pyfuse3.Operations):
     ) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             log.warning("rename with RENAME_EXCHANGE refused: S3 cannot swap two objects atomically")
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if flags & ~pyfuse3.RENAME_NOREPLACE:  # RENAME_WHITEOUT (overlay file systems) and any newer flag
             raise pyfuse3.FUSEError(errno.EINVAL)
         node = await self._existing(parent_inode_old, name_old)
         self._refuse_in_control_dir(node)

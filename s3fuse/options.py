@@ -41,6 +41,7 @@ IGNORED_MOUNT_OPTIONS = {
     "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
     "nonempty", "async", "sync", "dirsync", "diratime", "nodiratime", "strictatime", "nostrictatime",
     "lazytime", "nolazytime", "silent", "loud", "owner", "group", "nosymfollow",
+    "default_permissions",  # FUSE's: always on, the kernel checks modes
 }  # fmt: skip
 # The canned ACLs S3 accepts for objects (log-delivery-write is for buckets only).
 CANNED_OBJECT_ACLS = [
@@ -50,6 +51,13 @@ CANNED_OBJECT_ACLS = [
 ALL_BUCKETS = "s3://"  # as BUCKET: mount every bucket of the account
 # -o names that differ from the long option they mean.
 MOUNT_OPTION_ALIASES = {"ro": "read-only", "allow_other": "allow-other"}
+
+
+def fuse_option_value(text: str) -> str:
+    """A value handed to FUSE inside its own -o list: no commas, not empty."""
+    if not text or "," in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be non-empty, without commas or backslashes")
+    return text
 
 
 def parse_size(text: str) -> int:
@@ -202,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("-f", "--foreground", action="store_true", help="stay attached to the terminal (default: detach)")
     fs.add_argument("--read-only", action="store_true", help="mount read-only")
     fs.add_argument("--allow-other", action="store_true", help="let other users access the mount (FUSE allow_other)")
+    fs.add_argument(
+        "--fsname",
+        type=fuse_option_value,
+        default=None,
+        help="the mount's source in /proc/mounts, df and mount (FUSE fsname; default: s3fuse:BUCKET)",
+    )
+    fs.add_argument(
+        "--subtype",
+        type=fuse_option_value,
+        default="s3fuse",
+        help="the type shown as fuse.SUBTYPE in /proc/mounts (FUSE subtype; default: s3fuse)",
+    )
     fs.add_argument("--uid", type=int, default=os.getuid(), help="owner of entries without metadata (default: you)")
     fs.add_argument("--gid", type=int, default=os.getgid(), help="group of entries without metadata (default: yours)")
     fs.add_argument("--file-mode", type=parse_mode, default=0o644, help="mode of files without metadata (default: 644)")

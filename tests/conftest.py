@@ -495,18 +495,21 @@ class Mounter:
         env: dict[str, str | None] | None = None,
         endpoint: bool = True,
         at: Path | None = None,
+        launcher: Path | None = None,
     ) -> Path:
         """Mount with --foreground and --log-file (and --endpoint-url unless endpoint=False), at
-        ``at`` (an empty directory) or a new one in tmp_path, which only root can reach."""
+        ``at`` (an empty directory) or a new one in tmp_path, which only root can reach.
+        ``launcher``: a script run instead of ``-m s3fuse`` (it changes s3fuse, then runs it)."""
         self._rearm_watchdog()
         n = next(self._serial)
         mnt = at or self.tmp_path / f"mnt{n}"
         mnt.mkdir(exist_ok=at is not None)
         log = self.tmp_path / f"s3fuse{n}.log"
         output = self.tmp_path / f"s3fuse{n}.out"
-        cmd = [sys.executable, "-m", "s3fuse", bucket, str(mnt), "--foreground", "--log-file", str(log), *args]
+        program = [str(launcher)] if launcher else ["-m", "s3fuse"]
+        cmd = [sys.executable, *program, bucket, str(mnt), "--foreground", "--log-file", str(log), *args]
         if endpoint:
-            cmd[5:5] = ["--endpoint-url", self.moto.url]
+            cmd[len(program) + 3 : len(program) + 3] = ["--endpoint-url", self.moto.url]
         with open(output, "wb") as out:
             proc = subprocess.Popen(
                 cmd,

@@ -71,7 +71,8 @@ def test_mount_t_fuse_s3fuse(s3, bucket, moto, tmp_path, s3fuse_on_standard_path
     mnt, log = tmp_path / "mnt", tmp_path / "s3fuse.log"
     mnt.mkdir()
     res = system_mount(
-        "-t", "fuse.s3fuse", bucket, str(mnt), "-o", f"endpoint_url={moto.url},log_file={log},allow_other",
+        "-t", "fuse.s3fuse", bucket, str(mnt), "-o",
+        f"endpoint_url={moto.url},log_file={log},allow_other,fsname=backup-{bucket},default_permissions",
         tmp_path=tmp_path,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -80,8 +81,9 @@ def test_mount_t_fuse_s3fuse(s3, bucket, moto, tmp_path, s3fuse_on_standard_path
     (mnt / "written.txt").write_bytes(b"and back\n")
     assert s3.get_object(Bucket=bucket, Key="written.txt")["Body"].read() == b"and back\n"
     with open("/proc/self/mounts") as mounts:
-        options = next(line.split()[3] for line in mounts if line.split()[1] == str(mnt)).split(",")
-    assert "allow_other" in options
+        source, _, _, options = next(line.split()[:4] for line in mounts if line.split()[1] == str(mnt))
+    assert "allow_other" in options.split(",")
+    assert source == f"backup-{bucket}"  # what test tools and df identify the file system by
     unmount_and_wait(mnt, log)
 
 

@@ -405,7 +405,7 @@ def test_cp_r_tree(s3, bucket, mount, moto, tmp_path):
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
-RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 
 
 def renameat2(old: Path, new: Path, flags: int) -> None:
@@ -502,6 +502,9 @@ def test_rename_flags_and_hard_links_refused(s3, bucket, mount):
     assert err.value.errno == errno.EEXIST
     with pytest.raises(OSError) as err:
         renameat2(mnt / "a.txt", mnt / "b.txt", RENAME_EXCHANGE)
+    assert err.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as err:
+        renameat2(mnt / "a.txt", mnt / "d.txt", RENAME_WHITEOUT)  # overlayfs's: no whiteouts in S3
     assert err.value.errno == errno.EINVAL
     renameat2(mnt / "a.txt", mnt / "c.txt", RENAME_NOREPLACE)  # no target: allowed
     with pytest.raises(OSError) as err:
