@@ -37,8 +37,8 @@ MiB = 1 << 20
 MIN_PART = 8 * MiB  # S3 wants at least 5 MiB in every part but the last
 MAX_PARTS = 10_000
 MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit; larger objects are copied part by part
-# The largest file s3fuse writes: 5 TiB, the largest object of S3 until December 2025 and
-# still of MinIO, Ceph and most other servers (AWS now takes 10,000 parts of 5 GiB, 48.8 TiB).
+# The largest file s3fuse writes: 5 TiB, the largest object of classic S3 and still of MinIO,
+# Ceph and most other servers (AWS has since raised its own to 10,000 parts of 5 GiB, 48.8 TiB).
 # A write or truncate past it fails with EFBIG before anything is sent.
 MAX_FILE_SIZE = 5 << 40
 SINGLE_PUT_LIMIT = MIN_PART  # files up to this size are one PutObject
