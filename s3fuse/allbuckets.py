@@ -30,14 +30,15 @@ import pyfuse3
 import trio
 
 from .blockcache import BlockCache
+from .errors import FsError
 from .journal import JournalInUse
 from .metadata import EntryInfo
 from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry, refuse
 from .names import NAME_MAX, decode_name, invalid_reason
-from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of_s3, guard_handlers
+from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of, guard_handlers
 from .options import ALL_BUCKETS
-from .s3client import ClientSettings, S3Client, S3Error, boto_session, make_boto_client, region_of
+from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
 from .xattrs import is_s3fuse_name
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class BucketTable:
         """S3 says the bucket does not exist (deleted elsewhere): the table learns it too."""
         try:
             yield
-        except S3Error as exc:
+        except FsError as exc:
             if exc.errno == errno.ENOENT:
                 self._retire(bucket)
             raise
@@ -183,7 +184,7 @@ class BucketTable:
         try:
             ops = S3Operations(s3, opts, bucket.root_inode, self.blocks.scoped(bucket.name))
         except JournalInUse as exc:
-            raise S3Error(errno.EBUSY, "JournalInUse", str(exc)) from None
+            raise FsError(errno.EBUSY, "JournalInUse", str(exc)) from None
         if self.nursery is not None:
             ops.nursery = self.nursery
         return ops
@@ -193,7 +194,7 @@ class BucketTable:
         client = self.s3.client
         try:
             answer = await self.s3.run(lambda: client.get_bucket_location(Bucket=name))
-        except S3Error as exc:
+        except FsError as exc:
             if exc.errno in (errno.ENOENT, errno.EIO):  # gone, or S3 unreachable: the lookup fails
                 raise
             log.info("no region for bucket %r (%s); using %s", name, exc, client.meta.region_name)
@@ -290,7 +291,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         return await self._tree(self._bucket(inode))
 
     async def _tree(self, bucket: Bucket) -> S3Operations:
-        with errno_of_s3("open bucket", bucket.name):
+        with errno_of("open bucket", bucket.name):
             return await self.buckets.ops(bucket)
 
     def _handle_ops(self, fh: int) -> S3Operations:
@@ -320,7 +321,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         text = decode_name(name)
         if text is None:
             return None
-        with errno_of_s3("list buckets", ALL_BUCKETS):
+        with errno_of("list buckets", ALL_BUCKETS):
             return await self.buckets.find(text)
 
     async def _existing(self, name: bytes) -> Bucket:
@@ -423,7 +424,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         if range_of(fh) != ROOT_RANGE:
             return await self._handle_ops(fh).readdir(fh, start_id, token)
         if start_id == 0:  # opened, or rewound: a listing at most --dir-ttl old
-            with errno_of_s3("list buckets", ALL_BUCKETS):
+            with errno_of("list buckets", ALL_BUCKETS):
                 self._listings[fh] = await self.buckets.listing()
         listing = self._listings[fh]
         for index in range(start_id, len(listing)):
@@ -456,7 +457,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         if text is None:
             log.warning("refusing bucket name %r: not UTF-8", name)
             raise pyfuse3.FUSEError(errno.EINVAL)
-        with errno_of_s3("create bucket", text):
+        with errno_of("create bucket", text):
             if await self.buckets.find(text) is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             bucket = await self.buckets.create(text, new_entry(stat.S_IFDIR, mode, ctx.uid, ctx.gid))
@@ -467,7 +468,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         if parent_inode != pyfuse3.ROOT_INODE:
             return await (await self._ops(parent_inode)).rmdir(parent_inode, name, ctx)
         bucket = await self._existing(name)
-        with errno_of_s3("delete bucket", bucket.name):
+        with errno_of("delete bucket", bucket.name):
             await self.buckets.delete(bucket)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

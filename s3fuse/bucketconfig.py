@@ -25,7 +25,8 @@ from typing import Any
 
 import botocore.exceptions
 
-from .s3client import S3Client, S3Error
+from .errors import FsError, S3Error
+from .s3client import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ Document = dict[str, Any]
 JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
 
-def _invalid(name: str, code: str, message: str) -> S3Error:
-    return S3Error(errno.EINVAL, code, f".s3/{name}: {message}")
+def _invalid(name: str, code: str, message: str) -> FsError:
+    return FsError(errno.EINVAL, code, f".s3/{name}: {message}")
 
 
 def _bad_answer(name: str, message: str) -> S3Error:
@@ -238,7 +239,7 @@ class ConfigDocument:
         for a bad content (here or by the server), EACCES for a refused permission.
         """
         if not self.put_op or not self.put_arg:
-            raise S3Error(errno.EPERM, "ReadOnly", f".s3/{self.name} is read-only")
+            raise FsError(errno.EPERM, "ReadOnly", f".s3/{self.name} is read-only")
         doc = self._parse(data)
         if self.text:
             op, value = self.put_op, data.decode()  # the policy goes as written, not re-serialized
@@ -299,7 +300,7 @@ class ConfigDocument:
     async def delete(self, s3: S3Client) -> None:
         """Remove the configuration (EPERM for a document S3 cannot delete, ENOENT when there is none)."""
         if not self.delete_op:
-            raise S3Error(
+            raise FsError(
                 errno.EPERM, "NotDeletable", f".s3/{self.name} cannot be removed; write a new content instead"
             )
         try:

@@ -19,9 +19,10 @@ import trio
 from cachetools import TTLCache
 
 from .bucketconfig import DOCUMENTS, ConfigDocument
+from .errors import FsError
 from .metadata import EntryInfo, directory
 from .names import at_or_below
-from .s3client import S3Client, S3Error
+from .s3client import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class ControlDir:
     def document(self, name: str) -> ConfigDocument:
         document = DOCUMENTS.get(name)
         if document is None:
-            raise S3Error(errno.ENOENT, "NoSuchConfiguration", f"no bucket configuration is called {name!r}")
+            raise FsError(errno.ENOENT, "NoSuchConfiguration", f"no bucket configuration is called {name!r}")
         return document
 
     def file_info(self, name: str, content: bytes) -> EntryInfo:
@@ -111,7 +112,7 @@ class ControlDir:
         async def read(name: str) -> None:
             try:
                 content = await self.content(name)
-            except S3Error as exc:  # a server without that API: leave the file out
+            except FsError as exc:  # a server without that API: leave the file out
                 log.info("bucket configuration %r could not be read: %s", name, exc)
                 return
             if content is not None:
@@ -126,7 +127,7 @@ class ControlDir:
         document = self.document(name)
         content = b"" if truncate else await self.content(name, fresh=True)
         if content is None and not create:
-            raise S3Error(errno.ENOENT, "NoSuchConfiguration", f"the bucket has no {name} configuration")
+            raise FsError(errno.ENOENT, "NoSuchConfiguration", f"the bucket has no {name} configuration")
         return ControlFile(document, content or b"")
 
     async def save(self, opened: ControlFile) -> None:
@@ -137,7 +138,7 @@ class ControlDir:
         self._contents.pop(name, None)
         try:
             await opened.document.write(self.s3, bytes(opened.content))
-        except S3Error as exc:
+        except FsError as exc:
             log.warning("bucket configuration %s not changed: %s", name, exc)
             raise
         opened.dirty = False
@@ -146,7 +147,7 @@ class ControlDir:
     async def delete(self, name: str) -> None:
         document = self.document(name)
         if not document.deletable:
-            raise S3Error(errno.EPERM, "NotDeletable", f"S3 cannot delete a bucket's {name} configuration")
+            raise FsError(errno.EPERM, "NotDeletable", f"S3 cannot delete a bucket's {name} configuration")
         self._contents.pop(name, None)
         await document.delete(self.s3)
         log.info("bucket configuration %s deleted", name)

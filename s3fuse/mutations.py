@@ -17,11 +17,12 @@ import time
 from typing import Any
 
 from .blockcache import BlockCache
+from .errors import FsError
 from .inodes import Node
 from .metadata import EntryInfo
 from .names import dir_prefix, file_key
 from .namespace import Namespace
-from .s3client import S3Client, S3Error
+from .s3client import S3Client
 from .upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
 from .writeback import WriteBack
 
@@ -36,9 +37,9 @@ DELETE_BATCHES_PER_PAGE = 4
 MIN_DELETE_BATCH = 25
 
 
-def refuse(code: int, message: str, *args: Any) -> S3Error:
+def refuse(code: int, message: str, *args: Any) -> FsError:
     """An error that is the file system's answer, not a failed request."""
-    return S3Error(code, errno.errorcode.get(code, "Error"), message % args)
+    return FsError(code, errno.errorcode.get(code, "Error"), message % args)
 
 
 class Mutations:

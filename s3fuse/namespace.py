@@ -19,12 +19,13 @@ from collections.abc import Callable, Sequence
 import trio
 from cachetools import LRUCache, TTLCache
 
+from .errors import FsError
 from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
 from .names import dir_prefix, file_key, invalid_reason, join, split
 from .reader import ObjectReader
-from .s3client import S3Client, S3Error
+from .s3client import S3Client
 from .siblings import SiblingTracker
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Namespace:
         try:
             asked_at = time.monotonic()
             return from_head(await self.s3.call("head_object", Key=key), asked_at)
-        except S3Error as exc:
+        except FsError as exc:
             if exc.errno == errno.ENOENT:
                 return None
             raise
@@ -378,7 +379,7 @@ class DirHandle:
             key = file_key(self.ns.root_prefix, join(self.path, name))
             try:
                 info = await self.ns.head(key)
-            except S3Error as exc:
+            except FsError as exc:
                 log.warning("HEAD %r failed (%s); listing it without its metadata", key, exc)
                 return
             if info is not None:

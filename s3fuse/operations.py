@@ -28,6 +28,7 @@ import trio
 
 from .blockcache import BlockCache
 from .controldir import CONTROL_DIR, ControlDir, ControlDirHandle, ControlFile, document_name, in_control_dir
+from .errors import FsError
 from .inodes import KernelForgetting, Node
 from .metadata import EntryInfo
 from .metrics import METRICS, STATS_XATTR
@@ -35,7 +36,7 @@ from .mutations import Mutations, new_entry
 from .names import NAME_MAX, decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
 from .reader import ObjectReader
-from .s3client import S3Client, S3Error
+from .s3client import S3Client
 from .upload import HeaderChanges, check_file_size
 from .versions import VERSIONS_DIR, TimeView, VersionListing, Versions, in_versions_dir, version_reader
 from .writeback import OpenFile, WriteBack
@@ -49,14 +50,20 @@ FAKE_CAPACITY_BLOCKS = 1 << 40  # statfs: S3 has no capacity; report 4 PiB free 
 
 
 @contextmanager
-def errno_of_s3(action: str, path: str) -> Iterator[None]:
-    """Report a failed S3 call as the errno its error maps to, with one log line."""
+def errno_of(action: str, path: str) -> Iterator[None]:
+    """Report a failed call (an FsError, S3's included) as its errno, with one log line."""
     try:
         yield
-    except S3Error as exc:
-        level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.ENODATA) else logging.WARNING
-        log.log(level, "%s %r failed: %s", action, path, exc)
+    except FsError as exc:
+        _log_failure(exc, "%s %r failed: %s", action, path, exc)
         raise pyfuse3.FUSEError(exc.errno) from None
+
+
+def _log_failure(exc: FsError, message: str, *args: Any) -> None:
+    if exc.logged:
+        return
+    level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.ENODATA) else logging.WARNING
+    log.log(level, message, *args)
 
 
 # The request handlers pyfuse3 awaits (init is called, not awaited).
@@ -75,8 +82,8 @@ def _guarded(name: str, handler: Callable[..., Awaitable[Any]]) -> Callable[...,
         except Exception as exc:
             # pyfuse3 answers only FUSEError; anything else would end its loop, and with it
             # the mount and every unsaved write of every open file.
-            if isinstance(exc, S3Error):
-                log.warning("%s failed: %s", name, exc)
+            if isinstance(exc, FsError):
+                _log_failure(exc, "%s failed: %s", name, exc)
                 code = exc.errno
             else:
                 log.exception("%s failed with an unexpected error; the call fails with EIO, the mount stays up", name)
@@ -91,7 +98,7 @@ def _guarded(name: str, handler: Callable[..., Awaitable[Any]]) -> Callable[...,
 def guard_handlers(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
     """Class decorator: no exception of a request handler ends the daemon.
 
-    Every handler cls defines fails its call instead: S3Error with its errno, any
+    Every handler cls defines fails its call instead: FsError with its errno, any
     other exception (a bug, MemoryError, an OSError nobody expected) with EIO and
     its traceback in the log.
     """
@@ -208,7 +215,7 @@ class S3Operations(pyfuse3.Operations):
         A new version of the object has a new inode (see Namespace.resolve); ESTALE
         makes the kernel look the name up again and retry with that inode.
         """
-        with errno_of_s3(action, node.path):
+        with errno_of(action, node.path):
             fresh = await self.ns.revalidate(node)
         if fresh is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -295,7 +302,7 @@ class S3Operations(pyfuse3.Operations):
         text = decode_name(name)
         if text is None or not parent.info.is_dir:
             return None
-        with errno_of_s3("lookup", join(parent.path, text)):
+        with errno_of("lookup", join(parent.path, text)):
             if parent.path == "" and text == CONTROL_DIR:
                 return self.ns.inodes.resolve(CONTROL_DIR, self.control.info())
             if parent.path == "" and text == VERSIONS_DIR and self.time_view is None:
@@ -323,7 +330,7 @@ class S3Operations(pyfuse3.Operations):
         node = self._node(inode)
         if in_control_dir(node.path) or self._history(node.path) is not None:
             return self._attributes(node)
-        with errno_of_s3("stat", node.path):
+        with errno_of("stat", node.path):
             fresh = await self.ns.revalidate(node)
         if fresh is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -367,7 +374,7 @@ class S3Operations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
-        with errno_of_s3("list", handle.path):
+        with errno_of("list", handle.path):
             await self._readdir(handle, start_id, token)
         self._forget_surplus()
 
@@ -381,7 +388,7 @@ class S3Operations(pyfuse3.Operations):
         while True:
             try:
                 item = await handle.entry(index)
-            except S3Error:
+            except FsError:
                 if index > start_id:
                     return  # deliver what the kernel accepted; the next call retries the page
                 raise
@@ -418,7 +425,7 @@ class S3Operations(pyfuse3.Operations):
         if history is not None:
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EROFS)
-            with errno_of_s3("open", node.path):
+            with errno_of("open", node.path):
                 version = await history.version(node.path)
             assert self.nursery is not None
             reader = version_reader(self.s3, self.opts, version, self.blocks, self.nursery)
@@ -444,7 +451,7 @@ class S3Operations(pyfuse3.Operations):
 
     async def _open_control(self, node: Node, flags: int, create: bool) -> pyfuse3.FileInfo:
         writing = flags & os.O_ACCMODE != os.O_RDONLY
-        with errno_of_s3("open", node.path):
+        with errno_of("open", node.path):
             document = self.control.document(document_name(node.path))
             if writing and not document.writable:
                 raise pyfuse3.FUSEError(errno.EACCES)
@@ -506,7 +513,7 @@ class S3Operations(pyfuse3.Operations):
             return await handle.reader.read(off, size)
         writer = self.wb.files.get(handle.node.inode)
         if writer is not None and writer.spill is not None:  # unsaved changes: read them
-            with errno_of_s3("read", handle.node.path):
+            with errno_of("read", handle.node.path):
                 return await writer.read(off, size)
         return await self._reader_for(handle).read(off, size)
 
@@ -519,7 +526,7 @@ class S3Operations(pyfuse3.Operations):
         writer = handle.writer
         if writer is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        with errno_of_s3("write", handle.node.path):
+        with errno_of("write", handle.node.path):
             await writer.write(off, buf)
         return len(buf)
 
@@ -527,11 +534,11 @@ class S3Operations(pyfuse3.Operations):
         """close(): the data is in S3 when this returns, or with --write-back in the local journal."""
         handle = self._files[fh]
         if handle.control is not None:
-            with errno_of_s3("save", handle.node.path):
+            with errno_of("save", handle.node.path):
                 await self.control.save(handle.control)
         if handle.writer is None:
             return
-        with errno_of_s3("save", handle.node.path):
+        with errno_of("save", handle.node.path):
             if self.opts.write_back:  # durable locally; uploaded in the background after the last close
                 await self.wb.acknowledge(handle.writer)
             elif not handle.writer.only_emptied:
@@ -540,7 +547,7 @@ class S3Operations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._files[fh]
         if handle.writer is not None:
-            with errno_of_s3("fsync", handle.node.path):
+            with errno_of("fsync", handle.node.path):
                 await handle.writer.save()
         else:
             await self.flush(fh)
@@ -590,7 +597,7 @@ class S3Operations(pyfuse3.Operations):
             return self._attributes(node)
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)  # a truncate
-        with errno_of_s3("setattr", node.path):
+        with errno_of("setattr", node.path):
             if fields.update_size:
                 check_file_size(attr.st_size)  # before any request
             await self._change_file(
@@ -682,9 +689,9 @@ class S3Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         history = self._history(node.path)
         if history is not None:
-            with errno_of_s3("readlink", node.path):
+            with errno_of("readlink", node.path):
                 return await history.readlink(node.path)
-        with errno_of_s3("readlink", node.path):
+        with errno_of("readlink", node.path):
             return bytes(await self._reader(node.path, node.info).fetch_range(0, node.info.size))
 
     # ---- the tree
@@ -693,7 +700,7 @@ class S3Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._new_path(parent_inode, name)
-        with errno_of_s3("mkdir", path):
+        with errno_of("mkdir", path):
             node = await self.mut.mkdir(path, new_entry(stat.S_IFDIR, mode, ctx.uid, ctx.gid))
         node.nlookup += 1
         return self._attributes(node)
@@ -703,7 +710,7 @@ class S3Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._new_path(parent_inode, name)
         info = new_entry(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid, size=len(target))
-        with errno_of_s3("symlink", path):
+        with errno_of("symlink", path):
             node = await self.mut.symlink(path, target, info)
         node.nlookup += 1
         return self._attributes(node)
@@ -730,7 +737,7 @@ class S3Operations(pyfuse3.Operations):
         self._refuse_in_history(node)
         if node.info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        with errno_of_s3("unlink", node.path):
+        with errno_of("unlink", node.path):
             if in_control_dir(node.path):
                 await self.control.delete(document_name(node.path))
                 self.ns.inodes.detach(node.path, tree=False)
@@ -743,7 +750,7 @@ class S3Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         self._refuse_in_control_dir(node)
         self._refuse_in_history(node)
-        with errno_of_s3("rmdir", node.path):
+        with errno_of("rmdir", node.path):
             await self.mut.rmdir(node)
 
     async def rename(
@@ -776,7 +783,7 @@ class S3Operations(pyfuse3.Operations):
             return
         await self.wb.settled(node)
         try:
-            with errno_of_s3("rename", node.path):
+            with errno_of("rename", node.path):
                 await self.mut.rename(node, new_path, target)
         except pyfuse3.FUSEError:
             if node.info.is_dir:  # maybe half done: the kernel must ask again what the new name is
@@ -806,13 +813,13 @@ class S3Operations(pyfuse3.Operations):
         node = self._xattr_node(inode)
         history = self._history(node.path)
         if history is not None:
-            with errno_of_s3("getxattr", node.path):
+            with errno_of("getxattr", node.path):
                 values = await history.xattrs(node.path)
             value = values.get(name.decode(errors="surrogateescape"))
             if value is None:
                 raise pyfuse3.FUSEError(errno.ENODATA)
             return value
-        with errno_of_s3("getxattr", node.path):
+        with errno_of("getxattr", node.path):
             return await self.xattrs.get(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -824,21 +831,21 @@ class S3Operations(pyfuse3.Operations):
             raise
         history = self._history(node.path)
         if history is not None:
-            with errno_of_s3("listxattr", node.path):
+            with errno_of("listxattr", node.path):
                 return [name.encode() for name in await history.xattrs(node.path)]
-        with errno_of_s3("listxattr", node.path):
+        with errno_of("listxattr", node.path):
             return [name.encode() for name in await self.xattrs.names(node, is_root=node.path == "")]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._xattr_node(inode)
         self._refuse_in_history(node)
-        with errno_of_s3("setxattr", node.path):
+        with errno_of("setxattr", node.path):
             await self.xattrs.set(node, name.decode(errors="surrogateescape"), value, is_root=node.path == "")
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._xattr_node(inode)
         self._refuse_in_history(node)
-        with errno_of_s3("removexattr", node.path):
+        with errno_of("removexattr", node.path):
             await self.xattrs.remove(node, name.decode(errors="surrogateescape"), is_root=node.path == "")
 
     async def shutdown(self) -> None:

@@ -18,11 +18,11 @@ import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 
-import pyfuse3
 import trio
 
 from .blockcache import BlockCache
-from .s3client import S3Client, S3Error
+from .errors import FsError, S3Error
+from .s3client import S3Client
 from .stream import BodyStream
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ class ObjectReader:
             self._close_streams()
             self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
             return await self._read_range(offset, size)
-        except S3Error as exc:
-            raise self._fuse_error(exc) from exc
+        except FsError as exc:
+            raise self._read_error(exc) from exc
 
     async def _read_stream(self, offset: int, size: int) -> bytes | memoryview | None:
         """The bytes from the reader's streams (started here when reads become a stream), or None."""
@@ -188,7 +188,7 @@ class ObjectReader:
     async def _prefetch(self, index: int) -> None:
         try:
             await self._block(index)
-        except S3Error as exc:  # the reader that needs this block will see the error itself
+        except FsError as exc:  # the reader that needs this block will see the error itself
             log.debug("read-ahead of %r block %d failed: %s", self.key, index, exc)
 
     def _cache_key(self, index: int) -> Hashable:
@@ -233,11 +233,12 @@ class ObjectReader:
             raise S3Error(errno.EIO, "ShortRead", f"got {len(data)} of {end - start} bytes at offset {start}")
         return data
 
-    def _fuse_error(self, exc: S3Error) -> pyfuse3.FUSEError:
+    def _read_error(self, exc: FsError) -> FsError:
+        """What a read that failed with exc returns (logged here, where the key is known)."""
         if exc.errno in (errno.ESTALE, errno.ENOENT):
             self.on_changed()
             log.warning("%r changed or vanished in S3 while open (%s); reopen the file to read it again", self.key, exc)
-            return pyfuse3.FUSEError(errno.EIO)
+            return FsError(errno.EIO, "ChangedWhileOpen", str(exc), logged=True)
         if exc.code == "InvalidObjectState":
             log.warning(
                 "%r is archived (GLACIER or DEEP_ARCHIVE) and not restored; restore a copy first, e.g. "
@@ -245,6 +246,6 @@ class ObjectReader:
                 'shows ongoing-request="false"',
                 self.key,
             )
-            return pyfuse3.FUSEError(exc.errno)
+            return FsError(exc.errno, exc.code, str(exc), logged=True)
         log.warning("reading %r failed: %s", self.key, exc)
-        return pyfuse3.FUSEError(exc.errno)
+        return FsError(exc.errno, exc.code, str(exc), logged=True)

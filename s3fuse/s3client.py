@@ -30,6 +30,7 @@ import trio
 
 from . import direct
 from .direct import DirectRequests, parse_timestamp
+from .errors import S3Error
 from .metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,6 @@ BODY_READ_ERRORS = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ConnectionClosedError,
 )
-
-
-class S3Error(Exception):
-    """An S3 call failed; ``errno`` says how the file system reports it."""
-
-    def __init__(self, errno_: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.errno = errno_
-        self.code = code
 
 
 def s3_error(code: str, message: str) -> S3Error:

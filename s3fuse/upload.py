@@ -29,7 +29,8 @@ from urllib.parse import quote
 
 import trio
 
-from .s3client import S3Client, S3Error, s3_error
+from .errors import FsError
+from .s3client import S3Client, s3_error
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ def planned_part_size(size: int) -> int:
 
 
 def check_file_size(size: int) -> None:
-    """EFBIG (as S3Error) for a file size s3fuse cannot store as one object."""
+    """EFBIG (FsError) for a file size s3fuse cannot store as one object."""
     if size > MAX_FILE_SIZE:
-        raise S3Error(errno.EFBIG, "FileTooLarge", f"{size} bytes: the largest file is {MAX_FILE_SIZE} (5 TiB)")
+        raise FsError(errno.EFBIG, "FileTooLarge", f"{size} bytes: the largest file is {MAX_FILE_SIZE} (5 TiB)")
 
 
 def streamed_part_size(index: int) -> int:
@@ -237,8 +238,8 @@ async def gather(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> N
                 slots.release()
                 nursery.start_soon(one, job)
     except BaseExceptionGroup as group:
-        # Callers map an S3Error to an errno; a group of them would reach nobody.
-        failures = group.subgroup(S3Error)
+        # Callers map an FsError to an errno; a group of them would reach nobody.
+        failures = group.subgroup(FsError)
         if failures is None:
             raise
         first: BaseException = failures
@@ -367,7 +368,7 @@ class MultipartUpload:
         try:
             with trio.CancelScope(shield=True):
                 await self.s3.call("abort_multipart_upload", Key=self.key, UploadId=self.upload_id)
-        except S3Error as exc:
+        except FsError as exc:
             log.warning(
                 "could not abort the upload of %r (%s); 's3fuse cleanup %s' will", self.key, exc, self.s3.bucket
             )

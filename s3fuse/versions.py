@@ -54,11 +54,12 @@ import trio
 from cachetools import LRUCache, TTLCache
 
 from .blockcache import BlockCache
+from .errors import FsError
 from .listing import DirectoryStream
 from .metadata import EntryInfo
 from .names import at_or_below, dir_prefix, invalid_reason, join, split
 from .reader import ObjectReader
-from .s3client import S3Client, S3Error
+from .s3client import S3Client
 from .upload import gather
 
 log = logging.getLogger(__name__)
@@ -552,21 +553,21 @@ class _Tree:
         """The version a file entry reads (give it to ``version_reader``); for ``latest``, the one it names."""
         entry = await self.lookup(path)
         if entry is None or entry.version is None:
-            raise S3Error(errno.ENOENT, "NoSuchVersion", f"{path!r} is no version of a key")
+            raise FsError(errno.ENOENT, "NoSuchVersion", f"{path!r} is no version of a key")
         return entry.version
 
     async def readlink(self, path: str) -> bytes:
         """The target of a ``latest`` symlink: the name of the current version's entry beside it."""
         entry = await self.lookup(path)
         if entry is None or entry.version is None or not entry.info.is_symlink:
-            raise S3Error(errno.EINVAL, "NotASymlink", f"{path!r} is no symlink")
+            raise FsError(errno.EINVAL, "NotASymlink", f"{path!r} is no symlink")
         return entry.version.name.encode()
 
     async def xattrs(self, path: str) -> dict[str, bytes]:
         """The xattrs of an entry, names to values (``version_xattrs``); none for a directory."""
         entry = await self.lookup(path)
         if entry is None:
-            raise S3Error(errno.ENOENT, "NoSuchVersion", f"nothing is at {path!r}")
+            raise FsError(errno.ENOENT, "NoSuchVersion", f"nothing is at {path!r}")
         version = entry.version
         if version is None:
             return {}

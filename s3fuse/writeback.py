@@ -32,6 +32,7 @@ import trio
 from cachetools import LRUCache
 
 from .blockcache import BlockCache
+from .errors import FsError
 from .extents import Extents
 from .inodes import Node
 from .journal import Journal, JournalInUse
@@ -40,7 +41,7 @@ from .metrics import METRICS
 from .names import at_or_below, file_key, split
 from .namespace import Namespace
 from .reader import ObjectReader
-from .s3client import S3Client, S3Error
+from .s3client import S3Client
 from .spill import SpillFile
 from .upload import (
     MAX_SINGLE_COPY,
@@ -182,7 +183,7 @@ class WriteBack:
                     name = await trio.to_thread.run_sync(self.journal.write, record, fd)
                 except OSError as exc:
                     if exc.errno != errno.ENOSPC or not self.others_queued(of):
-                        raise S3Error(exc.errno or errno.EIO, "Journal", f"journaling {of.key!r}: {exc}") from exc
+                        raise FsError(exc.errno or errno.EIO, "Journal", f"journaling {of.key!r}: {exc}") from exc
                 else:
                     of.replace_record(name)
                     break
@@ -237,7 +238,7 @@ class WriteBack:
             try:
                 await of.save()
                 continue
-            except S3Error as exc:
+            except FsError as exc:
                 if of.handles:
                     return  # opened again: its next close journals and queues it
                 if exc.errno in FINAL_ERRORS:
@@ -326,12 +327,12 @@ class WriteBack:
     async def uploaded(self, node: Node) -> None:
         """Wait for the background upload of a journaled file (--write-back) to end.
 
-        If the upload keeps failing, S3Error (EIO) rather than an endless wait.
+        If the upload keeps failing, FsError (EIO) rather than an endless wait.
         """
         of = self.files.get(node.inode)
         while of is not None and of.queued and not of.handles:
             if of.failure is not None:
-                raise S3Error(errno.EIO, "NotUploaded", f"{of.key!r} is not in S3 yet: {of.failure}")
+                raise FsError(errno.EIO, "NotUploaded", f"{of.key!r} is not in S3 yet: {of.failure}")
             await self.upload_ended.wait()
 
     async def settled(self, node: Node) -> None:
@@ -367,7 +368,7 @@ class WriteBack:
             await of.save()
             while of.dirty and not of.unlinked and not reopened():  # attributes changed while it was saved
                 await of.save()
-        except S3Error as exc:
+        except FsError as exc:
             if not reopened():
                 of.keep_locally(str(exc))
         finally:
@@ -541,7 +542,7 @@ class OpenFile:
                     spill.write(offset, data)
                 except OSError as exc:
                     if exc.errno != errno.ENOSPC or not self.wb.others_queued(self):
-                        raise S3Error(exc.errno or errno.EIO, "LocalDisk", f"writing {self.key!r}: {exc}") from exc
+                        raise FsError(exc.errno or errno.EIO, "LocalDisk", f"writing {self.key!r}: {exc}") from exc
                 else:
                     self._touch(spill.size)
                     if self.stream is not None:
@@ -556,7 +557,7 @@ class OpenFile:
             try:
                 spill.truncate(size)
             except OSError as exc:  # the cache dir's file system: EFBIG, ENOSPC, EIO
-                raise S3Error(exc.errno or errno.EIO, "LocalDisk", f"truncating {self.key!r}: {exc}") from exc
+                raise FsError(exc.errno or errno.EIO, "LocalDisk", f"truncating {self.key!r}: {exc}") from exc
             self._touch(size)
             if self.stream is not None:
                 self.stream.truncated(size)
@@ -599,7 +600,7 @@ class OpenFile:
             self.spill = self.wb.new_spill(self.base.size)  # no stream: it is never uploaded
         try:
             await self.spill.fill(0, self.spill.base_limit, self._fetch_base, self.wb.opts.block_size)
-        except (S3Error, OSError) as exc:
+        except (FsError, OSError) as exc:
             log.warning("%r was removed while open; its bytes not written here are lost to it: %s", self.key, exc)
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -652,7 +653,7 @@ class OpenFile:
         return not (self.wrote or self.attributes_changed) and self.node.info.size == 0
 
     async def save(self) -> None:
-        """Make S3 hold this file as it is now; S3Error if that failed (the data stays here)."""
+        """Make S3 hold this file as it is now; FsError if that failed (the data stays here)."""
         async with self.lock:
             if self.unlinked:
                 await self._drop_stream()
@@ -663,7 +664,7 @@ class OpenFile:
             self.wb.saving += 1
             try:
                 await self._save()
-            except S3Error as exc:
+            except FsError as exc:
                 await self._drop_stream()
                 log.warning("saving %r to S3 failed: %s", self.key, exc)
                 self.failure = str(exc)
@@ -707,7 +708,7 @@ class OpenFile:
         if self.base is not None and self.base.etag is not None:
             try:
                 current = await self.wb.s3.call("head_object", Key=self.key)
-            except S3Error as exc:
+            except FsError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
                 current = None
@@ -737,9 +738,9 @@ class OpenFile:
     def _conflict(self, needs_base: bool) -> None:
         what = f"{self.key!r} changed in S3 since it was opened here"
         if needs_base:
-            raise S3Error(errno.ESTALE, "Conflict", f"{what}; its unchanged bytes can no longer be copied")
+            raise FsError(errno.ESTALE, "Conflict", f"{what}; its unchanged bytes can no longer be copied")
         if self.wb.opts.on_conflict == "fail":
-            raise S3Error(errno.ESTALE, "Conflict", f"{what} (--on-conflict fail)")
+            raise FsError(errno.ESTALE, "Conflict", f"{what} (--on-conflict fail)")
         log.warning("%s; overwriting it (--on-conflict overwrite)", what)
 
     async def _rebuild(self, spill: SpillFile, headers: ObjectHeaders) -> str:
@@ -841,7 +842,7 @@ class StreamingUpload:
         self.sent_end = 0  # parts cover [0, sent_end)
         self.parts = 0
         self.broken = False
-        self.error: S3Error | None = None
+        self.error: FsError | None = None
         self.in_flight = 0
         self.idle = trio.Event()
         self.idle.set()
@@ -882,11 +883,11 @@ class StreamingUpload:
                 await self._start()
                 assert self.upload is not None
                 await self.upload.send_part(number, FileRange(fd, start, end))
-        except S3Error as exc:
+        except FsError as exc:
             self.error = self.error or exc
         except Exception as exc:  # a background task: anything uncaught would end the daemon
             log.exception("sending part %d of %r failed", number, self.of.key)
-            self.error = self.error or S3Error(errno.EIO, type(exc).__name__, str(exc))
+            self.error = self.error or FsError(errno.EIO, type(exc).__name__, str(exc))
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

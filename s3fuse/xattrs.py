@@ -25,10 +25,11 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
+from .errors import FsError, S3Error
 from .inodes import Node
 from .metadata import META_GID, META_MODE, META_MTIME, META_UID
 from .names import file_key
-from .s3client import S3Client, S3Error
+from .s3client import S3Client
 from .torrent import TorrentBuilder, is_torrent
 from .upload import HeaderChanges, ObjectHeaders
 
@@ -78,13 +79,13 @@ def is_s3fuse_name(name: bytes) -> bool:
     return name.startswith(NAMESPACES)
 
 
-def invalid(name: str, why: str) -> S3Error:
+def invalid(name: str, why: str) -> FsError:
     log.warning("xattr %s: %s", name, why)
-    return S3Error(errno.EINVAL, "InvalidXattrValue", why)
+    return FsError(errno.EINVAL, "InvalidXattrValue", why)
 
 
-def no_such_attribute(name: str) -> S3Error:
-    return S3Error(errno.ENODATA, "NoSuchXattr", f"no attribute {name}")
+def no_such_attribute(name: str) -> FsError:
+    return FsError(errno.ENODATA, "NoSuchXattr", f"no attribute {name}")
 
 
 def to_json(value: Any) -> bytes:
@@ -169,7 +170,7 @@ class Xattrs:
         if head is None:
             try:
                 head = await self.s3.call("head_object", Key=key)
-            except S3Error as exc:
+            except FsError as exc:
                 if exc.errno == errno.ENOENT:  # not in S3 yet (still being written)
                     raise S3Error(errno.ENODATA, exc.code, f"{key!r} is not in S3 yet") from None
                 raise
@@ -185,7 +186,7 @@ class Xattrs:
             return []
         try:
             head = await self._head(self._key(node), node.info.etag)
-        except S3Error as exc:
+        except FsError as exc:
             if exc.errno != errno.ENODATA:
                 raise
             return [USER + name for name in self._metadata(node, {})] + [UPLOAD_STATE]
@@ -221,7 +222,7 @@ class Xattrs:
         if name == "s3.tags":
             try:
                 return tags_of(await self.s3.call("get_bucket_tagging"))
-            except S3Error as exc:
+            except FsError as exc:
                 if exc.code in ("NoSuchTagSet", "NoSuchTagSetError"):
                     return to_json({})
                 raise
@@ -278,7 +279,7 @@ class Xattrs:
         try:
             params = self.s3.params("get_object_torrent", Key=key)
             served = await self.s3.run(lambda: self.s3.client.get_object_torrent(**params)["Body"].read())
-        except S3Error as exc:
+        except FsError as exc:
             log.debug("GetObjectTorrent of %r failed (%s); building the torrent here", key, exc)
             served = b""
         if is_torrent(served, length=int(head.get("ContentLength", 0))):
@@ -317,7 +318,7 @@ class Xattrs:
         elif name == "s3.tags":
             await self.s3.call("put_bucket_tagging", **tags_params(name, value))
         elif name in BUCKET_NAMES:
-            raise S3Error(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be changed")
+            raise FsError(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be changed")
         else:
             raise self._unsettable(name)
 
@@ -344,16 +345,16 @@ class Xattrs:
             await self.s3.call("restore_object", Key=key, RestoreRequest={"Days": int(days)})
             log.info("restore of %r for %s days requested", key, days)
         elif name in OBJECT_NAMES or name == UPLOAD_STATE:
-            raise S3Error(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be changed")
+            raise FsError(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be changed")
         else:
             raise self._unsettable(name)
 
     @staticmethod
-    def _unsettable(name: str) -> S3Error:
+    def _unsettable(name: str) -> FsError:
         if name.startswith(("s3.", USER)):
             return no_such_attribute(name)
         log.debug("xattr %s refused: S3 keeps only user.* and s3.* attributes", name)
-        return S3Error(errno.EOPNOTSUPP, "UnsupportedXattr", f"{name}: only user.* and s3.* attributes exist here")
+        return FsError(errno.EOPNOTSUPP, "UnsupportedXattr", f"{name}: only user.* and s3.* attributes exist here")
 
     async def remove(self, node: Node, name: str, is_root: bool) -> None:
         key = "" if is_root else self._key(node)
@@ -366,7 +367,7 @@ class Xattrs:
                     raise no_such_attribute(name)  # as getxattr: chmod, chown and touch keep those
                 await self.change_headers(node, HeaderChanges(metadata={meta_name: None}))
             elif name in OBJECT_NAMES or name in BUCKET_NAMES:
-                raise S3Error(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be removed")
+                raise FsError(errno.EPERM, "ReadOnlyXattr", f"{name} cannot be removed")
             else:
                 raise no_such_attribute(name)
         finally:
@@ -375,7 +376,7 @@ class Xattrs:
     async def _stored_or_pending(self, node: Node, key: str) -> dict[str, str]:
         try:
             head = await self._head(key, node.info.etag)
-        except S3Error as exc:
+        except FsError as exc:
             if exc.errno != errno.ENODATA:
                 raise
             head = {}

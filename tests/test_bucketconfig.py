@@ -29,7 +29,8 @@ from conftest import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, base_env, boto_
 
 from s3fuse import bucketconfig
 from s3fuse.bucketconfig import DOCUMENTS, ConfigDocument
-from s3fuse.s3client import ClientSettings, S3Client, S3Error, make_boto_client
+from s3fuse.errors import FsError
+from s3fuse.s3client import ClientSettings, S3Client, make_boto_client
 
 OWNER_ARN = "arn:aws:iam::123456789012:role/replication"
 
@@ -61,8 +62,8 @@ async def write_json(client: S3Client, name: str, doc: Any) -> None:
     await DOCUMENTS[name].write(client, json.dumps(doc).encode())
 
 
-async def expect_einval(client: S3Client, name: str, data: bytes, *fragments: str) -> S3Error:
-    with pytest.raises(S3Error) as info:
+async def expect_einval(client: S3Client, name: str, data: bytes, *fragments: str) -> FsError:
+    with pytest.raises(FsError) as info:
         await DOCUMENTS[name].write(client, data)
     assert info.value.errno == errno.EINVAL, info.value
     for fragment in fragments:
@@ -232,7 +233,7 @@ async def test_write_read_round_trip_bad_content_and_delete(client, s3, bucket, 
         assert ground(s3, case.get_op, bucket, case.unwrap) is None
         assert await doc.read(client) is None
     else:
-        with pytest.raises(S3Error) as info:
+        with pytest.raises(FsError) as info:
             await doc.delete(client)
         assert info.value.errno == errno.EPERM
         assert ground(s3, case.get_op, bucket, case.unwrap) == truth
@@ -267,7 +268,7 @@ async def test_policy_is_the_document_itself_sent_as_written(client, s3, bucket)
 @pytest.mark.trio
 async def test_policy_the_server_stored_as_garbage_is_an_error_not_content(client, s3, bucket):
     s3.put_bucket_policy(Bucket=bucket, Policy="not a policy")  # moto stores it
-    with pytest.raises(S3Error) as info:
+    with pytest.raises(FsError) as info:
         await DOCUMENTS["policy"].read(client)
     assert info.value.errno == errno.EIO and "not JSON" in str(info.value)
 
@@ -426,14 +427,14 @@ async def test_access_denied_keeps_eacces_and_a_missing_bucket_enoent(client, bu
             DOCUMENTS["cors"].read(nobody),
             DOCUMENTS["policy"].delete(nobody),
         ):
-            with pytest.raises(S3Error) as info:
+            with pytest.raises(FsError) as info:
                 await attempt
             assert (info.value.errno, info.value.code) == (errno.EACCES, "AccessDenied")
     finally:
         server.stop()
 
     client.bucket = bucket + "-missing"
-    with pytest.raises(S3Error) as info:
+    with pytest.raises(FsError) as info:
         await write_json(client, "tagging", {"TagSet": [{"Key": "a", "Value": "b"}]})
     assert (info.value.errno, info.value.code) == (errno.ENOENT, "NoSuchBucket")
 
@@ -518,7 +519,7 @@ async def test_location_is_read_only(client, s3, bucket):
     assert not location.writable and not location.deletable
     assert loads(await location.read(client)) == ground(s3, "get_bucket_location", bucket)
     for attempt in (location.write(client, b'{"LocationConstraint": "eu-west-1"}'), location.delete(client)):
-        with pytest.raises(S3Error) as info:
+        with pytest.raises(FsError) as info:
             await attempt
         assert info.value.errno == errno.EPERM
 
@@ -545,7 +546,7 @@ async def test_request_payment_falls_back_to_the_s3_default_when_the_server_send
 @pytest.mark.trio
 async def test_a_value_the_server_should_not_have_sent_is_an_error(client, s3, bucket):
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Sideways"})  # moto stores it
-    with pytest.raises(S3Error) as info:
+    with pytest.raises(FsError) as info:
         await DOCUMENTS["versioning"].read(client)
     assert info.value.errno == errno.EIO and "Status='Sideways'" in str(info.value)
 

@@ -23,10 +23,11 @@ import trio
 from conftest import base_env
 
 from s3fuse.blockcache import BlockCache
+from s3fuse.errors import FsError
 from s3fuse.metadata import EntryInfo
 from s3fuse.options import parse_args
 from s3fuse.reader import ObjectReader
-from s3fuse.s3client import ClientSettings, S3Client, S3Error, make_boto_client
+from s3fuse.s3client import ClientSettings, S3Client, make_boto_client
 from s3fuse.versions import TimeView, Versions, ordered_versions, record_kinds, version_reader
 
 UTC = datetime.UTC
@@ -376,9 +377,9 @@ def unversioned_server() -> Iterator[str]:
 @pytest.mark.trio
 async def test_a_server_without_versions(unversioned_server, client_for):
     versions = Versions(client_for(unversioned_server, "bucket"), options("bucket"))
-    with pytest.raises(S3Error) as failure:
+    with pytest.raises(FsError) as failure:
         await versions.lookup(".versions/a")
     assert failure.value.errno == errno.EOPNOTSUPP
-    with pytest.raises(S3Error) as failure:
+    with pytest.raises(FsError) as failure:
         await listdir(versions, ".versions")
     assert failure.value.errno == errno.EOPNOTSUPP
