@@ -45,6 +45,7 @@ from .xattrs import Xattrs, is_s3fuse_name
 log = logging.getLogger(__name__)
 
 PREFERRED_IO_SIZE = 1 << 20  # st_blksize: the largest request FUSE sends
+READ_ATTEMPTS = 5  # a read of a file with unsaved changes, each cut short by a save of the file
 SHORT_REPLY = KernelForgetting.THREADS // 2  # readdir entries per reply past --inode-limit
 FAKE_CAPACITY_BLOCKS = 1 << 40  # statfs: S3 has no capacity; report 4 PiB free like peers
 
@@ -511,11 +512,17 @@ class S3Operations(pyfuse3.Operations):
         if handle.pinned:
             assert handle.reader is not None
             return await handle.reader.read(off, size)
-        writer = self.wb.files.get(handle.node.inode)
-        if writer is not None and writer.spill is not None:  # unsaved changes: read them
-            with errno_of("read", handle.node.path):
-                return await writer.read(off, size)
-        return await self._reader_for(handle).read(off, size)
+        for _ in range(READ_ATTEMPTS):
+            writer = self.wb.files.get(handle.node.inode)
+            if writer is None or writer.spill is None:
+                return await self._reader_for(handle).read(off, size)
+            with errno_of("read", handle.node.path):  # unsaved changes: read them
+                data = await writer.read(off, size)
+            if data is not None:
+                return data
+            # else a save of the file ended meanwhile: read it again, as it is now
+        log.warning("read %r: saved %d times while it was read; giving up", handle.node.path, READ_ATTEMPTS)
+        raise pyfuse3.FUSEError(errno.EIO)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._files[fh]

@@ -181,7 +181,9 @@ class SpillFile:
             return b""
         pieces = []
         with self.in_use():
-            for s, e, inside in self.written.segments(start, end):
+            # A list, not the lazy generator: a write or truncate while this awaits S3
+            # changes ``written``, and a generator would then walk the wrong extents.
+            for s, e, inside in list(self.written.segments(start, end)):
                 if inside:
                     memory = self._memory
                     pieces.append(bytes(memory[s:e]) if memory is not None else os.pread(self._fd, e - s, s))
@@ -199,7 +201,14 @@ class SpillFile:
         with self.in_use():
             for s, e, inside in list(self.written.segments(start, min(end, self.base_limit))):
                 for offset in range(s, e, block) if not inside else ():
-                    self.write(offset, await fetch_base(offset, min(e, offset + block)))
+                    data = await fetch_base(offset, min(e, offset + block))
+                    # Only what is still the base object's: a write that landed while this
+                    # awaited S3 (keep_content runs without the file's lock) stays.
+                    for s2, e2, written in list(
+                        self.written.segments(offset, min(offset + len(data), self.base_limit))
+                    ):
+                        if not written:
+                            self.write(s2, data[s2 - offset : e2 - offset])
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:

@@ -603,14 +603,28 @@ class OpenFile:
         except (FsError, OSError) as exc:
             log.warning("%r was removed while open; its bytes not written here are lost to it: %s", self.key, exc)
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | None:
         """Bytes of the file with its unsaved changes (the caller saw ``spill`` set).
 
         Not under the lock: a read must not wait for an upload. A save that ends while
-        this awaits S3 closes the spill file only after this read (SpillFile.in_use).
+        this awaits S3 closes the spill file only after this read (SpillFile.in_use), but
+        it replaces the object the read fetches unwritten bytes from: its GET (If-Match)
+        then fails with 412. None says so: the caller reads the file as it is now.
         """
-        assert self.spill is not None
-        return await self.spill.read(offset, offset + size, self._fetch_base)
+        spill, base = self.spill, self.base
+        assert spill is not None
+        try:
+            return await spill.read(offset, offset + size, self._fetch_base)
+        except FsError as exc:
+            if exc.errno != errno.ESTALE:
+                raise
+            # S3 may answer the GET (412) before the save's own answer is handled here:
+            # wait for a save that runs to end before telling whether it replaced the object.
+            async with self.lock:
+                pass
+            if self.base is not base:
+                return None
+            raise
 
     async def _fetch_base(self, start: int, end: int) -> bytes:
         assert self.base is not None
@@ -763,7 +777,8 @@ class OpenFile:
             # From the spill file, never whole in memory: a part of a large file is up to
             # 525 MiB, and one of a sparse file is mostly a hole (zeros the file reads as).
             await spill.fill(start, end, self._fetch_base, self.wb.opts.block_size)
-            await upload.send_part(number, FileRange(spill.fd, start, end))
+            with spill.in_use():
+                await upload.send_part(number, FileRange(spill.fd, start, end))
 
         jobs = [
             (
@@ -861,34 +876,45 @@ class StreamingUpload:
         # A part goes as soon as the writer reaches its end, so a file that ends on a part
         # boundary has nothing left to send at close; up to SINGLE_PUT_LIMIT it is one PutObject.
         while end >= self.sent_end + streamed_part_size(self.parts) and end > SINGLE_PUT_LIMIT:
-            self._send_next(self.sent_end + streamed_part_size(self.parts), spill.fd)
+            self._send_next(self.sent_end + streamed_part_size(self.parts), spill)
 
-    def _send_next(self, end: int, fd: int) -> None:
-        """Send [sent_end, end) as the next part, in the background."""
+    def _send_next(self, end: int, spill: SpillFile) -> None:
+        """Send [sent_end, end) as the next part, in the background.
+
+        The part holds its spill file open from now until it is sent: the file may be
+        closed meanwhile (--write-back forks it when the file is reopened for writing),
+        and a part must never read a descriptor number that another file has taken.
+        """
         self.parts += 1
         self.in_flight += 1
         self.idle = trio.Event() if self.in_flight == 1 else self.idle
-        self.nursery.start_soon(self._send, self.parts, self.sent_end, end, fd)
+        held = contextlib.ExitStack()
+        held.enter_context(spill.in_use())
+        self.nursery.start_soon(self._send, self.parts, self.sent_end, end, spill, held)
         self.sent_end = end
 
     def truncated(self, size: int) -> None:
         if size < self.sent_end:
             self.broken = True
 
-    async def _send(self, number: int, start: int, end: int, fd: int) -> None:
+    async def _send(self, number: int, start: int, end: int, spill: SpillFile, held: contextlib.ExitStack) -> None:
         try:
             async with self.slots:
                 if self.broken or self.error is not None:
                     return
                 await self._start()
                 assert self.upload is not None
-                await self.upload.send_part(number, FileRange(fd, start, end))
+                await self.upload.send_part(number, FileRange(spill.fd, start, end))
         except FsError as exc:
             self.error = self.error or exc
         except Exception as exc:  # a background task: anything uncaught would end the daemon
-            log.exception("sending part %d of %r failed", number, self.of.key)
+            if self.broken:  # a truncate cut the part's bytes: the stream was given up anyway
+                log.debug("part %d of %r abandoned: %s", number, self.of.key, exc)
+            else:
+                log.exception("sending part %d of %r failed", number, self.of.key)
             self.error = self.error or FsError(errno.EIO, type(exc).__name__, str(exc))
         finally:
+            held.close()
             self.in_flight -= 1
             if self.in_flight == 0:
                 self.idle.set()
@@ -905,7 +931,7 @@ class StreamingUpload:
         """Send the tail alongside the parts still in flight, complete the upload; returns the new ETag."""
         assert self.of.spill is not None
         while self.sent_end < size:  # the tail: usually less than one part
-            self._send_next(min(size, self.sent_end + streamed_part_size(self.parts)), self.of.spill.fd)
+            self._send_next(min(size, self.sent_end + streamed_part_size(self.parts)), self.of.spill)
         await self.idle.wait()
         if self.error is not None:
             raise self.error
