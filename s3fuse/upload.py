@@ -30,6 +30,7 @@ from urllib.parse import quote
 import trio
 
 from .errors import FsError
+from .extents import Extents
 from .s3client import S3Client, s3_error
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,28 @@ def planned_part_size(size: int) -> int:
     """Part size for an upload of known size: at least MIN_PART, at most 10,000 parts."""
     part = max(MIN_PART, -(-size // MAX_PARTS))
     return -(-part // MiB) * MiB
+
+
+def rebuild_plan(size: int, base_limit: int, written: Extents) -> list[tuple[int, int, bool]]:
+    """The parts of an object of ``size`` bytes rebuilt from an older one: (start, end, copy).
+
+    The old object's bytes are in use below ``base_limit`` except where ``written`` (sent
+    from the spill file); ``base_limit`` 0: no old object. Parts are ``planned_part_size``
+    long (the last one shorter); a part wholly below ``base_limit`` with no written byte
+    is copied inside S3 (UploadPartCopy), and a run of such parts is one copy of up to
+    ``MAX_SINGLE_COPY``. So every part but the last is at least MIN_PART, none exceeds
+    5 GiB, and there are at most MAX_PARTS.
+    """
+    part = planned_part_size(size)
+    plan: list[tuple[int, int, bool]] = []
+    for start in range(0, size, part):
+        end = min(start + part, size)
+        copy = end <= base_limit and not written.intersects(start, end)
+        if copy and plan and plan[-1][2] and end - plan[-1][0] <= MAX_SINGLE_COPY:
+            plan[-1] = (plan[-1][0], end, True)  # one copy part for a long unchanged run
+        else:
+            plan.append((start, end, copy))
+    return plan
 
 
 def check_file_size(size: int) -> None:

@@ -44,7 +44,6 @@ from .reader import ObjectReader
 from .s3client import S3Client
 from .spill import SpillFile
 from .upload import (
-    MAX_SINGLE_COPY,
     SINGLE_PUT_LIMIT,
     FileRange,
     HeaderChanges,
@@ -55,9 +54,9 @@ from .upload import (
     copy_object,
     gather,
     guess_content_type,
-    planned_part_size,
     process_alive,
     put_object,
+    rebuild_plan,
     streamed_part_size,
 )
 
@@ -759,17 +758,8 @@ class OpenFile:
 
     async def _rebuild(self, spill: SpillFile, headers: ObjectHeaders) -> str:
         """A multipart upload of a large file: unchanged ranges copied, changed ranges sent."""
-        size = spill.size
-        part = planned_part_size(size)
         base = self.base
-        plan: list[tuple[int, int, bool]] = []  # (start, end, copy)
-        for start in range(0, size, part):
-            end = min(start + part, size)
-            copy = base is not None and end <= spill.base_limit and not spill.written.intersects(start, end)
-            if copy and plan and plan[-1][2] and end - plan[-1][0] <= MAX_SINGLE_COPY:
-                plan[-1] = (plan[-1][0], end, True)  # one copy part for a long unchanged run
-            else:
-                plan.append((start, end, copy))
+        plan = rebuild_plan(spill.size, spill.base_limit if base is not None else 0, spill.written)
         upload = MultipartUpload(self.wb.s3, self.key, headers, self.wb.registry)
         await upload.start()
 

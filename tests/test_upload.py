@@ -10,10 +10,15 @@ import random
 import pytest
 import trio
 from conftest import boto_client, keys_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s3fuse import upload
+from s3fuse.extents import Extents
 from s3fuse.s3client import ClientSettings, S3Client
 from s3fuse.upload import (
+    MAX_FILE_SIZE,
+    SINGLE_PUT_LIMIT,
     FileRange,
     MiB,
     UploadRegistry,
@@ -22,6 +27,7 @@ from s3fuse.upload import (
     copy_object,
     delete_keys,
     planned_part_size,
+    rebuild_plan,
     streamed_part_size,
 )
 
@@ -33,6 +39,31 @@ def test_part_sizes_reach_five_tib_within_10000_parts():
     assert part % MiB == 0 and -(-five_tib // part) <= 10_000 and part <= 5 << 30
     streamed = sum(streamed_part_size(i) for i in range(10_000))
     assert streamed >= five_tib and max(streamed_part_size(i) for i in range(10_000)) <= 5 << 30
+
+
+S3_MIN_PART, S3_MAX_PART, S3_MAX_PARTS = 5 * MiB, 5 << 30, 10_000  # S3's multipart limits
+sizes = st.one_of(st.integers(SINGLE_PUT_LIMIT + 1, 200 * MiB), st.integers(200 * MiB, MAX_FILE_SIZE))
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes, st.data())
+def test_a_rebuild_plan_tiles_the_file_within_s3_limits_and_copies_what_it_can(size, data):
+    base_limit = data.draw(st.sampled_from([0, size, data.draw(st.integers(0, size))]))
+    offsets = st.integers(0, size - 1)
+    written = Extents.of(
+        [sorted((data.draw(offsets), data.draw(offsets))) for _ in range(data.draw(st.integers(0, 6)))]
+    )
+    plan = rebuild_plan(size, base_limit, written)
+    assert [s for s, _, _ in plan] == [0] + [e for _, e, _ in plan[:-1]] and plan[-1][1] == size  # tiles it
+    assert len(plan) <= S3_MAX_PARTS
+    assert all(e - s >= S3_MIN_PART for s, e, _ in plan[:-1])  # every part but the last
+    assert all(e - s <= S3_MAX_PART for s, e, _ in plan)
+    part = planned_part_size(size)
+    for s, e, copy in plan:
+        if copy:  # only unchanged bytes of the old object are copied ...
+            assert e <= base_limit and not written.intersects(s, e)
+        else:  # ... and every part that could be copied is
+            assert e - s <= part and (e > base_limit or written.intersects(s, e))
 
 
 @pytest.fixture
