@@ -190,6 +190,8 @@ class ObjectReader:
             await self._block(index)
         except FsError as exc:  # the reader that needs this block will see the error itself
             log.debug("read-ahead of %r block %d failed: %s", self.key, index, exc)
+        except Exception:  # a background task: anything uncaught would end the daemon
+            log.exception("read-ahead of %r block %d failed", self.key, index)
 
     def _cache_key(self, index: int) -> Hashable:
         if self.version_id is None:
