@@ -74,24 +74,21 @@ HANDLERS = frozenset(name for name, value in vars(pyfuse3.Operations).items() if
 def _guarded(name: str, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(handler)
     async def guarded(self: pyfuse3.Operations, *args: Any) -> Any:
+        # pyfuse3 answers only FUSEError; anything else would end its loop, and with it
+        # the mount and every unsaved write of every open file.
         try:
             return await handler(self, *args)
-        except pyfuse3.FUSEError:
-            if name == "forget":  # pyfuse3 sends forget no reply: an error would end its loop
-                return None
-            raise
-        except Exception as exc:
-            # pyfuse3 answers only FUSEError; anything else would end its loop, and with it
-            # the mount and every unsaved write of every open file.
-            if isinstance(exc, FsError):
-                _log_failure(exc, "%s failed: %s", name, exc)
-                code = exc.errno
-            else:
-                log.exception("%s failed with an unexpected error; the call fails with EIO, the mount stays up", name)
-                code = errno.EIO
-            if name == "forget":
-                return None
-            raise pyfuse3.FUSEError(code) from None
+        except pyfuse3.FUSEError as exc:
+            error = exc
+        except FsError as exc:
+            _log_failure(exc, "%s failed: %s", name, exc)
+            error = pyfuse3.FUSEError(exc.errno)
+        except Exception:
+            log.exception("%s failed with an unexpected error; the call fails with EIO, the mount stays up", name)
+            error = pyfuse3.FUSEError(errno.EIO)
+        if name == "forget":  # pyfuse3 sends forget no reply: an error would end its loop
+            return None
+        raise error
 
     return guarded
 

@@ -112,7 +112,7 @@ class ObjectReader:
             self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
             return await self._read_range(offset, size)
         except FsError as exc:
-            raise self._read_error(exc) from exc
+            raise self._read_error(exc)  # noqa: B904 (a new error has exc as its context; or it is exc)
 
     async def _read_stream(self, offset: int, size: int) -> bytes | memoryview | None:
         """The bytes from the reader's streams (started here when reads become a stream), or None."""
@@ -248,6 +248,7 @@ class ObjectReader:
                 'shows ongoing-request="false"',
                 self.key,
             )
-            return FsError(exc.errno, exc.code, str(exc), logged=True)
-        log.warning("reading %r failed: %s", self.key, exc)
-        return FsError(exc.errno, exc.code, str(exc), logged=True)
+        else:
+            log.warning("reading %r failed: %s", self.key, exc)
+        exc.logged = True
+        return exc

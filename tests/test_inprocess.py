@@ -22,13 +22,13 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_sparse import offsets
 
 from s3fuse import operations
 from s3fuse.options import parse_args
 from s3fuse.s3client import ClientSettings, S3Client, make_boto_client
 
 MIB = 1 << 20
-PART = 8 * MIB
 CTX = SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)
 
 
@@ -162,11 +162,6 @@ async def test_an_unexpected_exception_in_a_handler_is_eio(filesystem, monkeypat
         assert await fs.listdir("/") == []  # and the file system goes on
 
 
-offsets = st.builds(
-    lambda base, jitter: max(0, base + jitter),
-    st.sampled_from([0, PART - 4096, PART, 9 * MIB, 14 * MIB, 2 * PART, 3 * PART - 1]),
-    st.integers(-70_000, 70_000),
-)
 operation = st.one_of(
     st.tuples(st.just("pwrite"), offsets, st.integers(1, 128 << 10), st.integers(0, 2**16)),
     st.tuples(st.just("truncate"), offsets),
