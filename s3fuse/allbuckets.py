@@ -1,14 +1,14 @@
 """All-buckets mode (``s3fuse s3:// MOUNTPOINT``): every bucket of the account is a directory of the root.
 
-Owns the mount root and the table of buckets. The root lists ListBuckets (cached for
---dir-ttl); mkdir there is CreateBucket, rmdir DeleteBucket, and files, bucket renames
-and moves between buckets are refused. Each bucket is a whole single-bucket tree, an
-``S3Operations`` made when the bucket is first used, with a client in the bucket's
-region (GetBucketLocation). Bucket number i owns the inode and handle numbers
-[i << 40, (i + 1) << 40), its root directory first, so every request reaches its bucket
-by arithmetic; range 0 is the mount root's. The router answers for the root and for the
-bucket directories themselves (their attributes and the kernel's references to them);
-everything inside a bucket, its xattrs included, is that bucket's ``S3Operations``.
+Owns the mount root's tree and the table of buckets. The root lists ListBuckets (cached
+for --dir-ttl); mkdir there is CreateBucket, rmdir DeleteBucket, and files, bucket
+renames and moves between buckets are refused. Each bucket is a whole single-bucket
+mount's trees, a ``router.BucketRouter`` made when the bucket is first used, with a
+client in the bucket's region (GetBucketLocation). Bucket number i owns the inode
+numbers [i << 40, (i + 1) << 40), its root directory first, so ``AllBucketsRouter``
+finds every inode's bucket by arithmetic; range 0 is the mount root's. Names in the
+root (the bucket directories as entries: lookup, mkdir, rmdir) are the root tree's;
+the bucket directory itself and everything in it, its xattrs included, the bucket's.
 """
 
 from __future__ import annotations
@@ -18,28 +18,26 @@ import dataclasses
 import errno
 import functools
 import logging
-import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, NoReturn
+from typing import Any
 
 import pyfuse3
 import trio
 
 from .blockcache import BlockCache
 from .errors import FsError
+from .inodes import Node
 from .journal import JournalInUse
 from .metadata import EntryInfo
-from .metrics import METRICS, STATS_XATTR
-from .mutations import new_entry, refuse
-from .names import NAME_MAX, decode_name, invalid_reason
-from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of, guard_handlers
-from .options import ALL_BUCKETS
+from .mutations import refuse
+from .names import invalid_reason
+from .router import BucketRouter, no_such_inode
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
-from .xattrs import is_s3fuse_name
+from .tree import AttrChanges, DirEntries, OpenedFile, Tree
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +57,12 @@ class Bucket:
 
     name: str
     number: int
-    info: EntryInfo  # CreationDate as mtime; chmod, chown and touch are kept in memory, as for any directory
+    # The bucket directory; its info has CreationDate as mtime, and chmod, chown and touch
+    # are kept in memory, as for any directory. The bucket's namespace shares it as its root.
+    node: Node
     region: str | None = None  # known without asking when created here
-    nlookup: int = 0  # the kernel's references to the bucket directory
-    ops: S3Operations | None = None
-    lock: trio.Lock = field(default_factory=trio.Lock)  # one GetBucketLocation, one S3Operations
-
-    @property
-    def root_inode(self) -> int:
-        return self.number << RANGE_BITS
+    router: BucketRouter | None = None
+    lock: trio.Lock = field(default_factory=trio.Lock)  # one GetBucketLocation, one BucketRouter
 
 
 class BucketTable:
@@ -77,7 +72,10 @@ class BucketTable:
     directory; one that comes back later gets a new number, so no inode is reused.
     """
 
-    def __init__(self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace) -> None:
+    def __init__(
+        self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace, invalidate: Callable[[int], None]
+    ) -> None:
+        self.invalidate = invalidate  # drops an inode's kernel page cache
         self.s3 = s3  # in the mount's region, for ListBuckets, CreateBucket and GetBucketLocation
         self.settings = settings
         self.opts = opts
@@ -136,7 +134,8 @@ class BucketTable:
             params = {"ContinuationToken": page["ContinuationToken"]}
 
     def _add(self, name: str, info: EntryInfo) -> Bucket:
-        bucket = Bucket(name, next(self._numbers), info)
+        number = next(self._numbers)
+        bucket = Bucket(name, number, Node(number << RANGE_BITS, "", info))
         self.by_name[name] = bucket
         self.by_number[bucket.number] = bucket
         return bucket
@@ -153,7 +152,7 @@ class BucketTable:
         The kernel holds no inode of a bucket whose directory it forgot, and an
         in-flight first use holds the lock.
         """
-        if self.by_name.get(bucket.name) is not bucket and bucket.nlookup <= 0 and not bucket.lock.locked():
+        if self.by_name.get(bucket.name) is not bucket and bucket.node.nlookup <= 0 and not bucket.lock.locked():
             self.by_number.pop(bucket.number, None)
 
     # ---- each bucket's tree
@@ -168,26 +167,26 @@ class BucketTable:
                 self._retire(bucket)
             raise
 
-    async def ops(self, bucket: Bucket) -> S3Operations:
-        """The bucket's tree, made on first use with a client in the bucket's region."""
+    async def router(self, bucket: Bucket) -> BucketRouter:
+        """The bucket's trees, made on first use with a client in the bucket's region."""
         with self._retired_if_gone(bucket):
             async with bucket.lock:
-                if bucket.ops is None:
-                    bucket.ops = await self._make(bucket)
-                return bucket.ops
+                if bucket.router is None:
+                    bucket.router = await self._make(bucket)
+                return bucket.router
 
-    async def _make(self, bucket: Bucket) -> S3Operations:
+    async def _make(self, bucket: Bucket) -> BucketRouter:
         client = await self._client(bucket.region or await self._region(bucket.name))
         # The bucket's own options: WriteBack keeps its upload registry by bucket_name.
         opts = argparse.Namespace(**{**vars(self.opts), "bucket_name": bucket.name, "prefix": ""})
         s3 = self.s3.for_bucket(bucket.name, client)
         try:
-            ops = S3Operations(s3, opts, bucket.root_inode, self.blocks.scoped(bucket.name))
+            router = BucketRouter(s3, opts, self.invalidate, self.blocks.scoped(bucket.name), root=bucket.node)
         except JournalInUse as exc:
             raise FsError(errno.EBUSY, "JournalInUse", str(exc)) from None
         if self.nursery is not None:
-            ops.nursery = self.nursery
-        return ops
+            router.start(self.nursery)
+        return router
 
     async def _region(self, name: str) -> str | None:
         """GetBucketLocation; None (the mount's region) when S3 will not say."""
@@ -216,9 +215,9 @@ class BucketTable:
                 self._clients[region] = client
             return self._clients[region]
 
-    def made(self) -> Iterable[S3Operations]:
-        """The trees made so far."""
-        return [bucket.ops for bucket in self.by_number.values() if bucket.ops is not None]
+    def made(self) -> Iterable[BucketRouter]:
+        """The buckets' trees made so far."""
+        return [bucket.router for bucket in self.by_number.values() if bucket.router is not None]
 
     # ---- creating and deleting buckets
 
@@ -235,342 +234,142 @@ class BucketTable:
 
     async def delete(self, bucket: Bucket) -> None:
         """DeleteBucket; ENOTEMPTY when it holds objects, or files open for writing not yet saved."""
-        ops = await self.ops(bucket)
-        if ops.wb.files:
+        router = await self.router(bucket)
+        if router.bucket is not None and router.bucket.wb.files:
             raise refuse(errno.ENOTEMPTY, "bucket %r has files open for writing", bucket.name)
         with self._retired_if_gone(bucket):
-            await ops.s3.call("delete_bucket")
+            await router.s3.call("delete_bucket")
         self._retire(bucket)
 
 
-@guard_handlers
-class AllBucketsOperations(pyfuse3.Operations):
-    """Routes each request to the mount root, a bucket directory, or the bucket's own S3Operations."""
+class BucketsListing:
+    """readdir of the mount root: the buckets, from a listing at most --dir-ttl old when (re)started."""
 
-    supports_dot_lookup = S3Operations.supports_dot_lookup
-    enable_writeback_cache = S3Operations.enable_writeback_cache
-    # A fixed answer that describes no bucket: the same as a single-bucket mount's.
-    statfs = S3Operations.statfs
-    init = S3Operations.init
+    path = ""
 
-    def __init__(self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace) -> None:
-        super().__init__()
-        self.opts = opts
-        self.buckets = BucketTable(s3, settings, opts)
-        self.mount_time_ns = time.time_ns()
-        self.root = EntryInfo(is_dir=True, mtime_ns=self.mount_time_ns)
-        self._handles = count(pyfuse3.ROOT_INODE)  # the root's directory handles, in range 0
-        self._listings: dict[int, list[Bucket]] = {}
-        self.initialized = trio.Event()
+    def __init__(self, buckets: BucketTable) -> None:
+        self.buckets = buckets
+        self._listing: list[Bucket] = []
 
-    @property
-    def nursery(self) -> trio.Nursery | None:
-        return self.buckets.nursery
-
-    @nursery.setter
-    def nursery(self, nursery: trio.Nursery) -> None:
-        """Set by the mount loop; trees made later get it when they are made."""
-        self.buckets.nursery = nursery
-        for ops in self.buckets.made():
-            ops.nursery = nursery
-
-    async def shutdown(self) -> None:
-        """Before exit: every file still open for writing, in every bucket, is saved or kept locally."""
-        for ops in self.buckets.made():
-            await ops.shutdown()
-
-    # ---- routing
-
-    def _bucket(self, number: int) -> Bucket:
-        bucket = self.buckets.by_number.get(range_of(number))
-        if bucket is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return bucket
-
-    async def _ops(self, inode: int) -> S3Operations:
-        return await self._tree(self._bucket(inode))
-
-    async def _tree(self, bucket: Bucket) -> S3Operations:
-        with errno_of("open bucket", bucket.name):
-            return await self.buckets.ops(bucket)
-
-    def _handle_ops(self, fh: int) -> S3Operations:
-        """A file or directory handle's tree, which made the handle."""
-        bucket = self.buckets.by_number.get(range_of(fh))
-        ops = bucket.ops if bucket is not None else None
-        if ops is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        return ops
-
-    def _attributes(self, inode: int, info: EntryInfo) -> pyfuse3.EntryAttributes:
-        """The mount root or a bucket directory, with the mount's defaults for what is not set."""
-        opts = self.opts
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = inode
-        attr.entry_timeout = attr.attr_timeout = opts.attr_ttl
-        attr.st_mode = stat.S_IFDIR | stat.S_IMODE(info.mode if info.mode is not None else opts.dir_mode)
-        attr.st_nlink = 2
-        attr.st_uid = info.uid if info.uid is not None else opts.uid
-        attr.st_gid = info.gid if info.gid is not None else opts.gid
-        attr.st_blksize = PREFERRED_IO_SIZE
-        mtime = info.mtime_ns if info.mtime_ns is not None else self.mount_time_ns
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
-        return attr
-
-    async def _find(self, name: bytes) -> Bucket | None:
-        text = decode_name(name)
-        if text is None:
+    async def entry(self, index: int) -> tuple[str, EntryInfo] | None:
+        if index == 0:  # opened, or rewound
+            self._listing = await self.buckets.listing()
+        if index >= len(self._listing):
             return None
-        with errno_of("list buckets", ALL_BUCKETS):
-            return await self.buckets.find(text)
+        bucket = self._listing[index]
+        return bucket.name, bucket.node.info
 
-    async def _existing(self, name: bytes) -> Bucket:
+    def removed_since_listed(self) -> Callable[[str], bool] | None:
+        return None
+
+
+class BucketsTree(Tree):
+    """The mount root: a directory of buckets, which mkdir and rmdir create and delete."""
+
+    refusal = errno.EPERM  # files, symlinks and renames: the root holds buckets only
+
+    def __init__(self, buckets: BucketTable) -> None:
+        self.buckets = buckets
+        self.root = Node(pyfuse3.ROOT_INODE, "", EntryInfo(is_dir=True, mtime_ns=time.time_ns()))
+        self.root.nlookup = 1  # never forgotten
+
+    def refuse(self, what: str, node: Node) -> FsError:
+        log.warning("refusing %s in the mount root: it holds buckets only", what)
+        return super().refuse(what, node)
+
+    async def _find(self, name: str) -> Bucket | None:
+        return await self.buckets.find(name)
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
         bucket = await self._find(name)
         if bucket is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            return None
+        await self.buckets.router(bucket)  # its region now, so a bucket deleted since the listing is ENOENT
+        return bucket.node
+
+    async def setattr(self, node: Node, changes: AttrChanges, opened: OpenedFile | None) -> Node:
+        """S3 keeps no attributes of the mount root: they live in memory."""
+        if changes.size is not None:
+            raise FsError(errno.EISDIR, "IsADirectory", "the mount root is a directory")
+        wanted = {"mode": changes.mode, "uid": changes.uid, "gid": changes.gid, "mtime_ns": changes.mtime_ns}
+        node.info = dataclasses.replace(
+            node.info, **{name: value for name, value in wanted.items() if value is not None}
+        )
+        return node
+
+    async def opendir(self, node: Node) -> DirEntries:
+        return BucketsListing(self.buckets)
+
+    def entry_node(self, path: str, info: EntryInfo) -> Node:
+        return self.buckets.by_name[path].node
+
+    async def mkdir(self, parent: Node, name: str, info: EntryInfo) -> Node:
+        if await self._find(name) is not None:
+            raise FsError(errno.EEXIST, "BucketAlreadyExists", f"bucket {name!r} exists")
+        return (await self.buckets.create(name, info)).node
+
+    async def rmdir(self, node: Node) -> None:
+        bucket = self.buckets.by_number.get(range_of(node.inode))
+        if bucket is None:
+            raise FsError(errno.ENOENT, "NoSuchBucket", "the bucket is gone")
+        await self.buckets.delete(bucket)
+
+    async def setxattr(self, node: Node, name: str, value: bytes) -> None:
+        raise FsError(errno.ENOTSUP, "NotSupported", "the mount root has no attributes")
+
+    async def removexattr(self, node: Node, name: str) -> None:
+        await self.getxattr(node, name)  # ENODATA: the mount root has none
+
+
+class AllBucketsRouter:
+    """Routes by inode range: the mount root's tree, else the bucket's own router."""
+
+    def __init__(
+        self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace, invalidate: Callable[[int], None]
+    ) -> None:
+        self.buckets = BucketTable(s3, settings, opts, invalidate)
+        self.root = BucketsTree(self.buckets)
+
+    def _bucket(self, inode: int) -> Bucket:
+        bucket = self.buckets.by_number.get(range_of(inode))
+        if bucket is None:
+            raise no_such_inode(inode)
         return bucket
 
-    @staticmethod
-    def _refuse_file(name: bytes) -> NoReturn:
-        log.warning("refusing to create %r in the mount root: it holds buckets only", name)
-        raise pyfuse3.FUSEError(errno.EPERM)
+    async def route(self, inode: int) -> tuple[Tree, Node]:
+        if inode == self.root.root.inode:
+            return self.root, self.root.root
+        router = await self.buckets.router(self._bucket(inode))
+        return await router.route(inode)
 
-    # ---- names and attributes
+    async def child_tree(self, parent: Tree, parent_node: Node, name: str) -> Tree:
+        if parent is self.root:
+            return self.root
+        router = await self.buckets.router(self._bucket(parent_node.inode))
+        return await router.child_tree(parent, parent_node, name)
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if parent_inode != pyfuse3.ROOT_INODE:
-            return await (await self._ops(parent_inode)).lookup(parent_inode, name, ctx)
-        bucket = await self._find(name)
-        if bucket is None:
-            negative = pyfuse3.EntryAttributes()
-            negative.st_ino = 0  # a negative entry the kernel caches for entry_timeout
-            negative.entry_timeout = self.opts.negative_ttl
-            return negative
-        await self._tree(bucket)  # its region now, so a bucket deleted since the listing is ENOENT
-        bucket.nlookup += 1
-        return self._attributes(bucket.root_inode, bucket.info)
-
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    def forget(self, inodes: list[tuple[int, int]]) -> None:
         inside: dict[Bucket, list[tuple[int, int]]] = {}
-        for inode, nlookup in inode_list:
+        for inode, references in inodes:
             bucket = self.buckets.by_number.get(range_of(inode))
             if bucket is None:
                 continue  # the mount root, which is never forgotten
-            if inode == bucket.root_inode:
-                bucket.nlookup -= nlookup
+            if inode == bucket.node.inode:
+                bucket.node.nlookup -= references
                 self.buckets.release(bucket)
             else:
-                inside.setdefault(bucket, []).append((inode, nlookup))
-        for bucket, inodes in inside.items():
-            if bucket.ops is not None:
-                await bucket.ops.forget(inodes)
+                inside.setdefault(bucket, []).append((inode, references))
+        for bucket, counts in inside.items():
+            if bucket.router is not None:
+                bucket.router.forget(counts)
 
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if inode == pyfuse3.ROOT_INODE:
-            return self._attributes(inode, self.root)
-        bucket = self._bucket(inode)
-        if inode == bucket.root_inode:
-            return self._attributes(inode, bucket.info)
-        return await (await self._ops(inode)).getattr(inode, ctx)
+    def start(self, nursery: trio.Nursery) -> None:
+        """Trees made later get the nursery when they are made."""
+        self.buckets.nursery = nursery
+        for router in self.buckets.made():
+            router.start(nursery)
 
-    async def setattr(
-        self,
-        inode: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
-        fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        if inode == pyfuse3.ROOT_INODE:
-            self.root = self._changed(self.root, attr, fields)
-            return self._attributes(inode, self.root)
-        bucket = self._bucket(inode)
-        if inode == bucket.root_inode:
-            bucket.info = self._changed(bucket.info, attr, fields)
-            return self._attributes(inode, bucket.info)
-        return await (await self._ops(inode)).setattr(inode, attr, fields, fh, ctx)
-
-    @staticmethod
-    def _changed(info: EntryInfo, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> EntryInfo:
-        """A directory's attributes after a setattr; S3 keeps none of them, so they live in memory."""
-        if fields.update_size:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        wanted = (
-            (fields.update_mode, "mode", stat.S_IMODE(attr.st_mode)),
-            (fields.update_uid, "uid", attr.st_uid),
-            (fields.update_gid, "gid", attr.st_gid),
-            (fields.update_mtime, "mtime_ns", attr.st_mtime_ns),
-        )
-        return dataclasses.replace(info, **{name: value for update, name, value in wanted if update})
-
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        return True  # default_permissions: the kernel checks modes itself
-
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        if inode == pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        return await (await self._ops(inode)).readlink(inode, ctx)
-
-    # ---- directories
-
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if inode != pyfuse3.ROOT_INODE:
-            return await (await self._ops(inode)).opendir(inode, ctx)
-        fh = next(self._handles)
-        self._listings[fh] = []
-        return fh
-
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        if range_of(fh) != ROOT_RANGE:
-            return await self._handle_ops(fh).readdir(fh, start_id, token)
-        if start_id == 0:  # opened, or rewound: a listing at most --dir-ttl old
-            with errno_of("list buckets", ALL_BUCKETS):
-                self._listings[fh] = await self.buckets.listing()
-        listing = self._listings[fh]
-        for index in range(start_id, len(listing)):
-            bucket = listing[index]
-            if not pyfuse3.readdir_reply(
-                token, bucket.name.encode(), self._attributes(bucket.root_inode, bucket.info), index + 1
-            ):
-                return
-            bucket.nlookup += 1  # readdirplus: the kernel now holds a reference
-
-    async def releasedir(self, fh: int) -> None:
-        if range_of(fh) != ROOT_RANGE:
-            return await self._handle_ops(fh).releasedir(fh)
-        self._listings.pop(fh, None)
-
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        if range_of(fh) != ROOT_RANGE:
-            await self._handle_ops(fh).fsyncdir(fh, datasync)
-
-    # ---- buckets
-
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        if parent_inode != pyfuse3.ROOT_INODE:
-            return await (await self._ops(parent_inode)).mkdir(parent_inode, name, mode, ctx)
-        if len(name) > NAME_MAX:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        text = decode_name(name)
-        if text is None:
-            log.warning("refusing bucket name %r: not UTF-8", name)
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        with errno_of("create bucket", text):
-            if await self.buckets.find(text) is not None:
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            bucket = await self.buckets.create(text, new_entry(stat.S_IFDIR, mode, ctx.uid, ctx.gid))
-        bucket.nlookup += 1
-        return self._attributes(bucket.root_inode, bucket.info)
-
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if parent_inode != pyfuse3.ROOT_INODE:
-            return await (await self._ops(parent_inode)).rmdir(parent_inode, name, ctx)
-        bucket = await self._existing(name)
-        with errno_of("delete bucket", bucket.name):
-            await self.buckets.delete(bucket)
-
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if parent_inode != pyfuse3.ROOT_INODE:
-            return await (await self._ops(parent_inode)).unlink(parent_inode, name, ctx)
-        await self._existing(name)
-        raise pyfuse3.FUSEError(errno.EISDIR)  # the root holds buckets only
-
-    async def rename(
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        if parent_inode_old == pyfuse3.ROOT_INODE:
-            log.warning("rename of bucket %r refused: S3 cannot rename buckets", name_old)
-            raise pyfuse3.FUSEError(errno.EPERM)
-        if range_of(parent_inode_old) != range_of(parent_inode_new):
-            # Another bucket (or the root) is another file system: mv copies, then deletes.
-            raise pyfuse3.FUSEError(errno.EXDEV)
-        ops = await self._ops(parent_inode_old)
-        await ops.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
-
-    # ---- files: none in the root
-
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        if parent_inode == pyfuse3.ROOT_INODE:
-            self._refuse_file(name)
-        return await (await self._ops(parent_inode)).create(parent_inode, name, mode, flags, ctx)
-
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        if parent_inode == pyfuse3.ROOT_INODE:
-            self._refuse_file(name)
-        return await (await self._ops(parent_inode)).symlink(parent_inode, name, target, ctx)
-
-    async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        if parent_inode == pyfuse3.ROOT_INODE:
-            self._refuse_file(name)
-        return await (await self._ops(parent_inode)).mknod(parent_inode, name, mode, rdev, ctx)
-
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        return await (await self._ops(inode)).link(inode, new_parent_inode, new_name, ctx)
-
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if inode == pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        return await (await self._ops(inode)).open(inode, flags, ctx)
-
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        return await self._handle_ops(fh).read(fh, off, size)
-
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self._handle_ops(fh).write(fh, off, buf)
-
-    async def flush(self, fh: int) -> None:
-        await self._handle_ops(fh).flush(fh)
-
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._handle_ops(fh).fsync(fh, datasync)
-
-    async def release(self, fh: int) -> None:
-        await self._handle_ops(fh).release(fh)
-
-    async def poll(self, inode: int, fh: int, poll_handle: Any, ctx: pyfuse3.RequestContext) -> int:
-        return await self._handle_ops(fh).poll(inode, fh, poll_handle, ctx)
-
-    # ---- extended attributes: a bucket's are its tree's (bucket ACL, tags, location on its
-    # directory); the mount root has none.
-
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        # ls -l asks every bucket directory for security.* names: answered here, they do not
-        # cost a GetBucketLocation per bucket.
-        if self.opts.no_xattr:
-            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
-        if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
-            return METRICS.snapshot(ctx.pid).encode()
-        if inode == pyfuse3.ROOT_INODE or not is_s3fuse_name(name):
-            raise pyfuse3.FUSEError(errno.ENODATA)
-        return await (await self._ops(inode)).getxattr(inode, name, ctx)
-
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if inode == pyfuse3.ROOT_INODE:
-            return []
-        return await (await self._ops(inode)).listxattr(inode, ctx)
-
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if inode == pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENOTSUP)
-        await (await self._ops(inode)).setxattr(inode, name, value, ctx)
-
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if inode == pyfuse3.ROOT_INODE:
-            raise pyfuse3.FUSEError(errno.ENODATA)
-        await (await self._ops(inode)).removexattr(inode, name, ctx)
+    async def shutdown(self) -> None:
+        """Every file still open for writing, in every bucket, is saved or kept locally."""
+        for router in self.buckets.made():
+            await router.shutdown()

@@ -10,19 +10,25 @@ key under ``.s3/`` is hidden by it; the name is reserved.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
+import os
 import stat
 import time
+from collections.abc import Callable
 
 import trio
 from cachetools import TTLCache
 
 from .bucketconfig import DOCUMENTS, ConfigDocument
 from .errors import FsError
+from .inodes import Node
 from .metadata import EntryInfo, directory
-from .names import at_or_below
+from .names import at_or_below, join
+from .namespace import Namespace
 from .s3client import S3Client
+from .tree import AttrChanges, DirEntries, Opened, OpenedFile, SpecialTree
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +47,43 @@ def document_name(path: str) -> str:
 class ControlFile:
     """One open configuration file: its whole content, and whether it was changed."""
 
-    def __init__(self, document: ConfigDocument, content: bytes) -> None:
+    def __init__(self, control: ControlDir, node: Node, document: ConfigDocument, content: bytes) -> None:
+        self.control = control
+        self.node = node
         self.document = document
         self.content = bytearray(content)
         self.dirty = False
+        self._sized()
 
-    def read(self, offset: int, size: int) -> bytes:
+    def _sized(self) -> None:
+        self.node.info = dataclasses.replace(self.node.info, size=len(self.content))
+
+    async def read(self, offset: int, size: int) -> bytes:
         return bytes(self.content[offset : offset + size])
 
-    def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes) -> None:
         if offset > len(self.content):
             self.content.extend(bytes(offset - len(self.content)))
         self.content[offset : offset + len(data)] = data
         self.dirty = True
+        self._sized()
 
     def truncate(self, size: int) -> None:
         # Not a change by itself: '> file' truncates, then closes a duplicate descriptor
         # before it writes; putting the empty document then would fail.
         del self.content[size:]
         self.content.extend(bytes(size - len(self.content)))
+        self._sized()
+
+    async def flush(self) -> None:
+        await self.control.save(self)
+
+    async def fsync(self) -> None:
+        await self.control.save(self)
+
+    async def release(self) -> None:
+        self.node.opened -= 1
+        self.control.closed(self)
 
 
 class ControlDir:
@@ -72,6 +96,7 @@ class ControlDir:
             maxsize=len(DOCUMENTS), ttl=max(opts.dir_ttl, 1e-3), timer=time.monotonic
         )
         self.mtime_ns = time.time_ns()
+        self._open: dict[Node, list[ControlFile]] = {}  # open files by node, for a truncate by name
 
     def info(self) -> EntryInfo:
         """The directory itself."""
@@ -123,12 +148,25 @@ class ControlDir:
                 nursery.start_soon(read, name)
         return [(name, self.file_info(name, found[name])) for name in DOCUMENTS if name in found]
 
-    async def open(self, name: str, truncate: bool, create: bool = False) -> ControlFile:
-        document = self.document(name)
-        content = b"" if truncate else await self.content(name, fresh=True)
+    async def open(self, node: Node, truncate: bool, create: bool = False) -> ControlFile:
+        document = self.document(document_name(node.path))
+        content = b"" if truncate else await self.content(document.name, fresh=True)
         if content is None and not create:
-            raise FsError(errno.ENOENT, "NoSuchConfiguration", f"the bucket has no {name} configuration")
-        return ControlFile(document, content or b"")
+            raise FsError(errno.ENOENT, "NoSuchConfiguration", f"the bucket has no {document.name} configuration")
+        opened = ControlFile(self, node, document, content or b"")
+        node.opened += 1
+        self._open.setdefault(node, []).append(opened)
+        return opened
+
+    def opened(self, node: Node) -> ControlFile | None:
+        """One of the open files of node, if any."""
+        return next(iter(self._open.get(node, ())), None)
+
+    def closed(self, opened: ControlFile) -> None:
+        files = self._open.get(opened.node, [])
+        files.remove(opened)
+        if not files:
+            self._open.pop(opened.node, None)
 
     async def save(self, opened: ControlFile) -> None:
         """Put a changed document; the old configuration stays if S3 refuses it."""
@@ -165,3 +203,74 @@ class ControlDirHandle:
         if self._entries is None or index == 0:
             self._entries = await self.control.entries()
         return self._entries[index] if index < len(self._entries) else None
+
+    def removed_since_listed(self) -> Callable[[str], bool] | None:
+        return None
+
+
+class ControlTree(SpecialTree):
+    """``.s3/``: configuration files are read, written, created (a known name) and removed; nothing else."""
+
+    refusal = errno.EPERM
+    name = CONTROL_DIR
+
+    def __init__(self, s3: S3Client, opts: argparse.Namespace, ns: Namespace) -> None:
+        super().__init__(ns)
+        self.control = ControlDir(s3, opts)
+
+    def refuse(self, what: str, node: Node) -> FsError:
+        log.warning("%s/ holds bucket configuration files only; they can be read, written and removed", CONTROL_DIR)
+        return super().refuse(what, node)
+
+    def root_entry(self) -> EntryInfo:
+        return self.control.info()
+
+    def ttl(self, node: Node, attr_ttl: float) -> float:
+        return 0.0  # a configuration file's size changes with what another client puts
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        if parent.path == "":
+            return self.ns.inodes.resolve(CONTROL_DIR, self.control.info())
+        info = await self.control.lookup(name)
+        if info is None:
+            return None
+        # The kernel keeps its own size for a regular file (writeback cache): a
+        # document of another length needs another inode.
+        known = self.ns.inodes.by_path(join(CONTROL_DIR, name))
+        changed = known is not None and known.info.size != info.size
+        return self.ns.inodes.resolve(join(CONTROL_DIR, name), info, new_inode=changed)
+
+    async def opendir(self, node: Node) -> DirEntries:
+        return ControlDirHandle(self.control)
+
+    async def open(self, node: Node, flags: int) -> Opened:
+        return await self._open(node, flags, create=False)
+
+    async def _open(self, node: Node, flags: int, create: bool) -> Opened:
+        document = self.control.document(document_name(node.path))
+        if flags & os.O_ACCMODE != os.O_RDONLY and not document.writable:
+            raise FsError(errno.EACCES, "ReadOnlyConfiguration", f"the bucket's {document.name} cannot be changed")
+        opened = await self.control.open(node, truncate=bool(flags & os.O_TRUNC), create=create)
+        # direct_io: reads and writes reach the document itself, never a stale page cache
+        return Opened(opened, direct_io=True)
+
+    async def create(self, parent: Node, name: str, info: EntryInfo, flags: int) -> tuple[Opened, Node]:
+        if parent.path != CONTROL_DIR or not self.control.knows(name):
+            raise self.refuse("create", parent)
+        node = self.ns.inodes.resolve(join(CONTROL_DIR, name), self.control.file_info(name, b""))
+        return await self._open(node, flags | os.O_TRUNC, create=True), node
+
+    async def setattr(self, node: Node, changes: AttrChanges, opened: OpenedFile | None) -> Node:
+        """Only a truncate of an open configuration file means something (O_TRUNC, shell '>')."""
+        if changes.mode is not None or changes.uid is not None or changes.gid is not None:
+            raise self.refuse("setattr", node)
+        if changes.size is not None:
+            file = opened if isinstance(opened, ControlFile) else self.control.opened(node)
+            if file is None:
+                raise self.refuse("truncate", node)
+            file.truncate(changes.size)
+        return node
+
+    async def unlink(self, node: Node) -> None:
+        await self.control.delete(document_name(node.path))
+        self.ns.inodes.detach(node.path, tree=False)

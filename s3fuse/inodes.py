@@ -85,19 +85,18 @@ class Node:
 class InodeTable:
     """inode <-> Node, path -> Node."""
 
-    def __init__(self, root_info: EntryInfo, root_inode: int = pyfuse3.ROOT_INODE, limit: int = 0) -> None:
-        """New inodes are numbered up from root_inode (an all-buckets mount gives each bucket a range);
-        ``limit``: how many inodes the kernel should hold at most (0: no limit)."""
+    def __init__(self, root: Node, limit: int = 0) -> None:
+        """New inodes are numbered up from the root's (an all-buckets mount gives each bucket a range);
+        ``limit``: how many inodes the kernel should hold at most (0: no limit). The root is
+        never forgotten here: one that can be (a bucket's directory) is counted by its owner."""
         self._by_inode: dict[int, Node] = {}
         self._by_path: dict[str, Node] = {}
-        self.root_inode = root_inode
-        self._next = root_inode + 1
+        self.root_inode = root.inode
+        self._next = root.inode + 1
         self.limit = limit
         # Files, least recently looked up first: the ones the kernel is asked to forget.
         self._recent: OrderedDict[int, Node] = OrderedDict()
         self._released: set[int] = set()  # asked to forget, not forgotten yet: not counted
-        root = Node(root_inode, "", root_info)
-        root.nlookup = 1  # the root is never forgotten
         self._by_inode[root.inode] = root
         self._by_path[""] = root
         METRICS.add_gauges(self.gauges)

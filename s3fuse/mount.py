@@ -18,6 +18,7 @@ import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from logging.handlers import SysLogHandler
 from typing import Any
 
@@ -25,11 +26,13 @@ import botocore.exceptions
 import pyfuse3
 import trio
 
-from .allbuckets import AllBucketsOperations
+from .allbuckets import AllBucketsRouter
+from .blockcache import BlockCache
 from .journal import JournalInUse
 from .localserver import start_demo_server
-from .operations import S3Operations
+from .operations import FuseOperations
 from .options import ALL_BUCKETS
+from .router import BucketRouter
 from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, boto_session, make_boto_client, region_of
 from .stats import metrics_listener, serve_metrics
 
@@ -170,7 +173,7 @@ def setup_logging(opts: argparse.Namespace, detached: bool) -> logging.Handler:
     return handler
 
 
-async def tune_kernel_read_ahead(ops: S3Operations | AllBucketsOperations) -> None:
+async def tune_kernel_read_ahead(ops: FuseOperations) -> None:
     """Raise the mount's read-ahead so the kernel sends large FUSE reads (root only).
 
     Only once the kernel has taken the INIT reply: it sets the read-ahead to the smaller
@@ -217,7 +220,7 @@ def sync_mount(mountpoint: str) -> None:
         os.close(fd)
 
 
-async def _serve(ops: S3Operations | AllBucketsOperations, metrics: socket.socket | None) -> None:
+async def _serve(ops: FuseOperations, metrics: socket.socket | None) -> None:
     async def stop_on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -273,7 +276,7 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
 
     s3 = S3Client(client, opts.bucket_name, settings_of(opts))
     try:
-        ops = AllBucketsOperations(s3, settings_of(opts), opts) if opts.all_buckets else S3Operations(s3, opts)
+        ops = FuseOperations(opts, lambda invalidate: make_router(s3, opts, invalidate))
     except JournalInUse as exc:
         log.error("%s", exc)
         report(str(exc))
@@ -301,6 +304,14 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
         pyfuse3.close(unmount=is_mounted(opts.mountpoint))
         log.info("unmounted %s", opts.mountpoint)
     return 0
+
+
+def make_router(
+    s3: S3Client, opts: argparse.Namespace, invalidate: Callable[[int], None]
+) -> BucketRouter | AllBucketsRouter:
+    if opts.all_buckets:
+        return AllBucketsRouter(s3, settings_of(opts), opts, invalidate)
+    return BucketRouter(s3, opts, invalidate, BlockCache(opts.cache_size))
 
 
 def open_metrics_listener(address: str | None) -> socket.socket | None:

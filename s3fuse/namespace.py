@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import pyfuse3
 import trio
 from cachetools import LRUCache, TTLCache
 
@@ -45,12 +46,16 @@ class Namespace:
         s3: S3Client,
         opts: argparse.Namespace,
         invalidate: Callable[[int], None],
-        root_inode: int,
+        root: Node | None = None,
     ) -> None:
+        """root: the root directory's node (else a new one, the mount's root inode)."""
+        if root is None:
+            root = Node(pyfuse3.ROOT_INODE, "", directory())
+            root.nlookup = 1  # the mount's root is never forgotten
         self.s3 = s3
         self.opts = opts
         self.root_prefix: str = opts.prefix
-        self.inodes = InodeTable(directory(), root_inode, opts.inode_limit)
+        self.inodes = InodeTable(root, opts.inode_limit)
         self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
         self.nursery: trio.Nursery | None = None  # for listing pages asked for ahead; set by the mount loop
@@ -347,6 +352,10 @@ class DirHandle:
         """Whether this mount changed the directory since the listing began (then S3's pages
         may predate the change, and ``gone`` tells the names removed meanwhile)."""
         return self.ns.changed_since(self.path, self.started)
+
+    def removed_since_listed(self) -> Callable[[str], bool] | None:
+        """``gone``, if this mount changed the directory since the listing began."""
+        return self.gone if self.changed_since_listed() else None
 
     def gone(self, name: str) -> bool:
         """Whether a listed name was removed here after the listing began (not to be shown)."""

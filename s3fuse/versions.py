@@ -377,7 +377,7 @@ class VersionListing:
     def __init__(self, tree: _Tree, rel: str, path: str) -> None:
         self.tree = tree
         self.rel = rel  # the path within the tree
-        self.path = path  # the mount path, to which operations.py joins the names
+        self.path = path  # the mount path, to which the adapter joins the names
         self._start()
 
     def _start(self) -> None:
@@ -404,6 +404,9 @@ class VersionListing:
             for name, found in batch:
                 self.tree.remember(join(self.rel, name), found)
             self._window.extend((name, found.info) for name, found in batch)
+
+    def removed_since_listed(self) -> Callable[[str], bool] | None:
+        return None  # nothing in an old version is removed
 
 
 class HistoryDir(VersionListing):

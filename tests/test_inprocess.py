@@ -1,6 +1,6 @@
-"""The file system driven in-process: S3Operations' handlers called directly, no kernel.
+"""The file system driven in-process: FuseOperations' handlers called directly, no kernel.
 
-A real S3 server over HTTP (the session's moto) and a real S3Operations with its
+A real S3 server over HTTP (the session's moto) and a real FuseOperations with its
 namespace, write-back and upload code; only what needs a FUSE session is replaced
 (``pyfuse3.readdir_reply`` collects entries, kernel cache invalidations do nothing).
 What the kernel would add (page cache, writeback cache, path walks) is absent, so
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from test_sparse import offsets
 
 from s3fuse import operations
+from s3fuse.mount import make_router
 from s3fuse.options import parse_args
 from s3fuse.s3client import ClientSettings, S3Client, make_boto_client
 
@@ -33,9 +34,9 @@ CTX = SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0
 
 
 class InProcess:
-    """A path-level client of one S3Operations, as a program sees a mount (minus the kernel)."""
+    """A path-level client of one FuseOperations, as a program sees a mount (minus the kernel)."""
 
-    def __init__(self, ops: operations.S3Operations) -> None:
+    def __init__(self, ops: operations.FuseOperations) -> None:
         self.ops = ops
 
     async def inode(self, path: str) -> int:
@@ -102,7 +103,7 @@ def no_kernel(monkeypatch):
 
 @pytest.fixture
 def filesystem(moto, bucket, tmp_path, no_kernel, monkeypatch):
-    """start(): an async context manager giving an InProcess over a fresh S3Operations of the bucket."""
+    """start(): an async context manager giving an InProcess over a fresh FuseOperations of the bucket."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     opts = parse_args([bucket, str(tmp_path), "--endpoint-url", moto.url, "--cache-dir", str(tmp_path / "cache")])
@@ -110,7 +111,8 @@ def filesystem(moto, bucket, tmp_path, no_kernel, monkeypatch):
     class Started:
         async def __aenter__(self) -> InProcess:
             settings_ = ClientSettings(endpoint_url=moto.url, region="us-east-1")
-            self.ops = operations.S3Operations(S3Client(make_boto_client(settings_), bucket, settings_), opts)
+            s3 = S3Client(make_boto_client(settings_), bucket, settings_)
+            self.ops = operations.FuseOperations(opts, lambda invalidate: make_router(s3, opts, invalidate))
             self.nursery_manager = trio.open_nursery()
             self.ops.nursery = await self.nursery_manager.__aenter__()
             return InProcess(self.ops)
@@ -155,7 +157,8 @@ async def test_an_unexpected_exception_in_a_handler_is_eio(filesystem, monkeypat
         async def broken(self, *args, **kwargs):
             raise KeyError("a bug")
 
-        monkeypatch.setattr(fs.ops.xattrs, "get", broken.__get__(fs.ops.xattrs))
+        xattrs = fs.ops.router.bucket.xattrs
+        monkeypatch.setattr(xattrs, "get", broken.__get__(xattrs))
         with pytest.raises(pyfuse3.FUSEError) as err:
             await fs.ops.getxattr(pyfuse3.ROOT_INODE, b"user.x", CTX)
         assert err.value.errno == errno.EIO

@@ -317,7 +317,7 @@ import runpy
 
 from s3fuse import operations
 
-lookup = operations.S3Operations.lookup.__wrapped__
+lookup = operations.FuseOperations.lookup.__wrapped__
 
 
 async def buggy_lookup(self, parent_inode, name, ctx):  # a bug in a handler, for one name only
@@ -326,8 +326,8 @@ async def buggy_lookup(self, parent_inode, name, ctx):  # a bug in a handler, fo
     return await lookup(self, parent_inode, name, ctx)
 
 
-operations.S3Operations.lookup = buggy_lookup
-operations.guard_handlers(operations.S3Operations)
+operations.FuseOperations.lookup = buggy_lookup
+operations.guard_handlers(operations.FuseOperations)
 runpy.run_module("s3fuse", run_name="__main__")
 """
 

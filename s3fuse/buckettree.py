@@ -1,0 +1,321 @@
+"""The bucket's own tree: objects as files, common prefixes as directories.
+
+Owns what a request on the bucket's files and directories does: names and attributes
+come from ``namespace`` (listings, HEADs, the inode table), file contents from
+``reader`` (ranged GETs through the block cache) or, for a file with unsaved changes,
+from its ``writeback.OpenFile``; changes go to ``mutations`` (the tree) and
+``writeback`` (file contents and headers), xattrs to ``xattrs``. The reserved names
+of the root (``.s3``, ``.versions``), which the router gives to other trees, are
+hidden from its listing here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from .blockcache import BlockCache
+from .errors import FsError
+from .inodes import Node
+from .metadata import EntryInfo
+from .mutations import Mutations
+from .names import file_key, join, split
+from .namespace import Namespace
+from .reader import ObjectReader
+from .s3client import S3Client
+from .tree import AttrChanges, DirEntries, NamespaceTree, Opened, OpenedFile
+from .upload import HeaderChanges, check_file_size
+from .writeback import OpenFile, WriteBack
+from .xattrs import Xattrs
+
+log = logging.getLogger(__name__)
+
+READ_ATTEMPTS = 5  # a read of a file with unsaved changes, each cut short by a save of the file
+
+
+class BucketFile:
+    """A file of the bucket opened by the kernel: a reader of the version in S3 and, opened for writing, a writer."""
+
+    def __init__(self, tree: BucketTree, node: Node, writer: OpenFile | None = None) -> None:
+        self.tree = tree
+        self.node = node
+        self.writer = writer
+        self.reader: ObjectReader | None = None  # for the version in S3; replaced when it changes
+
+    def current_reader(self) -> ObjectReader:
+        """The reader of the version now in S3 (which a save through the mount replaces)."""
+        node, reader = self.node, self.reader
+        if reader is None or reader.etag != node.info.etag or reader.size != node.info.size:
+            if reader is not None:
+                reader.close()
+            reader = self.reader = self.tree.reader(
+                node.path, node.info, on_changed=lambda: self.tree.ns.mark_stale(node)
+            )
+        return reader
+
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        for _ in range(READ_ATTEMPTS):
+            writer = self.tree.wb.files.get(self.node.inode)
+            if writer is None or writer.spill is None:
+                return await self.current_reader().read(offset, size)
+            data = await writer.read(offset, size)  # unsaved changes: read them
+            if data is not None:
+                return data
+            # else a save of the file ended meanwhile: read it again, as it is now
+        raise FsError(errno.EIO, "SavedWhileRead", f"saved {READ_ATTEMPTS} times while it was read; giving up")
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.writer is None:
+            raise FsError(errno.EBADF, "NotOpenForWriting", "not open for writing")
+        await self.writer.write(offset, data)
+
+    async def flush(self) -> None:
+        if self.writer is None:
+            return
+        if self.tree.opts.write_back:  # durable locally; uploaded in the background after the last close
+            await self.tree.wb.acknowledge(self.writer)
+        elif not self.writer.only_emptied:
+            await self.writer.save()
+
+    async def fsync(self) -> None:
+        if self.writer is not None:
+            await self.writer.save()
+
+    async def release(self) -> None:
+        self.node.opened -= 1
+        if self.reader is not None:
+            self.reader.close()
+        if self.writer is not None:
+            await self.tree.wb.release(self.writer)
+
+
+class BucketTree(NamespaceTree):
+    """The objects of a bucket (under --prefix) as a tree of files, directories and symlinks."""
+
+    refusal = None  # allows every change S3 can make
+
+    def __init__(
+        self,
+        s3: S3Client,
+        opts: argparse.Namespace,
+        ns: Namespace,
+        blocks: BlockCache,
+        reserved: Sequence[tuple[str, EntryInfo | None]],
+    ) -> None:
+        """reserved: the root's names for other trees, with the entry a listing shows (None: hidden)."""
+        super().__init__(ns)
+        self.s3 = s3
+        self.opts = opts
+        self.blocks = blocks
+        self.reserved = list(reserved)
+        self.mount_time_ns = time.time_ns()
+        self.wb = WriteBack(s3, ns, blocks, opts)
+        self.mut = Mutations(s3, ns, self.wb, blocks, opts)
+        self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers, self.wb.upload_state)
+        self.nursery: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.ns.nursery = nursery
+        self.wb.start(nursery)
+
+    async def shutdown(self) -> None:
+        """Every file still open for writing is saved or kept locally."""
+        await self.wb.shutdown()
+
+    # ---- names and attributes
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        return await self.ns.lookup(parent, name)
+
+    async def getattr(self, node: Node) -> Node | None:
+        return await self.ns.revalidate(node)
+
+    async def _revalidate(self, node: Node) -> Node:
+        """node with attributes at most attr-ttl old.
+
+        A new version of the object has a new inode (see Namespace.resolve); ESTALE
+        makes the kernel look the name up again and retry with that inode.
+        """
+        fresh = await self.ns.revalidate(node)
+        if fresh is None:
+            raise FsError(errno.ENOENT, "NoSuchKey", f"{node.path!r} is gone")
+        if fresh is not node:
+            raise FsError(errno.ESTALE, "Replaced", f"{node.path!r} was replaced")
+        return fresh
+
+    async def readlink(self, node: Node) -> bytes:
+        if not node.info.is_symlink:
+            return await super().readlink(node)
+        return bytes(await self.reader(node.path, node.info).fetch_range(0, node.info.size))
+
+    # ---- directories and files
+
+    async def opendir(self, node: Node) -> DirEntries:
+        reserved = self.reserved if node.path == "" else ()
+        return self.ns.open_dir(node, reserved=reserved, local=self.wb.local_entries(node.path))
+
+    def reader(self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None) -> ObjectReader:
+        assert self.nursery is not None
+        return ObjectReader(
+            self.s3,
+            self.blocks,
+            self.nursery,
+            file_key(self.opts.prefix, path),
+            info.size,
+            info.etag,
+            self.opts.block_size,
+            self.opts.read_ahead,
+            on_changed=on_changed,
+        )
+
+    async def open(self, node: Node, flags: int) -> Opened:
+        fresh = await self._revalidate(node)  # close-to-open: at most attr-ttl old
+        opened = BucketFile(self, fresh)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            await self.wb.before_change(fresh)
+            opened.writer = self.wb.open(fresh, exists=True)
+            if flags & os.O_TRUNC:
+                await opened.writer.truncate(0)
+        fresh.opened += 1
+        info = fresh.info
+        # The kernel may keep its cached pages only if they hold this very version.
+        keep = info.etag is not None and fresh.kernel_etag == info.etag
+        fresh.kernel_etag = info.etag
+        if not keep and opened.writer is None:
+            opened.current_reader().prefetch_small_object()
+            parent, name = split(fresh.path)
+            for sibling, sibling_info in self.ns.siblings.opened(parent, name):
+                self.reader(join(parent, sibling), sibling_info).prefetch_small_object()
+        return Opened(opened, keep_cache=keep)
+
+    # ---- changes
+
+    async def create(self, parent: Node, name: str, info: EntryInfo, flags: int) -> tuple[Opened, Node]:
+        node = self.ns.added(join(parent.path, name), info)
+        opened = BucketFile(self, node, writer=self.wb.open(node, exists=False))
+        node.opened += 1
+        return Opened(opened), node
+
+    async def mkdir(self, parent: Node, name: str, info: EntryInfo) -> Node:
+        return await self.mut.mkdir(join(parent.path, name), info)
+
+    async def symlink(self, parent: Node, name: str, target: bytes, info: EntryInfo) -> Node:
+        return await self.mut.symlink(join(parent.path, name), target, info)
+
+    async def unlink(self, node: Node) -> None:
+        await self.mut.unlink(node)
+
+    async def rmdir(self, node: Node) -> None:
+        await self.mut.rmdir(node)
+
+    async def rename(self, node: Node, new_parent: Node, new_name: str, target: Node | None) -> None:
+        new_path = join(new_parent.path, new_name)
+        if new_path == node.path:
+            return
+        await self.wb.settled(node)
+        await self.mut.rename(node, new_path, target)
+
+    async def setattr(self, node: Node, changes: AttrChanges, opened: OpenedFile | None) -> Node:
+        """changes: only what differs from node's attributes (the adapter drops the rest)."""
+        info = node.info
+        changed = changes.attributes()
+        if "mode" in changed:
+            changed["mode"] |= info.kind
+        if not (changed or changes.size is not None):
+            return node  # atime or ctime alone: not kept
+        if changes.size is None and self._memory_only(node, changed):
+            new_info = dataclasses.replace(info, **changed)
+            if self.ns.inodes.attached(node):
+                self.ns.added(node.path, new_info)  # the caches too, or a listing would bring back the old value
+            else:
+                node.info = new_info
+            return node
+        if info.is_dir:
+            raise FsError(errno.EISDIR, "IsADirectory", f"truncate of directory {node.path!r}")
+        if changes.size is not None:
+            check_file_size(changes.size)  # before any request
+        await self._change_file(
+            node, lambda writer: _apply(writer, changes.size, changed), touches_data=changes.size is not None
+        )
+        return node
+
+    def _memory_only(self, node: Node, changes: dict[str, int]) -> bool:
+        """Changes kept in memory, with no request to S3.
+
+        - to an inode no name leads to any more (the kernel sends the times of
+          unlinked or replaced files when it evicts them);
+        - to a directory: listings carry no headers and s3fuse never reads a marker's,
+          so stored directory attributes could not be seen, while writing them would
+          cost a PutObject per change (two per directory of a tar archive);
+        - an mtime that moved by less than a second, the precision of x-amz-meta-mtime
+          (the kernel's own stamp of a write s3fuse already saved, sent late).
+        """
+        if node.info.is_dir or not self.ns.inodes.attached(node):
+            return True
+        if set(changes) != {"mtime_ns"} or node.writers:
+            return False
+        current = node.info.mtime_ns if node.info.mtime_ns is not None else self.mount_time_ns
+        return abs(changes["mtime_ns"] - current) < 1_000_000_000
+
+    async def _change_file(
+        self, node: Node, change: Callable[[OpenFile], Awaitable[None]], touches_data: bool = False
+    ) -> None:
+        """Apply a change to a file: folded into its pending upload, or saved right away."""
+        pending = self.wb.files.get(node.inode)
+        if pending is not None and pending.record is not None and not pending.handles:
+            # journaled and not uploaded yet (--write-back): the change joins the upload, durably
+            if touches_data:
+                await self.wb.before_change(node)
+            writer = self.wb.open(node, exists=True)
+            try:
+                await change(writer)
+                await self.wb.acknowledge(writer)
+            finally:
+                await self.wb.release(writer)
+            return
+        await self.wb.settled(node)
+        writer = self.wb.files.get(node.inode)
+        if writer is not None:
+            await change(writer)
+            return
+        writer = self.wb.open(await self._revalidate(node), exists=True)
+        try:
+            await change(writer)
+            await writer.save()
+        finally:
+            await self.wb.release(writer)
+
+    async def _change_headers(self, node: Node, changes: HeaderChanges) -> None:
+        async def apply(writer: OpenFile) -> None:
+            writer.set_headers(changes)
+
+        await self._change_file(node, apply)
+
+    # ---- extended attributes (see xattrs.py)
+
+    async def getxattr(self, node: Node, name: str) -> bytes:
+        return await self.xattrs.get(node, name, is_root=node.path == "")
+
+    async def listxattr(self, node: Node) -> list[str]:
+        return await self.xattrs.names(node, is_root=node.path == "")
+
+    async def setxattr(self, node: Node, name: str, value: bytes) -> None:
+        await self.xattrs.set(node, name, value, is_root=node.path == "")
+
+    async def removexattr(self, node: Node, name: str) -> None:
+        await self.xattrs.remove(node, name, is_root=node.path == "")
+
+
+async def _apply(writer: OpenFile, size: int | None, changes: dict[str, int]) -> None:
+    if size is not None:
+        await writer.truncate(size)
+    if changes:
+        writer.set_attributes(**changes)
