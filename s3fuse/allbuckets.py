@@ -13,7 +13,6 @@ everything inside a bucket, its xattrs included, is that bucket's ``S3Operations
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import functools
@@ -37,7 +36,7 @@ from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry, refuse
 from .names import NAME_MAX, decode_name, invalid_reason
 from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of, guard_handlers
-from .options import ALL_BUCKETS
+from .options import ALL_BUCKETS, Config
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
 from .xattrs import is_s3fuse_name
 
@@ -77,11 +76,11 @@ class BucketTable:
     directory; one that comes back later gets a new number, so no inode is reused.
     """
 
-    def __init__(self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace) -> None:
+    def __init__(self, s3: S3Client, settings: ClientSettings, opts: Config) -> None:
         self.s3 = s3  # in the mount's region, for ListBuckets, CreateBucket and GetBucketLocation
         self.settings = settings
         self.opts = opts
-        self.blocks = BlockCache(opts.cache_size)  # shared: --cache-size bounds the whole mount
+        self.blocks = BlockCache(opts.cache.cache_size)  # shared: --cache-size bounds the whole mount
         self.by_name: dict[str, Bucket] = {}
         self.by_number: dict[int, Bucket] = {}
         self.nursery: trio.Nursery | None = None
@@ -105,7 +104,7 @@ class BucketTable:
 
     async def _refresh(self) -> None:
         async with self._listing_lock:
-            if time.monotonic() - self._listed_at < self.opts.dir_ttl:
+            if time.monotonic() - self._listed_at < self.opts.cache.dir_ttl:
                 return
             started = time.monotonic()
             listed = await self._list_buckets()
@@ -179,7 +178,7 @@ class BucketTable:
     async def _make(self, bucket: Bucket) -> S3Operations:
         client = await self._client(bucket.region or await self._region(bucket.name))
         # The bucket's own options: WriteBack keeps its upload registry by bucket_name.
-        opts = argparse.Namespace(**{**vars(self.opts), "bucket_name": bucket.name, "prefix": ""})
+        opts = self.opts.for_bucket(bucket.name)
         s3 = self.s3.for_bucket(bucket.name, client)
         try:
             ops = S3Operations(s3, opts, bucket.root_inode, self.blocks.scoped(bucket.name))
@@ -253,7 +252,7 @@ class AllBucketsOperations(pyfuse3.Operations):
     statfs = S3Operations.statfs
     init = S3Operations.init
 
-    def __init__(self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace) -> None:
+    def __init__(self, s3: S3Client, settings: ClientSettings, opts: Config) -> None:
         super().__init__()
         self.opts = opts
         self.buckets = BucketTable(s3, settings, opts)
@@ -307,11 +306,11 @@ class AllBucketsOperations(pyfuse3.Operations):
         opts = self.opts
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = inode
-        attr.entry_timeout = attr.attr_timeout = opts.attr_ttl
-        attr.st_mode = stat.S_IFDIR | stat.S_IMODE(info.mode if info.mode is not None else opts.dir_mode)
+        attr.entry_timeout = attr.attr_timeout = opts.cache.attr_ttl
+        attr.st_mode = stat.S_IFDIR | stat.S_IMODE(info.mode if info.mode is not None else opts.mount.dir_mode)
         attr.st_nlink = 2
-        attr.st_uid = info.uid if info.uid is not None else opts.uid
-        attr.st_gid = info.gid if info.gid is not None else opts.gid
+        attr.st_uid = info.uid if info.uid is not None else opts.mount.uid
+        attr.st_gid = info.gid if info.gid is not None else opts.mount.gid
         attr.st_blksize = PREFERRED_IO_SIZE
         mtime = info.mtime_ns if info.mtime_ns is not None else self.mount_time_ns
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
@@ -344,7 +343,7 @@ class AllBucketsOperations(pyfuse3.Operations):
         if bucket is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0  # a negative entry the kernel caches for entry_timeout
-            negative.entry_timeout = self.opts.negative_ttl
+            negative.entry_timeout = self.opts.cache.negative_ttl
             return negative
         await self._tree(bucket)  # its region now, so a bucket deleted since the listing is ENOENT
         bucket.nlookup += 1
@@ -552,7 +551,7 @@ class AllBucketsOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         # ls -l asks every bucket directory for security.* names: answered here, they do not
         # cost a GetBucketLocation per bucket.
-        if self.opts.no_xattr:
+        if self.opts.mount.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
         if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
             return METRICS.snapshot(ctx.pid).encode()

@@ -9,7 +9,6 @@ key under ``.s3/`` is hidden by it; the name is reserved.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import stat
@@ -22,6 +21,7 @@ from .bucketconfig import DOCUMENTS, ConfigDocument
 from .errors import FsError
 from .metadata import EntryInfo, directory
 from .names import at_or_below
+from .options import Config
 from .s3client import S3Client
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,11 @@ class ControlFile:
 class ControlDir:
     """The configuration documents of the mounted bucket, as directory entries and files."""
 
-    def __init__(self, s3: S3Client, opts: argparse.Namespace) -> None:
+    def __init__(self, s3: S3Client, opts: Config) -> None:
         self.s3 = s3
         self.opts = opts
         self._contents: TTLCache[str, bytes | None] = TTLCache(
-            maxsize=len(DOCUMENTS), ttl=max(opts.dir_ttl, 1e-3), timer=time.monotonic
+            maxsize=len(DOCUMENTS), ttl=max(opts.cache.dir_ttl, 1e-3), timer=time.monotonic
         )
         self.mtime_ns = time.time_ns()
 

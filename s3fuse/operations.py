@@ -8,7 +8,6 @@ and the modules that do the work: ``namespace`` for names and directories,
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import functools
@@ -35,6 +34,7 @@ from .metrics import METRICS, STATS_XATTR
 from .mutations import Mutations, new_entry
 from .names import NAME_MAX, decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
+from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
 from .upload import HeaderChanges, check_file_size
@@ -124,7 +124,7 @@ class S3Operations(pyfuse3.Operations):
     def __init__(
         self,
         s3: S3Client,
-        opts: argparse.Namespace,
+        opts: Config,
         root_inode: int = pyfuse3.ROOT_INODE,
         blocks: BlockCache | None = None,
     ) -> None:
@@ -136,7 +136,7 @@ class S3Operations(pyfuse3.Operations):
         self.s3 = s3
         self.opts = opts
         self.ns = Namespace(s3, opts, self._invalidate_soon, root_inode)
-        self.blocks = blocks if blocks is not None else BlockCache(opts.cache_size)
+        self.blocks = blocks if blocks is not None else BlockCache(opts.cache.cache_size)
         self.mount_time_ns = time.time_ns()
         self.wb = WriteBack(s3, self.ns, self.blocks, opts)
         self.mut = Mutations(s3, self.ns, self.wb, self.blocks, opts)
@@ -144,7 +144,7 @@ class S3Operations(pyfuse3.Operations):
         self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers, self.wb.upload_state)
         self.versions = Versions(s3, opts)
         # --at: the whole mount is the bucket as it was then (mounted read-only)
-        self.time_view = TimeView(s3, opts, opts.at) if opts.at is not None else None
+        self.time_view = TimeView(s3, opts, opts.mount.at) if opts.mount.at is not None else None
         self._handles = count(root_inode)
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle | ControlDirHandle | VersionListing] = {}
@@ -233,15 +233,15 @@ class S3Operations(pyfuse3.Operations):
         attr.st_ino = node.inode
         # A file's attributes may be trusted only for what is left of their TTL; a
         # directory has none that change.
-        ttl = opts.attr_ttl if info.is_dir else max(0.0, opts.attr_ttl - info.age())
+        ttl = opts.cache.attr_ttl if info.is_dir else max(0.0, opts.cache.attr_ttl - info.age())
         if in_control_dir(node.path):
             ttl = 0.0  # a configuration file's size changes with what another client puts
         attr.entry_timeout = attr.attr_timeout = ttl
-        perm = info.mode if info.mode is not None else (opts.dir_mode if info.is_dir else opts.file_mode)
+        perm = info.mode if info.mode is not None else (opts.mount.dir_mode if info.is_dir else opts.mount.file_mode)
         attr.st_mode = info.kind | stat.S_IMODE(perm)
         attr.st_nlink = 2 if info.is_dir else 1
-        attr.st_uid = info.uid if info.uid is not None else opts.uid
-        attr.st_gid = info.gid if info.gid is not None else opts.gid
+        attr.st_uid = info.uid if info.uid is not None else opts.mount.uid
+        attr.st_gid = info.gid if info.gid is not None else opts.mount.gid
         attr.st_size = info.size
         attr.st_blksize = PREFERRED_IO_SIZE
         attr.st_blocks = (info.size + 511) // 512
@@ -290,7 +290,7 @@ class S3Operations(pyfuse3.Operations):
         if node is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0  # a negative entry the kernel caches for entry_timeout
-            negative.entry_timeout = self.opts.negative_ttl
+            negative.entry_timeout = self.opts.cache.negative_ttl
             return negative
         node.nlookup += 1
         self._forget_surplus()
@@ -359,7 +359,7 @@ class S3Operations(pyfuse3.Operations):
         elif history is not None:
             self._dirs[fh] = history.open_dir(node.path)
         elif node.path == "":
-            show = self.opts.show_control_dir
+            show = self.opts.mount.show_control_dir
             reserved = [(CONTROL_DIR, self.control.info()), (VERSIONS_DIR, self.versions.info())]
             self._dirs[fh] = self.ns.open_dir(
                 node,
@@ -484,11 +484,11 @@ class S3Operations(pyfuse3.Operations):
             self.s3,
             self.blocks,
             self.nursery,
-            file_key(self.opts.prefix, path),
+            file_key(self.opts.mount.prefix, path),
             info.size,
             info.etag,
-            self.opts.block_size,
-            self.opts.read_ahead,
+            self.opts.cache.block_size,
+            self.opts.cache.read_ahead,
             on_changed=on_changed,
         )
 
@@ -543,7 +543,7 @@ class S3Operations(pyfuse3.Operations):
         if handle.writer is None:
             return
         with errno_of("save", handle.node.path):
-            if self.opts.write_back:  # durable locally; uploaded in the background after the last close
+            if self.opts.write.write_back:  # durable locally; uploaded in the background after the last close
                 await self.wb.acknowledge(handle.writer)
             elif not handle.writer.only_emptied:
                 await handle.writer.save()
@@ -800,7 +800,7 @@ class S3Operations(pyfuse3.Operations):
     # ---- extended attributes (see xattrs.py)
 
     def _xattr_node(self, inode: int) -> Node:
-        if self.opts.no_xattr:
+        if self.opts.mount.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
         node = self._node(inode)
         if in_control_dir(node.path):
@@ -808,9 +808,9 @@ class S3Operations(pyfuse3.Operations):
         return node
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and not self.opts.no_xattr:
+        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and not self.opts.mount.no_xattr:
             return METRICS.snapshot(ctx.pid).encode()
-        if not is_s3fuse_name(name) and not self.opts.no_xattr:
+        if not is_s3fuse_name(name) and not self.opts.mount.no_xattr:
             # Not ENODATA: 'ls -l' asks every entry for security.selinux unless the answer says
             # the file system has no such attributes, which it then remembers for the mount.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
