@@ -13,7 +13,6 @@ the bucket directory itself and everything in it, its xattrs included, the bucke
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import functools
@@ -35,6 +34,7 @@ from .journal import JournalInUse
 from .metadata import EntryInfo
 from .mutations import refuse
 from .names import invalid_reason
+from .options import Config
 from .router import BucketRouter, no_such_inode
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
 from .tree import AttrChanges, DirEntries, OpenedFile, Tree
@@ -72,14 +72,12 @@ class BucketTable:
     directory; one that comes back later gets a new number, so no inode is reused.
     """
 
-    def __init__(
-        self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace, invalidate: Callable[[int], None]
-    ) -> None:
+    def __init__(self, s3: S3Client, settings: ClientSettings, opts: Config, invalidate: Callable[[int], None]) -> None:
         self.invalidate = invalidate  # drops an inode's kernel page cache
         self.s3 = s3  # in the mount's region, for ListBuckets, CreateBucket and GetBucketLocation
         self.settings = settings
         self.opts = opts
-        self.blocks = BlockCache(opts.cache_size)  # shared: --cache-size bounds the whole mount
+        self.blocks = BlockCache(opts.cache.cache_size)  # shared: --cache-size bounds the whole mount
         self.by_name: dict[str, Bucket] = {}
         self.by_number: dict[int, Bucket] = {}
         self.nursery: trio.Nursery | None = None
@@ -103,7 +101,7 @@ class BucketTable:
 
     async def _refresh(self) -> None:
         async with self._listing_lock:
-            if time.monotonic() - self._listed_at < self.opts.dir_ttl:
+            if time.monotonic() - self._listed_at < self.opts.cache.dir_ttl:
                 return
             started = time.monotonic()
             listed = await self._list_buckets()
@@ -178,7 +176,7 @@ class BucketTable:
     async def _make(self, bucket: Bucket) -> BucketRouter:
         client = await self._client(bucket.region or await self._region(bucket.name))
         # The bucket's own options: WriteBack keeps its upload registry by bucket_name.
-        opts = argparse.Namespace(**{**vars(self.opts), "bucket_name": bucket.name, "prefix": ""})
+        opts = self.opts.for_bucket(bucket.name)
         s3 = self.s3.for_bucket(bucket.name, client)
         try:
             router = BucketRouter(s3, opts, self.invalidate, self.blocks.scoped(bucket.name), root=bucket.node)
@@ -324,9 +322,7 @@ class BucketsTree(Tree):
 class AllBucketsRouter:
     """Routes by inode range: the mount root's tree, else the bucket's own router."""
 
-    def __init__(
-        self, s3: S3Client, settings: ClientSettings, opts: argparse.Namespace, invalidate: Callable[[int], None]
-    ) -> None:
+    def __init__(self, s3: S3Client, settings: ClientSettings, opts: Config, invalidate: Callable[[int], None]) -> None:
         self.buckets = BucketTable(s3, settings, opts, invalidate)
         self.root = BucketsTree(self.buckets)
 

@@ -11,7 +11,6 @@ hidden from its listing here.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import logging
@@ -28,6 +27,7 @@ from .metadata import EntryInfo
 from .mutations import Mutations
 from .names import file_key, join, split
 from .namespace import Namespace
+from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
 from .tree import AttrChanges, DirEntries, NamespaceTree, Opened, OpenedFile
@@ -79,7 +79,7 @@ class BucketFile:
     async def flush(self) -> None:
         if self.writer is None:
             return
-        if self.tree.opts.write_back:  # durable locally; uploaded in the background after the last close
+        if self.tree.opts.write.write_back:  # durable locally; uploaded in the background after the last close
             await self.tree.wb.acknowledge(self.writer)
         elif not self.writer.only_emptied:
             await self.writer.save()
@@ -104,7 +104,7 @@ class BucketTree(NamespaceTree):
     def __init__(
         self,
         s3: S3Client,
-        opts: argparse.Namespace,
+        opts: Config,
         ns: Namespace,
         blocks: BlockCache,
         reserved: Sequence[tuple[str, EntryInfo | None]],
@@ -168,11 +168,11 @@ class BucketTree(NamespaceTree):
             self.s3,
             self.blocks,
             self.nursery,
-            file_key(self.opts.prefix, path),
+            file_key(self.opts.mount.prefix, path),
             info.size,
             info.etag,
-            self.opts.block_size,
-            self.opts.read_ahead,
+            self.opts.cache.block_size,
+            self.opts.cache.read_ahead,
             on_changed=on_changed,
         )
 

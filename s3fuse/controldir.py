@@ -9,7 +9,6 @@ key under ``.s3/`` is hidden by it; the name is reserved.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import logging
@@ -27,6 +26,7 @@ from .inodes import Node
 from .metadata import EntryInfo, directory
 from .names import at_or_below, join
 from .namespace import Namespace
+from .options import Config
 from .s3client import S3Client
 from .tree import AttrChanges, DirEntries, Opened, OpenedFile, SpecialTree
 
@@ -89,11 +89,11 @@ class ControlFile:
 class ControlDir:
     """The configuration documents of the mounted bucket, as directory entries and files."""
 
-    def __init__(self, s3: S3Client, opts: argparse.Namespace) -> None:
+    def __init__(self, s3: S3Client, opts: Config) -> None:
         self.s3 = s3
         self.opts = opts
         self._contents: TTLCache[str, bytes | None] = TTLCache(
-            maxsize=len(DOCUMENTS), ttl=max(opts.dir_ttl, 1e-3), timer=time.monotonic
+            maxsize=len(DOCUMENTS), ttl=max(opts.cache.dir_ttl, 1e-3), timer=time.monotonic
         )
         self.mtime_ns = time.time_ns()
         self._open: dict[Node, list[ControlFile]] = {}  # open files by node, for a truncate by name
@@ -214,7 +214,7 @@ class ControlTree(SpecialTree):
     refusal = errno.EPERM
     name = CONTROL_DIR
 
-    def __init__(self, s3: S3Client, opts: argparse.Namespace, ns: Namespace) -> None:
+    def __init__(self, s3: S3Client, opts: Config, ns: Namespace) -> None:
         super().__init__(ns)
         self.control = ControlDir(s3, opts)
 

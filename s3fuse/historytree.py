@@ -7,7 +7,6 @@ old versions are what they were.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 
@@ -19,6 +18,7 @@ from .inodes import Node
 from .metadata import EntryInfo
 from .names import join
 from .namespace import Namespace
+from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
 from .tree import DirEntries, NamespaceTree, Opened, SpecialTree
@@ -55,7 +55,7 @@ class HistoryTree(NamespaceTree):
     def __init__(
         self,
         s3: S3Client,
-        opts: argparse.Namespace,
+        opts: Config,
         ns: Namespace,
         blocks: BlockCache,
         history: Versions | TimeView,
@@ -105,7 +105,7 @@ class VersionsTree(HistoryTree, SpecialTree):
 
     name = VERSIONS_DIR
 
-    def __init__(self, s3: S3Client, opts: argparse.Namespace, ns: Namespace, blocks: BlockCache) -> None:
+    def __init__(self, s3: S3Client, opts: Config, ns: Namespace, blocks: BlockCache) -> None:
         self.versions = Versions(s3, opts)
         super().__init__(s3, opts, ns, blocks, self.versions)
 

@@ -3,12 +3,12 @@
 Owns the start-up sequence (bucket checks that fail fast with one clear line,
 then the FUSE mount), the detach handshake (the parent exits 0 only once the
 child has mounted, else prints the child's error), the trio loop with its
-signal handling, and the unmount at the end.
+signal handling, and the unmount at the end; and ``s3fuse demo``, the same for a
+demo bucket on an S3 server the daemon starts itself.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import dataclasses
@@ -29,9 +29,9 @@ import trio
 from .allbuckets import AllBucketsRouter
 from .blockcache import BlockCache
 from .journal import JournalInUse
-from .localserver import start_demo_server
+from .localserver import DEMO_BUCKET, DEMO_CREDENTIALS, start_demo_server
 from .operations import FuseOperations
-from .options import ALL_BUCKETS
+from .options import ALL_BUCKETS, Config, parse_args
 from .router import BucketRouter
 from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, boto_session, make_boto_client, region_of
 from .stats import metrics_listener, serve_metrics
@@ -47,21 +47,21 @@ class MountError(Exception):
     """Start-up failed; the message is the one line the user sees."""
 
 
-def settings_of(opts: argparse.Namespace) -> ClientSettings:
+def settings_of(opts: Config) -> ClientSettings:
     return ClientSettings(
-        endpoint_url=opts.endpoint_url,
-        region=opts.region,
-        profile=opts.profile,
-        addressing_style=opts.addressing_style,
-        max_connections=opts.max_connections,
-        timeout=opts.timeout,
-        max_attempts=opts.retries,
+        endpoint_url=opts.s3.endpoint_url,
+        region=opts.s3.region,
+        profile=opts.s3.profile,
+        addressing_style=opts.s3.addressing_style,
+        max_connections=opts.s3.max_connections,
+        timeout=opts.s3.timeout,
+        max_attempts=opts.s3.retries,
         request=RequestOptions(
-            requester_pays=opts.requester_pays,
-            sse_c_key=opts.sse_c_key,
-            acl=opts.acl,
-            storage_class=opts.storage_class,
-            list_version=opts.list_version,
+            requester_pays=opts.s3.requester_pays,
+            sse_c_key=opts.s3.sse_c_key,
+            acl=opts.s3.acl,
+            storage_class=opts.s3.storage_class,
+            list_version=opts.s3.list_version,
         ),
     )
 
@@ -81,57 +81,57 @@ def is_mounted(path: str) -> bool:
         return any(line.split()[1] == target for line in mounts)
 
 
-def describe_failure(exc: BaseException, opts: argparse.Namespace) -> str:
+def describe_failure(exc: BaseException, opts: Config) -> str:
     """One line naming the cause of a failed start-up check."""
-    where = opts.endpoint_url or "AWS S3"
-    bucket = opts.bucket_name
-    checked = "the list of buckets" if opts.all_buckets else f"bucket {bucket!r}"
+    where = opts.s3.endpoint_url or "AWS S3"
+    bucket = opts.mount.bucket_name
+    checked = "the list of buckets" if opts.mount.all_buckets else f"bucket {bucket!r}"
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile"
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
-        return f"AWS profile {opts.profile or os.environ.get('AWS_PROFILE')!r} not found in ~/.aws/config"
+        return f"AWS profile {opts.s3.profile or os.environ.get('AWS_PROFILE')!r} not found in ~/.aws/config"
     if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
         return f"S3 endpoint {where} did not answer in time"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"cannot connect to S3 endpoint {where}"
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code"))
-        if code in ("404", "NoSuchBucket", "NotFound") and not opts.all_buckets:
+        if code in ("404", "NoSuchBucket", "NotFound") and not opts.mount.all_buckets:
             return f"bucket {bucket!r} does not exist at {where}"
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return f"access to {checked} denied at {where}: check the credentials ({code})"
-        if code in ("301", "PermanentRedirect") and not opts.all_buckets:
+        if code in ("301", "PermanentRedirect") and not opts.mount.all_buckets:
             region = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
             return f"bucket {bucket!r} is in another region{f' ({region}); use --region {region}' if region else ''}"
         return f"S3 refused access to {checked}: {code}"
     return f"checking {checked} at {where} failed: {exc}"
 
 
-def check_bucket(opts: argparse.Namespace) -> Any:
+def check_bucket(opts: Config) -> Any:
     """HeadBucket (and GetBucketLocation without --region), or ListBuckets with --all-buckets;
     the client to mount with."""
     quick = dataclasses.replace(settings_of(opts), timeout=CHECK_TIMEOUT, max_attempts=2)
     session = boto_session(quick)
     try:
         client = make_boto_client(quick, session=session)
-        region = opts.region
-        if region is None and not opts.all_buckets:  # all buckets: each one's region is asked at its first use
+        region = opts.s3.region
+        if region is None and not opts.mount.all_buckets:  # all buckets: each one's region is asked at its first use
             try:
-                region = region_of(client.get_bucket_location(Bucket=opts.bucket_name).get("LocationConstraint"))
+                region = region_of(client.get_bucket_location(Bucket=opts.mount.bucket_name).get("LocationConstraint"))
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchBucket", "404"):
                     raise
                 # Not allowed to ask: HeadBucket below still proves access.
             if region and region != client.meta.region_name:
                 client = make_boto_client(quick, region, session)
-        if opts.all_buckets:
+        if opts.mount.all_buckets:
             client.list_buckets()
         else:
-            client.head_bucket(Bucket=opts.bucket_name)
+            client.head_bucket(Bucket=opts.mount.bucket_name)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise MountError(describe_failure(exc, opts)) from exc
     except ValueError as exc:  # botocore's word for a malformed endpoint URL
-        raise MountError(f"invalid S3 endpoint {opts.endpoint_url!r}: {exc}") from exc
+        raise MountError(f"invalid S3 endpoint {opts.s3.endpoint_url!r}: {exc}") from exc
     return make_boto_client(settings_of(opts), client.meta.region_name, session)
 
 
@@ -139,8 +139,8 @@ SYSLOG = "syslog"  # --log-file syslog: to the system log
 SYSLOG_SOCKET = "/dev/log"  # syslog daemons and journald listen here
 
 
-def log_handler(opts: argparse.Namespace, detached: bool) -> logging.Handler:
-    if opts.log_file == SYSLOG:
+def log_handler(opts: Config, detached: bool) -> logging.Handler:
+    if opts.mount.log_file == SYSLOG:
         # SysLogHandler would connect later, silently dropping lines until a syslog appears
         try:
             is_socket = stat.S_ISSOCK(os.stat(SYSLOG_SOCKET).st_mode)
@@ -151,8 +151,8 @@ def log_handler(opts: argparse.Namespace, detached: bool) -> logging.Handler:
         handler: logging.Handler = SysLogHandler(SYSLOG_SOCKET, SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter("s3fuse[%(process)d]: %(levelname)s %(name)s: %(message)s"))
         return handler
-    if opts.log_file or detached:
-        path = opts.log_file or os.path.join(opts.cache_dir, "s3fuse.log")
+    if opts.mount.log_file or detached:
+        path = opts.mount.log_file or os.path.join(opts.write.cache_dir, "s3fuse.log")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         handler = logging.FileHandler(path)
     else:
@@ -161,13 +161,13 @@ def log_handler(opts: argparse.Namespace, detached: bool) -> logging.Handler:
     return handler
 
 
-def setup_logging(opts: argparse.Namespace, detached: bool) -> logging.Handler:
+def setup_logging(opts: Config, detached: bool) -> logging.Handler:
     handler = log_handler(opts, detached)
     handler.addFilter(REDACT)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(opts.log_level.upper())
-    if opts.log_level != "debug":  # botocore's own info lines are noise at normal levels
+    root.setLevel(opts.mount.log_level.upper())
+    if opts.mount.log_level != "debug":  # botocore's own info lines are noise at normal levels
         for name in ("botocore", "boto3", "urllib3"):
             logging.getLogger(name).setLevel(logging.WARNING)
     return handler
@@ -182,7 +182,7 @@ async def tune_kernel_read_ahead(ops: FuseOperations) -> None:
     sequential read of 256 MiB in 0.38 s instead of 0.50 s.
     """
     await ops.initialized.wait()
-    mountpoint, size = ops.opts.mountpoint, ops.opts.kernel_read_ahead
+    mountpoint, size = ops.opts.mount.mountpoint, ops.opts.cache.kernel_read_ahead
     try:
         with open("/proc/self/mountinfo") as info:
             # the last line for the mount point is the mount just made
@@ -228,7 +228,7 @@ async def _serve(ops: FuseOperations, metrics: socket.socket | None) -> None:
                 with trio.move_on_after(SYNC_TIMEOUT):
                     # The kernel's writeback cache may hold written data s3fuse has not
                     # received yet; after the unmount it would be gone.
-                    await trio.to_thread.run_sync(sync_mount, ops.opts.mountpoint, abandon_on_cancel=True)
+                    await trio.to_thread.run_sync(sync_mount, ops.opts.mount.mountpoint, abandon_on_cancel=True)
                 pyfuse3.terminate()
                 return
 
@@ -243,7 +243,7 @@ async def _serve(ops: FuseOperations, metrics: socket.socket | None) -> None:
         nursery.cancel_scope.cancel()
 
 
-def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
+def serve(opts: Config, report_fd: int | None) -> int:
     """Check, mount and run until unmounted. report_fd gets 'ok' or the error line."""
 
     def report(message: str) -> None:
@@ -258,60 +258,58 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
     try:
         handler = setup_logging(opts, detached=report_fd is not None)
         tune_malloc()
-        if not os.path.isdir(opts.mountpoint):
-            raise MountError(f"mount point {opts.mountpoint} is not a directory")
-        if is_mounted(opts.mountpoint):
-            raise MountError(f"{opts.mountpoint} is already a mount point")
-        if opts.embedded_s3:
+        if not os.path.isdir(opts.mount.mountpoint):
+            raise MountError(f"mount point {opts.mount.mountpoint} is not a directory")
+        if is_mounted(opts.mount.mountpoint):
+            raise MountError(f"{opts.mount.mountpoint} is already a mount point")
+        if opts.mount.embedded_s3:
             # Started here, in the (possibly detached) daemon, so it lives as long as the mount.
-            opts.endpoint_url = start_demo_server()
-            log.info("embedded S3 server at %s", opts.endpoint_url)
+            opts = dataclasses.replace(opts, s3=dataclasses.replace(opts.s3, endpoint_url=start_demo_server()))
+            log.info("embedded S3 server at %s", opts.s3.endpoint_url)
         client = check_bucket(opts)
-        metrics = open_metrics_listener(opts.metrics)
+        metrics = open_metrics_listener(opts.mount.metrics)
     except MountError as exc:
-        if handler is not None and (report_fd is not None or opts.log_file):  # else report() prints it
+        if handler is not None and (report_fd is not None or opts.mount.log_file):  # else report() prints it
             log.error("%s", exc)
         report(str(exc))
         return 1
 
-    s3 = S3Client(client, opts.bucket_name, settings_of(opts))
+    s3 = S3Client(client, opts.mount.bucket_name, settings_of(opts))
     try:
         ops = FuseOperations(opts, lambda invalidate: make_router(s3, opts, invalidate))
     except JournalInUse as exc:
         log.error("%s", exc)
         report(str(exc))
         return 1
-    fsname = opts.fsname or f"s3fuse:{ALL_BUCKETS if opts.all_buckets else opts.bucket_name}"
-    fuse_options = set(pyfuse3.default_options) | {f"fsname={fsname}", f"subtype={opts.subtype}", "noatime"}
-    if opts.read_only or opts.at is not None:
+    fsname = opts.mount.fsname or f"s3fuse:{ALL_BUCKETS if opts.mount.all_buckets else opts.mount.bucket_name}"
+    fuse_options = set(pyfuse3.default_options) | {f"fsname={fsname}", f"subtype={opts.mount.subtype}", "noatime"}
+    if opts.mount.read_only or opts.mount.at is not None:
         fuse_options.add("ro")
-    if opts.allow_other:
+    if opts.mount.allow_other:
         fuse_options.add("allow_other")
     try:
-        pyfuse3.init(ops, opts.mountpoint, fuse_options)
+        pyfuse3.init(ops, opts.mount.mountpoint, fuse_options)
     except RuntimeError as exc:
-        report(f"mounting at {opts.mountpoint} failed: {exc}")
+        report(f"mounting at {opts.mount.mountpoint} failed: {exc}")
         return 1
-    where = opts.endpoint_url or "AWS"
-    source = ALL_BUCKETS if opts.all_buckets else f"s3://{opts.bucket_name}/{opts.prefix}"
-    log.info("mounted %s (%s) at %s", source, where, opts.mountpoint)
+    where = opts.s3.endpoint_url or "AWS"
+    source = ALL_BUCKETS if opts.mount.all_buckets else f"s3://{opts.mount.bucket_name}/{opts.mount.prefix}"
+    log.info("mounted %s (%s) at %s", source, where, opts.mount.mountpoint)
     report("ok")
     if report_fd is not None:
         detach_stdio()
     try:
         trio.run(_serve, ops, metrics)
     finally:
-        pyfuse3.close(unmount=is_mounted(opts.mountpoint))
-        log.info("unmounted %s", opts.mountpoint)
+        pyfuse3.close(unmount=is_mounted(opts.mount.mountpoint))
+        log.info("unmounted %s", opts.mount.mountpoint)
     return 0
 
 
-def make_router(
-    s3: S3Client, opts: argparse.Namespace, invalidate: Callable[[int], None]
-) -> BucketRouter | AllBucketsRouter:
-    if opts.all_buckets:
+def make_router(s3: S3Client, opts: Config, invalidate: Callable[[int], None]) -> BucketRouter | AllBucketsRouter:
+    if opts.mount.all_buckets:
         return AllBucketsRouter(s3, settings_of(opts), opts, invalidate)
-    return BucketRouter(s3, opts, invalidate, BlockCache(opts.cache_size))
+    return BucketRouter(s3, opts, invalidate, BlockCache(opts.cache.cache_size))
 
 
 def open_metrics_listener(address: str | None) -> socket.socket | None:
@@ -330,9 +328,9 @@ def detach_stdio() -> None:
     os.close(devnull)
 
 
-def run(opts: argparse.Namespace) -> int:
+def run(opts: Config) -> int:
     """Mount in the foreground, or detach and return once the mount is up."""
-    if opts.foreground:
+    if opts.mount.foreground:
         return serve(opts, None)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -353,6 +351,17 @@ def run(opts: argparse.Namespace) -> int:
     message = b"".join(chunks).decode()
     if message == "ok":
         return 0
-    log_hint = opts.log_file or os.path.join(opts.cache_dir, "s3fuse.log")
+    log_hint = opts.mount.log_file or os.path.join(opts.write.cache_dir, "s3fuse.log")
     print(f"s3fuse: {message or f'the daemon exited during start-up; see {log_hint}'}", file=sys.stderr)
     return 1
+
+
+def demo(argv: list[str]) -> int:
+    """``s3fuse demo MOUNTPOINT``: mount a demo bucket served by an S3 server embedded in the daemon itself."""
+    if not argv or argv[0].startswith("-"):
+        print("usage: s3fuse demo MOUNTPOINT [mount options]", file=sys.stderr)
+        return 2
+    os.environ.update(DEMO_CREDENTIALS)
+    return run(
+        parse_args([DEMO_BUCKET, *argv, "--region", "us-east-1", "--addressing-style", "path"], embedded_s3=True)
+    )

@@ -8,7 +8,6 @@ every change, so what was just done is seen without asking S3 again.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import logging
@@ -22,6 +21,7 @@ from .inodes import Node
 from .metadata import EntryInfo
 from .names import dir_prefix, file_key
 from .namespace import Namespace
+from .options import Config
 from .s3client import S3Client
 from .upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
 from .writeback import WriteBack
@@ -43,14 +43,12 @@ def refuse(code: int, message: str, *args: Any) -> FsError:
 
 
 class Mutations:
-    def __init__(
-        self, s3: S3Client, ns: Namespace, wb: WriteBack, blocks: BlockCache, opts: argparse.Namespace
-    ) -> None:
+    def __init__(self, s3: S3Client, ns: Namespace, wb: WriteBack, blocks: BlockCache, opts: Config) -> None:
         self.s3 = s3
         self.ns = ns
         self.wb = wb
         self.blocks = blocks
-        self.prefix: str = opts.prefix
+        self.prefix: str = opts.mount.prefix
 
     def _marker_key(self, path: str) -> str:
         return dir_prefix(self.prefix, path)

@@ -9,7 +9,6 @@ through a ``DirHandle`` and hands out inodes as entries are accepted by the kern
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import logging
@@ -25,6 +24,7 @@ from .inodes import InodeTable, Node
 from .listing import DirectoryStream, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
 from .names import dir_prefix, file_key, invalid_reason, join, split
+from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
 from .siblings import SiblingTracker
@@ -44,7 +44,7 @@ class Namespace:
     def __init__(
         self,
         s3: S3Client,
-        opts: argparse.Namespace,
+        opts: Config,
         invalidate: Callable[[int], None],
         root: Node | None = None,
     ) -> None:
@@ -54,12 +54,14 @@ class Namespace:
             root.nlookup = 1  # the mount's root is never forgotten
         self.s3 = s3
         self.opts = opts
-        self.root_prefix: str = opts.prefix
-        self.inodes = InodeTable(root, opts.inode_limit)
-        self.meta = MetadataCache(opts.attr_ttl, opts.negative_ttl, opts.dir_ttl, opts.metadata_cache_entries)
+        self.root_prefix: str = opts.mount.prefix
+        self.inodes = InodeTable(root, opts.cache.inode_limit)
+        self.meta = MetadataCache(
+            opts.cache.attr_ttl, opts.cache.negative_ttl, opts.cache.dir_ttl, opts.cache.metadata_cache_entries
+        )
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
         self.nursery: trio.Nursery | None = None  # for listing pages asked for ahead; set by the mount loop
-        self.siblings = SiblingTracker(opts.prefetch_files, ObjectReader.SMALL_OBJECT)
+        self.siblings = SiblingTracker(opts.cache.prefetch_files, ObjectReader.SMALL_OBJECT)
         # directory -> when this mount last changed it: what S3 answered about the directory
         # to a request sent before then may predate the change, and must not be cached
         self._changed: LRUCache[str, float] = LRUCache(maxsize=10_000)
@@ -67,7 +69,7 @@ class Namespace:
         # that range that it did not list is missing too, for --negative-ttl. So 'mv a b'
         # costs one LIST (the window that found 'a' also shows 'b' is free), not two.
         self._windows: TTLCache[str, LookupWindowSeen] = TTLCache(
-            maxsize=256, ttl=max(opts.negative_ttl, 1e-3), timer=time.monotonic
+            maxsize=256, ttl=max(opts.cache.negative_ttl, 1e-3), timer=time.monotonic
         )
 
     def changed_since(self, directory_path: str, since: float) -> bool:
@@ -149,14 +151,14 @@ class Namespace:
         """Ask S3 whether parent/name exists, caching the siblings the answer carries."""
         prefix = dir_prefix(self.root_prefix, parent_path)
         key = prefix + name
-        window = await lookup_window(self.s3, prefix, name, self.opts.lookup_window)
+        window = await lookup_window(self.s3, prefix, name, self.opts.cache.lookup_window)
         found = next((info for sibling, info in window.entries + window.uncertain if sibling == name), None)
         current = not self.changed_since(parent_path, asked_at)  # else S3 may predate a change made here
         for sibling, info in window.entries if current else ():
-            if sibling != name and (info.is_dir or not self.opts.posix_metadata):
+            if sibling != name and (info.is_dir or not self.opts.mount.posix_metadata):
                 self.meta.put(join(parent_path, sibling), info)
         self.siblings.remember_order(parent_path, window.entries)
-        if current and self.opts.negative_ttl > 0:
+        if current and self.opts.cache.negative_ttl > 0:
             listed = frozenset(sibling for sibling, _ in window.entries + window.uncertain)
             end = None if window.complete else window.last_key
             self._windows[parent_path] = LookupWindowSeen(window.start_after, end, listed, asked_at)
@@ -166,7 +168,7 @@ class Namespace:
             probe = await self.s3.list_page(Prefix=key + "/", MaxKeys=1)
             if probe.get("KeyCount", 0) or probe.get("Contents"):
                 return directory()
-        if found is not None and not found.is_dir and self.opts.posix_metadata:
+        if found is not None and not found.is_dir and self.opts.mount.posix_metadata:
             return await self.head(key)
         return found
 
@@ -194,7 +196,12 @@ class Namespace:
 
         A file unlinked or replaced here keeps its last attributes: no name leads to it in
         S3 any more, and whatever now has its old name is another file."""
-        if node.info.is_dir or node.writers or node.info.age() < self.opts.attr_ttl or not self.inodes.attached(node):
+        if (
+            node.info.is_dir
+            or node.writers
+            or node.info.age() < self.opts.cache.attr_ttl
+            or not self.inodes.attached(node)
+        ):
             return node
         info = await self.head(file_key(self.root_prefix, node.path))
         if info is None:
@@ -322,7 +329,7 @@ class DirHandle:
             if self.stream is None or self.stream.done:
                 return None
             batch = self._without_hidden(await self.stream.next_batch())
-            if self.ns.opts.posix_metadata:
+            if self.ns.opts.mount.posix_metadata:
                 batch = await self._with_metadata(batch)
             self._remember(batch)
             # Drop what the kernel has consumed; keep the unconsumed tail.

@@ -11,7 +11,6 @@ tree's (``tree.Tree``). Nothing here depends on which tree it is.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import functools
 import inspect
@@ -32,6 +31,7 @@ from .inodes import KernelForgetting, Node
 from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry
 from .names import NAME_MAX, decode_name, join
+from .options import Config
 from .router import Router
 from .tree import AttrChanges, DirEntries, Opened, OpenedFile, Tree, refused
 from .xattrs import is_s3fuse_name
@@ -120,7 +120,7 @@ class FuseOperations(pyfuse3.Operations):
     # trip) and sends them all before close() reaches flush, so durability holds.
     enable_writeback_cache = True
 
-    def __init__(self, opts: argparse.Namespace, make_router: Callable[[Callable[[int], None]], Router]) -> None:
+    def __init__(self, opts: Config, make_router: Callable[[Callable[[int], None]], Router]) -> None:
         """make_router: builds the mount's router, given the function that drops an inode's kernel page cache."""
         super().__init__()
         self.opts = opts
@@ -177,12 +177,12 @@ class FuseOperations(pyfuse3.Operations):
         info, opts = node.info, self.opts
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
-        attr.entry_timeout = attr.attr_timeout = tree.ttl(node, opts.attr_ttl)
-        perm = info.mode if info.mode is not None else (opts.dir_mode if info.is_dir else opts.file_mode)
+        attr.entry_timeout = attr.attr_timeout = tree.ttl(node, opts.cache.attr_ttl)
+        perm = info.mode if info.mode is not None else (opts.mount.dir_mode if info.is_dir else opts.mount.file_mode)
         attr.st_mode = info.kind | stat.S_IMODE(perm)
         attr.st_nlink = 2 if info.is_dir else 1
-        attr.st_uid = info.uid if info.uid is not None else opts.uid
-        attr.st_gid = info.gid if info.gid is not None else opts.gid
+        attr.st_uid = info.uid if info.uid is not None else opts.mount.uid
+        attr.st_gid = info.gid if info.gid is not None else opts.mount.gid
         attr.st_size = info.size
         attr.st_blksize = PREFERRED_IO_SIZE
         attr.st_blocks = (info.size + 511) // 512
@@ -233,7 +233,7 @@ class FuseOperations(pyfuse3.Operations):
         if node is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0  # a negative entry the kernel caches for entry_timeout
-            negative.entry_timeout = self.opts.negative_ttl
+            negative.entry_timeout = self.opts.cache.negative_ttl
             return negative
         return self._referenced(tree, node)
 
@@ -488,7 +488,7 @@ class FuseOperations(pyfuse3.Operations):
     # ---- extended attributes
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if self.opts.no_xattr:
+        if self.opts.mount.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
         if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
             return METRICS.snapshot(ctx.pid).encode()
@@ -501,21 +501,21 @@ class FuseOperations(pyfuse3.Operations):
             return await tree.getxattr(node, _xattr_name(name))
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if self.opts.no_xattr:
+        if self.opts.mount.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         tree, node = await self._route(inode)
         with errno_of("listxattr", node.path):
             return [name.encode() for name in await tree.listxattr(node)]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if self.opts.no_xattr:
+        if self.opts.mount.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         tree, node = await self._route(inode)
         with errno_of("setxattr", node.path):
             await tree.setxattr(node, _xattr_name(name), value)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if self.opts.no_xattr:
+        if self.opts.mount.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         tree, node = await self._route(inode)
         with errno_of("removexattr", node.path):

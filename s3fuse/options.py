@@ -1,25 +1,30 @@
-"""The command line: arguments, fstab-style ``-o`` options, the config file, environment variables.
+"""The mount's configuration: the command line, fstab-style ``-o`` options, the config file,
+environment variables, and the typed, frozen ``Config`` they are parsed into.
 
 Owns the argument parser (the single source of every option's name, default and
 help text) and the other ways to set the same options: ``-o name=value,flag`` (so
 ``mount -t fuse.s3fuse`` and fstab lines reach exactly what the flags reach),
 ``S3FUSE_NAME`` environment variables and a TOML config file. Precedence, highest
 first: the command line (flags and ``-o``), the environment, the config file's
-section for the bucket, its top level, the built-in defaults.
+section for the bucket, its top level, the built-in defaults. Owns too the checks
+of the values and what is derived from them (bucket and prefix, absolute paths,
+the SSE-C key, the addressing style), all done while parsing: a ``Config`` is
+never changed afterwards (``Config.for_bucket`` and ``dataclasses.replace`` make
+changed copies). Imports nothing of the rest of s3fuse but its version.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import os
 import re
 import tomllib
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from . import __version__
-from .s3client import read_sse_c_key
-from .versions import parse_instant
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -53,6 +58,97 @@ ALL_BUCKETS = "s3://"  # as BUCKET: mount every bucket of the account
 MOUNT_OPTION_ALIASES = {"ro": "read-only", "allow_other": "allow-other"}
 
 
+@dataclass(frozen=True)
+class MountOptions:
+    """What is mounted where, how the mount shows its entries, and how the daemon runs and logs."""
+
+    bucket_name: str  # "" with all_buckets; each bucket's own config has its name (Config.for_bucket)
+    prefix: str  # "" or ending in "/"
+    mountpoint: str  # absolute
+    all_buckets: bool
+    at: datetime.datetime | None  # a read-only view of the bucket at this instant
+    read_only: bool
+    foreground: bool
+    allow_other: bool
+    fsname: str | None
+    subtype: str
+    uid: int
+    gid: int
+    file_mode: int
+    dir_mode: int
+    posix_metadata: bool
+    no_xattr: bool
+    show_control_dir: bool
+    presign_expiry: float  # seconds
+    embedded_s3: bool  # s3fuse demo: the daemon starts its own S3 server
+    log_level: str
+    log_file: str | None  # absolute, or "syslog"
+    metrics: str | None
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """The connection to S3 and what is added to every request."""
+
+    endpoint_url: str | None
+    region: str | None
+    profile: str | None
+    addressing_style: str  # "path" with an endpoint URL unless given, else "auto"
+    max_connections: int
+    timeout: float
+    retries: int
+    requester_pays: bool
+    sse_c_key: bytes | None = field(repr=False)  # read from --sse-c-key-file
+    acl: str | None
+    storage_class: str | None
+    list_version: int
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """What is cached, for how long and how much, and how much is read at once and ahead."""
+
+    block_size: int
+    cache_size: int
+    read_ahead: int
+    kernel_read_ahead: int
+    attr_ttl: float
+    dir_ttl: float
+    negative_ttl: float
+    lookup_window: int
+    prefetch_files: int
+    metadata_cache_entries: int
+    inode_limit: int
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """Where and when written files go: the cache dir, write-back, conflicts."""
+
+    cache_dir: str  # absolute
+    write_back: bool
+    write_back_limit: int
+    write_back_uploads: int
+    on_conflict: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """A mount's configuration, as parsed: ``config.cache.attr_ttl``."""
+
+    mount: MountOptions
+    s3: S3Options
+    cache: CacheOptions
+    write: WriteOptions
+
+    def for_bucket(self, name: str) -> Config:
+        """The configuration of one bucket of an all-buckets mount: its name, no prefix."""
+        return replace(self, mount=replace(self.mount, bucket_name=name, prefix=""))
+
+
+_Group = TypeVar("_Group", MountOptions, S3Options, CacheOptions, WriteOptions)
+
+
 def fuse_option_value(text: str) -> str:
     """A value handed to FUSE inside its own -o list: no commas, not empty."""
     if not text or "," in text or "\\" in text:
@@ -68,6 +164,15 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
+def parse_instant(text: str) -> datetime.datetime | None:
+    """An ISO 8601 time with a zone ('2026-11-20T10:00:00Z', '...+02:00'); None if invalid or without a zone."""
+    try:
+        instant = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return instant if instant.tzinfo is not None else None
+
+
 def parse_at(text: str) -> datetime.datetime:
     instant = parse_instant(text)
     if instant is None:
@@ -80,6 +185,30 @@ def parse_mode(text: str) -> int:
         return int(text, 8)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+
+
+SSE_C_KEY_BYTES = 32  # SSE-C is AES-256
+
+
+def read_sse_c_key(path: str) -> bytes:
+    """The SSE-C key in a file: exactly 32 bytes taken as they are, or else base64 text of 32 bytes.
+
+    Raises ValueError with a one-line message that never contains the key.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 16)  # a key file is tiny: no need to read a wrong one whole
+    except OSError as exc:
+        raise ValueError(f"cannot read the SSE-C key file {path}: {exc.strerror}") from None
+    if len(data) == SSE_C_KEY_BYTES:
+        return data
+    try:
+        key = base64.b64decode(data.strip(), validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != SSE_C_KEY_BYTES:
+        raise ValueError(f"the SSE-C key file {path} must hold a 32-byte key, raw or base64 (found {len(data)} bytes)")
+    return key
 
 
 def default_cache_dir() -> str:
@@ -473,7 +602,9 @@ def configured_defaults(parser: argparse.ArgumentParser, config_path: str | None
     return values
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str], *, embedded_s3: bool = False) -> Config:
+    """The configuration of a mount from its command line, the environment and the config file;
+    a usage error exits. embedded_s3: for ``s3fuse demo``, whose daemon starts its own S3 server."""
     parser = build_parser()
     expanded = expand_mount_options(argv, parser)
     # intermixed: BUCKET is optional, and options may still come between BUCKET and MOUNTPOINT.
@@ -481,36 +612,60 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     first = parser.parse_intermixed_args(expanded)
     bucket = None if first.bucket in (None, ALL_BUCKETS) else first.bucket.partition(":")[0]
     parser.set_defaults(**configured_defaults(parser, first.config, bucket))
-    args = parser.parse_intermixed_args(expanded)
-    if args.bucket == ALL_BUCKETS:
-        args.all_buckets = True
-    elif args.all_buckets and args.bucket is not None:
+    return _config(parser, parser.parse_intermixed_args(expanded), embedded_s3)
+
+
+def config_of(bucket: str, mountpoint: str, **values: Any) -> Config:
+    """The configuration of a mount of BUCKET at MOUNTPOINT with these option values (by their
+    parser names, already typed), which win over the environment and the config file as the
+    command line would."""
+    parser = build_parser()
+    parser.set_defaults(**{**configured_defaults(parser, None, bucket), **values})
+    return _config(parser, parser.parse_args([bucket, mountpoint]), embedded_s3=False)
+
+
+def _config(parser: argparse.ArgumentParser, args: argparse.Namespace, embedded_s3: bool) -> Config:
+    """The parsed options checked, with what derives from them, as a Config."""
+    all_buckets = args.all_buckets or args.bucket == ALL_BUCKETS
+    if args.all_buckets and args.bucket not in (None, ALL_BUCKETS):
         parser.error(f"--all-buckets mounts every bucket: give no BUCKET, or {ALL_BUCKETS}")
-    if args.all_buckets:
-        bucket, prefix = "", ""  # each bucket's own options get its name (allbuckets.py)
+    if all_buckets:
+        bucket, prefix = "", ""  # each bucket's own config gets its name (Config.for_bucket)
     elif args.bucket is None:
         parser.error(f"BUCKET[:PREFIX] is missing (every bucket: {ALL_BUCKETS} or --all-buckets)")
     else:
         bucket, _, prefix = args.bucket.partition(":")
         if not bucket:
             parser.error("BUCKET is empty")
-    args.bucket_name = bucket
-    args.embedded_s3 = False
-    args.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    if args.addressing_style is None:
-        args.addressing_style = "path" if args.endpoint_url else "auto"
     if args.block_size < 64 * 1024:
         parser.error("--block-size must be at least 64K")
     if args.write_back_uploads < 1:
         parser.error("--write-back-uploads must be at least 1")
-    args.mountpoint = os.path.abspath(args.mountpoint)
-    args.cache_dir = os.path.abspath(args.cache_dir)  # the daemon runs in /
-    if args.log_file and args.log_file != "syslog":
-        args.log_file = os.path.abspath(args.log_file)
-    args.sse_c_key = None
+    sse_c_key = None
     if args.sse_c_key_file:
         try:
-            args.sse_c_key = read_sse_c_key(args.sse_c_key_file)
+            sse_c_key = read_sse_c_key(args.sse_c_key_file)
         except ValueError as exc:
             parser.exit(1, f"s3fuse: {exc}\n")  # not a usage error: one line, no usage text
-    return args
+    values = vars(args) | {
+        "bucket_name": bucket,
+        "prefix": prefix.strip("/") + "/" if prefix.strip("/") else "",
+        "all_buckets": all_buckets,
+        "embedded_s3": embedded_s3,
+        "mountpoint": os.path.abspath(args.mountpoint),
+        "cache_dir": os.path.abspath(args.cache_dir),  # the daemon runs in /
+        "log_file": os.path.abspath(args.log_file) if args.log_file and args.log_file != "syslog" else args.log_file,
+        "addressing_style": args.addressing_style or ("path" if args.endpoint_url else "auto"),
+        "sse_c_key": sse_c_key,
+    }
+    return Config(
+        _group(MountOptions, values),
+        _group(S3Options, values),
+        _group(CacheOptions, values),
+        _group(WriteOptions, values),
+    )
+
+
+def _group(cls: type[_Group], values: dict[str, Any]) -> _Group:
+    """One group of a Config, of the values its fields name."""
+    return cls(**{f.name: values[f.name] for f in fields(cls)})

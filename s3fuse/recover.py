@@ -20,7 +20,7 @@ from .blockcache import BlockCache
 from .journal import Journal, JournalInUse, journals
 from .mount import MountError, check_bucket, settings_of, setup_logging
 from .namespace import Namespace
-from .options import parse_args
+from .options import Config, config_of
 from .s3client import S3Client
 from .writeback import WriteBack
 
@@ -43,16 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def mount_options(journal: Journal, cache_dir: str, args: argparse.Namespace) -> argparse.Namespace:
-    """The options of a write-back mount of the journal's bucket: what the mount recorded,
+def mount_options(journal: Journal, cache_dir: str, args: argparse.Namespace) -> Config:
+    """The configuration of a write-back mount of the journal's bucket: what the mount recorded,
     overridden by the command line; the config file and S3FUSE_* apply as to a mount."""
     recorded = journal.connection()
-    argv = [journal.bucket, cache_dir, "--cache-dir", cache_dir, "--write-back"]
-    for name in CONNECTION_OPTIONS:
-        value = getattr(args, name) or recorded.get(name)
-        if value:
-            argv += [f"--{name.replace('_', '-')}", value]
-    return parse_args(argv)
+    connection = {name: getattr(args, name) or recorded.get(name) for name in CONNECTION_OPTIONS}
+    values = {name: value for name, value in connection.items() if value}
+    return config_of(journal.bucket, cache_dir, cache_dir=cache_dir, write_back=True, **values)
 
 
 def recover(journal: Journal, cache_dir: str, args: argparse.Namespace) -> bool:
@@ -61,9 +58,9 @@ def recover(journal: Journal, cache_dir: str, args: argparse.Namespace) -> bool:
     setup_logging(opts, detached=False)
     try:
         client = check_bucket(opts)
-        s3 = S3Client(client, opts.bucket_name, settings_of(opts))
+        s3 = S3Client(client, opts.mount.bucket_name, settings_of(opts))
         ns = Namespace(s3, opts, lambda inode: None, pyfuse3.ROOT_INODE)
-        wb = WriteBack(s3, ns, BlockCache(opts.cache_size), opts)
+        wb = WriteBack(s3, ns, BlockCache(opts.cache.cache_size), opts)
     except (MountError, JournalInUse) as exc:
         print(f"s3fuse recover: {exc}", file=sys.stderr)
         return False
@@ -72,7 +69,7 @@ def recover(journal: Journal, cache_dir: str, args: argparse.Namespace) -> bool:
     left = len(journal.records())
     kept = len(wb.kept)
     print(
-        f"s3://{opts.bucket_name}: recovered {total - left - kept} of {total} file(s); "
+        f"s3://{opts.mount.bucket_name}: recovered {total - left - kept} of {total} file(s); "
         f"{left} left in the journal {journal.directory}, {kept} moved to {wb.kept_dir}"
     )
     return left == 0 and kept == 0

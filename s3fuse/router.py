@@ -13,7 +13,6 @@ reserved name) and a ``root_entry()``, plus one line in ``BucketRouter._special`
 
 from __future__ import annotations
 
-import argparse
 import errno
 from collections.abc import Callable
 from typing import Protocol
@@ -27,6 +26,7 @@ from .errors import FsError
 from .historytree import HistoryTree, VersionsTree
 from .inodes import Node
 from .namespace import Namespace
+from .options import Config
 from .s3client import S3Client
 from .tree import NamespaceTree, SpecialTree, Tree
 from .versions import TimeView
@@ -58,7 +58,7 @@ class BucketRouter:
     def __init__(
         self,
         s3: S3Client,
-        opts: argparse.Namespace,
+        opts: Config,
         invalidate: Callable[[int], None],
         blocks: BlockCache,
         root: Node | None = None,
@@ -69,19 +69,19 @@ class BucketRouter:
         self.bucket: BucketTree | None = None
         self.main: NamespaceTree
         special = self._special(s3, opts, blocks)
-        if opts.at is not None:  # the whole mount is the bucket as it was then (mounted read-only)
-            self.main = HistoryTree(s3, opts, self.ns, blocks, TimeView(s3, opts, opts.at))
+        if opts.mount.at is not None:  # the whole mount is the bucket as it was then (mounted read-only)
+            self.main = HistoryTree(s3, opts, self.ns, blocks, TimeView(s3, opts, opts.mount.at))
         else:
-            shown = opts.show_control_dir
+            shown = opts.mount.show_control_dir
             reserved = [(tree.name, tree.root_entry() if shown else None) for tree in special]
             self.main = self.bucket = BucketTree(s3, opts, self.ns, blocks, reserved)
         self.special = {tree.name: tree for tree in special}
 
-    def _special(self, s3: S3Client, opts: argparse.Namespace, blocks: BlockCache) -> list[SpecialTree]:
+    def _special(self, s3: S3Client, opts: Config, blocks: BlockCache) -> list[SpecialTree]:
         """The trees at reserved names of the root: one line each."""
         return [
             ControlTree(s3, opts, self.ns),
-            *([VersionsTree(s3, opts, self.ns, blocks)] if opts.at is None else []),  # no history of the past
+            *([VersionsTree(s3, opts, self.ns, blocks)] if opts.mount.at is None else []),  # no history of the past
         ]
 
     @property

@@ -112,30 +112,6 @@ def translate(exc: BaseException) -> S3Error:
     return S3Error(errno.EIO, type(exc).__name__, str(exc))
 
 
-SSE_C_KEY_BYTES = 32  # SSE-C is AES-256
-
-
-def read_sse_c_key(path: str) -> bytes:
-    """The SSE-C key in a file: exactly 32 bytes taken as they are, or else base64 text of 32 bytes.
-
-    Raises ValueError with a one-line message that never contains the key.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 16)  # a key file is tiny: no need to read a wrong one whole
-    except OSError as exc:
-        raise ValueError(f"cannot read the SSE-C key file {path}: {exc.strerror}") from None
-    if len(data) == SSE_C_KEY_BYTES:
-        return data
-    try:
-        key = base64.b64decode(data.strip(), validate=True)
-    except ValueError:
-        key = b""
-    if len(key) != SSE_C_KEY_BYTES:
-        raise ValueError(f"the SSE-C key file {path} must hold a 32-byte key, raw or base64 (found {len(data)} bytes)")
-    return key
-
-
 @dataclass(frozen=True)
 class RequestOptions:
     """What the mount adds to, or changes in, the S3 requests it sends."""

@@ -36,7 +36,6 @@ are bounded like the metadata cache.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import errno
@@ -58,6 +57,7 @@ from .errors import FsError
 from .listing import DirectoryStream
 from .metadata import EntryInfo
 from .names import at_or_below, dir_prefix, invalid_reason, join, split
+from .options import Config, parse_instant
 from .reader import ObjectReader
 from .s3client import S3Client
 from .upload import gather
@@ -79,15 +79,6 @@ KINDS_FIELD = "S3fuseDeleteMarkerOrder"
 
 def in_versions_dir(path: str) -> bool:
     return at_or_below(path, VERSIONS_DIR)
-
-
-def parse_instant(text: str) -> datetime.datetime | None:
-    """An ISO 8601 time with a zone ('2026-11-20T10:00:00Z', '...+02:00'); None if invalid or without a zone."""
-    try:
-        instant = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return instant if instant.tzinfo is not None else None
 
 
 def view_instant(name: str) -> datetime.datetime | None:
@@ -169,7 +160,7 @@ def version_xattrs(version: Version) -> dict[str, bytes]:
 
 def version_reader(
     s3: S3Client,
-    opts: argparse.Namespace,
+    opts: Config,
     version: Version,
     blocks: BlockCache,
     nursery: trio.Nursery,
@@ -183,8 +174,8 @@ def version_reader(
         version.key,
         version.size,
         version.etag,
-        opts.block_size,
-        opts.read_ahead,
+        opts.cache.block_size,
+        opts.cache.read_ahead,
         on_changed,
         version_id=version.version_id,
     )
@@ -500,21 +491,23 @@ class TimeDir(VersionListing):
 # ---- trees
 
 
-def _bounded(opts: argparse.Namespace, ttl: float, **kwargs: Any) -> TTLCache[Any, Any]:
+def _bounded(opts: Config, ttl: float, **kwargs: Any) -> TTLCache[Any, Any]:
     """A cache of at most --metadata-cache-entries entries (or sizes), each kept for ``ttl`` seconds."""
-    return TTLCache(maxsize=max(1, opts.metadata_cache_entries), ttl=max(ttl, 1e-3), timer=time.monotonic, **kwargs)
+    return TTLCache(
+        maxsize=max(1, opts.cache.metadata_cache_entries), ttl=max(ttl, 1e-3), timer=time.monotonic, **kwargs
+    )
 
 
 class _Tree:
     """A read-only tree of version entries, found by mount path; what lookups and listings find is cached."""
 
-    def __init__(self, s3: S3Client, opts: argparse.Namespace, base: str, page_size: int) -> None:
+    def __init__(self, s3: S3Client, opts: Config, base: str, page_size: int) -> None:
         self.s3 = s3
         self.opts = opts
         self.base = base  # the mount path of the tree's root
-        self.root_prefix: str = opts.prefix
+        self.root_prefix: str = opts.mount.prefix
         self.page_size = page_size
-        self._entries: TTLCache[str, Entry] = _bounded(opts, opts.attr_ttl)
+        self._entries: TTLCache[str, Entry] = _bounded(opts, opts.cache.attr_ttl)
         s3.client.meta.events.register("after-call.s3.ListObjectVersions", record_kinds, unique_id=KINDS_FIELD)
 
     def _relative(self, path: str) -> str:
@@ -586,11 +579,11 @@ class _Tree:
 class Versions(_Tree):
     """The history tree ``.versions/`` of a mount, and the time views in it."""
 
-    def __init__(self, s3: S3Client, opts: argparse.Namespace, page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, s3: S3Client, opts: Config, page_size: int = PAGE_SIZE) -> None:
         super().__init__(s3, opts, VERSIONS_DIR, page_size)
         # key -> its whole history, newest first: those of one page at most, bounded in versions held
         self._histories: TTLCache[str, list[Version]] = _bounded(
-            opts, opts.dir_ttl, getsizeof=lambda history: max(1, len(history))
+            opts, opts.cache.dir_ttl, getsizeof=lambda history: max(1, len(history))
         )
         self._views: LRUCache[str, TimeView] = LRUCache(maxsize=VIEWS)
 
@@ -679,7 +672,7 @@ class TimeView(_Tree):
     def __init__(
         self,
         s3: S3Client,
-        opts: argparse.Namespace,
+        opts: Config,
         instant: datetime.datetime,
         base: str = "",
         page_size: int = PAGE_SIZE,
@@ -687,7 +680,7 @@ class TimeView(_Tree):
         super().__init__(s3, opts, base, page_size)
         self.instant = instant
         # prefix -> whether a key under it existed at the instant
-        self._live: TTLCache[str, bool] = _bounded(opts, opts.dir_ttl)
+        self._live: TTLCache[str, bool] = _bounded(opts, opts.cache.dir_ttl)
 
     def _open(self, rel: str, path: str) -> TimeDir:
         return TimeDir(self, rel, path)

@@ -18,7 +18,6 @@ uploaded the same way.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import errno
@@ -40,6 +39,7 @@ from .metadata import META_MTIME, EntryInfo, from_head
 from .metrics import METRICS
 from .names import at_or_below, file_key, split
 from .namespace import Namespace
+from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
 from .spill import SpillFile
@@ -68,35 +68,35 @@ RETRY_DELAY_MAX = 60.0  # seconds between attempts of a journaled file's upload,
 FINAL_ERRORS = {errno.ESTALE, errno.EACCES, errno.EPERM, errno.EINVAL, errno.EFBIG, errno.ENAMETOOLONG, errno.EROFS}
 
 
-def connection_of(opts: argparse.Namespace) -> dict[str, Any]:
+def connection_of(opts: Config) -> dict[str, Any]:
     """How to reach the bucket, for ``s3fuse recover`` (never credentials)."""
-    return {name: getattr(opts, name) for name in ("endpoint_url", "region", "profile", "addressing_style")}
+    return {name: getattr(opts.s3, name) for name in ("endpoint_url", "region", "profile", "addressing_style")}
 
 
 class WriteBack:
     """Every file open for writing, by inode, and the places their data may go."""
 
-    def __init__(self, s3: S3Client, ns: Namespace, blocks: BlockCache, opts: argparse.Namespace) -> None:
+    def __init__(self, s3: S3Client, ns: Namespace, blocks: BlockCache, opts: Config) -> None:
         self.s3 = s3
         self.ns = ns
         self.blocks = blocks
         self.opts = opts
-        self.registry = UploadRegistry(opts.cache_dir, opts.bucket_name)
-        self.write_back: bool = opts.write_back
-        self.journal = Journal(opts.cache_dir, opts.bucket_name)
+        self.registry = UploadRegistry(opts.write.cache_dir, opts.mount.bucket_name)
+        self.write_back: bool = opts.write.write_back
+        self.journal = Journal(opts.write.cache_dir, opts.mount.bucket_name)
         if self.write_back or self.journal.has_records():
             self._own_journal()
         # Under --write-back spill files live in the journal, which records name them.
         self.spill_dir = (
-            self.journal.directory if self.write_back else os.path.join(opts.cache_dir, "spill", str(os.getpid()))
+            self.journal.directory if self.write_back else os.path.join(opts.write.cache_dir, "spill", str(os.getpid()))
         )
-        self.kept_dir = os.path.join(opts.cache_dir, "lost+found")
+        self.kept_dir = os.path.join(opts.write.cache_dir, "lost+found")
         self.files: dict[int, OpenFile] = {}
         self.nursery: trio.Nursery | None = None  # for streaming parts and background uploads
         self.saving = 0  # saves running now
         # path -> why its last save failed and where its data went, until it is saved again
         self.kept: LRUCache[str, str] = LRUCache(maxsize=1000)
-        self.uploads = trio.CapacityLimiter(opts.write_back_uploads)
+        self.uploads = trio.CapacityLimiter(opts.write.write_back_uploads)
         self.queued = 0  # journaled files whose background upload has not ended
         self.upload_ended = trio.Event()  # set, and replaced, each time one ends
         self.stopping = trio.Event()  # unmounting: failed uploads stay in the journal
@@ -131,13 +131,13 @@ class WriteBack:
             kept = self.move_to_lost_and_found(path, os.path.basename(path))
             log.warning("%s holds writes no close() acknowledged (s3fuse died first); moved to %s", path, kept)
         adopted = []
-        prefix = self.opts.prefix
+        prefix = self.opts.mount.prefix
         for record in records:
             key = record["key"]
             if not key.startswith(prefix) or key == prefix:
                 log.warning(
                     "the write-back journal holds %r, outside s3://%s/%s: after unmounting, 's3fuse recover %s' "
-                    "uploads it", key, self.opts.bucket_name, prefix, self.opts.cache_dir,
+                    "uploads it", key, self.opts.mount.bucket_name, prefix, self.opts.write.cache_dir,
                 )  # fmt: skip
                 continue
             try:
@@ -188,7 +188,7 @@ class WriteBack:
                     break
             await self.wait_for_space(of.key)
         # Backpressure: the writer waits while the journal holds too much of other files.
-        while self.journaled_bytes() > self.opts.write_back_limit and self.journaled_bytes(besides=of):
+        while self.journaled_bytes() > self.opts.write.write_back_limit and self.journaled_bytes(besides=of):
             await self.upload_ended.wait()
 
     def others_queued(self, of: OpenFile) -> bool:
@@ -196,7 +196,9 @@ class WriteBack:
 
     async def wait_for_space(self, key: str) -> None:
         """The cache dir is full: wait for a background upload to end and free some."""
-        log.warning("the cache dir %s is full: writing %r waits for uploads to free space", self.opts.cache_dir, key)
+        log.warning(
+            "the cache dir %s is full: writing %r waits for uploads to free space", self.opts.write.cache_dir, key
+        )
         await self.upload_ended.wait()
 
     def _upload_later(self, of: OpenFile) -> None:
@@ -395,7 +397,7 @@ class WriteBack:
             log.error(
                 "%d file(s) could not be uploaded and stay in the write-back journal %s; the next mount "
                 "with this cache dir, or 's3fuse recover %s', uploads them",
-                len(left), self.journal.directory, self.opts.cache_dir,
+                len(left), self.journal.directory, self.opts.write.cache_dir,
             )  # fmt: skip
         self.journal.release()
         if not self.write_back:
@@ -516,7 +518,7 @@ class OpenFile:
 
     @property
     def key(self) -> str:
-        return file_key(self.wb.opts.prefix, self.node.path)
+        return file_key(self.wb.opts.mount.prefix, self.node.path)
 
     @property
     def dirty(self) -> bool:
@@ -598,7 +600,7 @@ class OpenFile:
         if self.spill is None:
             self.spill = self.wb.new_spill(self.base.size)  # no stream: it is never uploaded
         try:
-            await self.spill.fill(0, self.spill.base_limit, self._fetch_base, self.wb.opts.block_size)
+            await self.spill.fill(0, self.spill.base_limit, self._fetch_base, self.wb.opts.cache.block_size)
         except (FsError, OSError) as exc:
             log.warning("%r was removed while open; its bytes not written here are lost to it: %s", self.key, exc)
 
@@ -635,7 +637,7 @@ class OpenFile:
                 self.key,
                 self.base.size,
                 self.base.etag,
-                self.wb.opts.block_size,
+                self.wb.opts.cache.block_size,
                 0,
                 on_changed=lambda: None,
             )
@@ -752,7 +754,7 @@ class OpenFile:
         what = f"{self.key!r} changed in S3 since it was opened here"
         if needs_base:
             raise FsError(errno.ESTALE, "Conflict", f"{what}; its unchanged bytes can no longer be copied")
-        if self.wb.opts.on_conflict == "fail":
+        if self.wb.opts.write.on_conflict == "fail":
             raise FsError(errno.ESTALE, "Conflict", f"{what} (--on-conflict fail)")
         log.warning("%s; overwriting it (--on-conflict overwrite)", what)
 
@@ -766,7 +768,7 @@ class OpenFile:
         async def send(number: int, start: int, end: int) -> None:
             # From the spill file, never whole in memory: a part of a large file is up to
             # 525 MiB, and one of a sparse file is mostly a hole (zeros the file reads as).
-            await spill.fill(start, end, self._fetch_base, self.wb.opts.block_size)
+            await spill.fill(start, end, self._fetch_base, self.wb.opts.cache.block_size)
             with spill.in_use():
                 await upload.send_part(number, FileRange(spill.fd, start, end))
 

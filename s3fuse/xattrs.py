@@ -16,7 +16,6 @@ then value), which must not cost two requests.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import logging
@@ -29,6 +28,7 @@ from .errors import FsError, S3Error
 from .inodes import Node
 from .metadata import META_GID, META_MODE, META_MTIME, META_UID
 from .names import file_key
+from .options import Config
 from .s3client import S3Client
 from .torrent import TorrentBuilder, is_torrent
 from .upload import HeaderChanges, ObjectHeaders
@@ -142,7 +142,7 @@ class Xattrs:
     def __init__(
         self,
         s3: S3Client,
-        opts: argparse.Namespace,
+        opts: Config,
         change_headers: ChangeHeaders,
         pending: PendingHeaders,
         upload_state: UploadState,
@@ -158,7 +158,7 @@ class Xattrs:
         self._torrents: LRUCache[tuple[str, str], bytes] = LRUCache(maxsize=32)
 
     def _key(self, node: Node) -> str:
-        return file_key(self.opts.prefix, node.path)
+        return file_key(self.opts.mount.prefix, node.path)
 
     def _forget(self, key: str) -> None:
         for cache in (self._heads, self._values):
@@ -251,7 +251,9 @@ class Xattrs:
             return tags_of(await self.s3.call("get_object_tagging", Key=key))
         if name == "s3.presigned_url":
             url = self.s3.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.s3.bucket, "Key": key}, ExpiresIn=int(self.opts.presign_expiry)
+                "get_object",
+                Params={"Bucket": self.s3.bucket, "Key": key},
+                ExpiresIn=int(self.opts.mount.presign_expiry),
             )
             return url.encode()
         if name == "s3.torrent":

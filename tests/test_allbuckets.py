@@ -43,8 +43,8 @@ def bucket_exists(s3, name: str) -> bool:
 @pytest.mark.parametrize("argv", [[ALL, "m"], ["--all-buckets", "m"], ["m", "-o", "all_buckets,ro"], ["-f", ALL, "m"]])
 def test_command_line_forms(argv):
     opts = parse_args(argv)
-    assert opts.all_buckets
-    assert (opts.bucket_name, opts.prefix, opts.mountpoint) == ("", "", os.path.abspath("m"))
+    assert opts.mount.all_buckets
+    assert (opts.mount.bucket_name, opts.mount.prefix, opts.mount.mountpoint) == ("", "", os.path.abspath("m"))
 
 
 @pytest.mark.parametrize(

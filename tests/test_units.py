@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import io
 import itertools
@@ -28,7 +29,7 @@ from s3fuse.journal import Journal, JournalInUse, journals
 from s3fuse.listing import DirectoryStream
 from s3fuse.metadata import EntryInfo, MetadataCache, apply_posix_metadata, directory, from_head, parse_seconds_ns
 from s3fuse.mount import describe_failure
-from s3fuse.options import build_parser, expand_mount_options, parse_args, parse_mode, parse_size
+from s3fuse.options import build_parser, config_of, expand_mount_options, parse_args, parse_mode, parse_size
 from s3fuse.progress import Progress
 from s3fuse.s3client import (
     ClientSettings,
@@ -265,7 +266,7 @@ def test_dash_o_reaches_what_flags_reach(clean_env, options):
         items.append(name if value is None else f"{name}={value}")
     via_flags = parse_args(["bucket:pre", "/mnt", *flags])
     via_o = parse_args(["bucket:pre", "/mnt", "-o", ",".join(items)])
-    assert vars(via_flags) | {"mount_options": None} == vars(via_o) | {"mount_options": None}
+    assert via_flags == via_o
 
 
 @pytest.mark.parametrize(
@@ -274,10 +275,23 @@ def test_dash_o_reaches_what_flags_reach(clean_env, options):
 )
 def test_parse_args_prefix(clean_env, spec, bucket, prefix):
     opts = parse_args([spec, "rel/mnt"])
-    assert (opts.bucket_name, opts.prefix) == (bucket, prefix)
-    assert opts.mountpoint == os.path.abspath("rel/mnt")
-    assert opts.addressing_style == "auto"
-    assert parse_args([spec, "m", "--endpoint-url", "http://x"]).addressing_style == "path"
+    assert (opts.mount.bucket_name, opts.mount.prefix) == (bucket, prefix)
+    assert opts.mount.mountpoint == os.path.abspath("rel/mnt")
+    assert opts.s3.addressing_style == "auto"
+    assert parse_args([spec, "m", "--endpoint-url", "http://x"]).s3.addressing_style == "path"
+
+
+def test_every_option_reaches_the_config(clean_env):
+    config = parse_args(["b", "/mnt"])
+    fields = {f.name for group in dataclasses.fields(config) for f in dataclasses.fields(getattr(config, group.name))}
+    plumbing = {"help", "version", "mount_options", "config", "sse_c_key_file"}  # the key file: as its key
+    assert {a.dest for a in build_parser()._actions if a.option_strings} - plumbing <= fields
+
+
+def test_config_of_is_the_config_of_the_command_line(clean_env):
+    made = config_of("b", "rel/mnt", write_back=True, region="eu-west-1", cache_dir="rel/cache")
+    assert made == parse_args(["b", "rel/mnt", "--write-back", "--region", "eu-west-1", "--cache-dir", "rel/cache"])
+    assert made.for_bucket("other").mount.bucket_name == "other"
 
 
 @pytest.mark.parametrize(
@@ -306,23 +320,28 @@ def test_config_file_environment_and_command_line(clean_env, monkeypatch, tmp_pa
     config.write_text(CONFIG)
     monkeypatch.setenv("S3FUSE_CONFIG", str(config))
     other = parse_args(["other", "/mnt"])
-    assert (other.cache_size, other.attr_ttl, other.read_only, other.storage_class) == (128 << 20, 5, True, None)
-    assert other.dir_ttl == 30  # not in the file: the built-in default
+    assert (other.cache.cache_size, other.cache.attr_ttl, other.mount.read_only, other.s3.storage_class) == (
+        128 << 20,
+        5,
+        True,
+        None,
+    )
+    assert other.cache.dir_ttl == 30  # not in the file: the built-in default
     photos = parse_args(["photos:2026", "/mnt"])  # its [bucket.photos] table wins over the top level
-    assert (photos.attr_ttl, photos.storage_class, photos.log_level) == (60, "STANDARD_IA", "warning")
+    assert (photos.cache.attr_ttl, photos.s3.storage_class, photos.mount.log_level) == (60, "STANDARD_IA", "warning")
     monkeypatch.setenv("S3FUSE_ATTR_TTL", "9")
     monkeypatch.setenv("S3FUSE_READ_ONLY", "no")
     env = parse_args(["photos", "/mnt"])  # the environment wins over the file
-    assert (env.attr_ttl, env.read_only, env.cache_size) == (9, False, 128 << 20)
+    assert (env.cache.attr_ttl, env.mount.read_only, env.cache.cache_size) == (9, False, 128 << 20)
     for argv in (["photos", "/mnt", "--attr-ttl", "2"], ["photos", "/mnt", "-o", "attr_ttl=2"]):
-        assert parse_args(argv).attr_ttl == 2  # the command line wins over everything
+        assert parse_args(argv).cache.attr_ttl == 2  # the command line wins over everything
     monkeypatch.delenv("S3FUSE_CONFIG")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    assert parse_args(["b", "/mnt"]).cache_size == 64 << 20  # no file at the default place: fine
+    assert parse_args(["b", "/mnt"]).cache.cache_size == 64 << 20  # no file at the default place: fine
     (tmp_path / "xdg/s3fuse").mkdir(parents=True)
     (tmp_path / "xdg/s3fuse/config.toml").write_text('cache_size = "1G"\n')
-    assert parse_args(["b", "/mnt"]).cache_size == 1 << 30
-    assert parse_args(["b", "/mnt", "-o", f"config={config}"]).cache_size == 128 << 20
+    assert parse_args(["b", "/mnt"]).cache.cache_size == 1 << 30
+    assert parse_args(["b", "/mnt", "-o", f"config={config}"]).cache.cache_size == 128 << 20
 
 
 @pytest.mark.parametrize(
@@ -685,14 +704,14 @@ def test_translate_keeps_s3_errors():
         (client_error("OtherError", 400), "S3 refused access to bucket 'bkt': OtherError"),
     ],
 )
-def test_describe_failure(exc, expected):
-    opts = argparse.Namespace(endpoint_url="http://s3.test", bucket_name="bkt", profile=None, all_buckets=False)
+def test_describe_failure(clean_env, exc, expected):
+    opts = parse_args(["bkt", "/mnt", "--endpoint-url", "http://s3.test"])
     line = describe_failure(exc, opts)
     assert expected in line
     assert "\n" not in line
 
 
-def test_describe_failure_wrong_region():
+def test_describe_failure_wrong_region(clean_env):
     exc = botocore.exceptions.ClientError(
         {
             "Error": {"Code": "301"},
@@ -700,7 +719,7 @@ def test_describe_failure_wrong_region():
         },
         "HeadBucket",
     )
-    opts = argparse.Namespace(endpoint_url=None, bucket_name="bkt", profile=None, all_buckets=False)
+    opts = parse_args(["bkt", "/mnt"])
     assert describe_failure(exc, opts) == "bucket 'bkt' is in another region (eu-west-1); use --region eu-west-1"
 
 

@@ -7,7 +7,6 @@ order between versions sleep a little more than a second between writes.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import errno
 import os
@@ -25,7 +24,7 @@ from conftest import base_env
 from s3fuse.blockcache import BlockCache
 from s3fuse.errors import FsError
 from s3fuse.metadata import EntryInfo
-from s3fuse.options import parse_args
+from s3fuse.options import Config, parse_args
 from s3fuse.reader import ObjectReader
 from s3fuse.s3client import ClientSettings, S3Client, make_boto_client
 from s3fuse.versions import TimeView, Versions, ordered_versions, record_kinds, version_reader
@@ -62,7 +61,7 @@ def versioned(s3, bucket) -> str:
     return bucket
 
 
-def options(spec: str, *args: str) -> argparse.Namespace:
+def options(spec: str, *args: str) -> Config:
     return parse_args([spec, "/mnt", *args])
 
 
