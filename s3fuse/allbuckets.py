@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import functools
 import logging
 import stat
 import time
@@ -38,6 +37,7 @@ from .mutations import new_entry, refuse
 from .names import NAME_MAX, decode_name, invalid_reason
 from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of, guard_handlers
 from .options import ALL_BUCKETS
+from .pager import pages
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
 from .xattrs import is_s3fuse_name
 
@@ -118,11 +118,8 @@ class BucketTable:
 
     async def _list_buckets(self) -> dict[str, int]:
         """Bucket name -> creation time (ns), for the names that can be file names."""
-        client = self.s3.client
         listed: dict[str, int] = {}
-        params: dict[str, str] = {}
-        while True:
-            page = await self.s3.run(functools.partial(client.list_buckets, **params))
+        async for page in pages(self.s3, "list_buckets"):
             for entry in page.get("Buckets", ()):
                 name = entry["Name"]
                 reason = invalid_reason(name) or ("a '/' character" if "/" in name else None)
@@ -131,9 +128,7 @@ class BucketTable:
                     continue
                 created = entry.get("CreationDate")
                 listed[name] = int(created.timestamp()) * 1_000_000_000 if created else time.time_ns()
-            if not page.get("ContinuationToken"):
-                return listed
-            params = {"ContinuationToken": page["ContinuationToken"]}
+        return listed
 
     def _add(self, name: str, info: EntryInfo) -> Bucket:
         bucket = Bucket(name, next(self._numbers), info)

@@ -1,5 +1,5 @@
 """Directory contents from delimited ListObjectsV2 (or ListObjects v1: ``S3Client.list_page``),
-streamed a page at a time.
+streamed a page at a time through a ``pager.Pager``.
 
 Owns the rules that turn a listing into directory entries: common prefixes are
 directories (a ``dir/`` marker object is one too), other keys are files, names that
@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import outcome
 import trio
 
 from .metadata import EntryInfo, directory, from_listing
 from .names import invalid_reason, start_after_for
+from .pager import Pager
 from .s3client import S3Client
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,10 @@ class DirectoryStream:
     """The entries of one directory, in batches, for readdir and lookup windows."""
 
     def __init__(self, s3: S3Client, prefix: str, page_size: int = 1000, nursery: trio.Nursery | None = None) -> None:
-        self.s3 = s3
         self.prefix = prefix
-        self.page_size = page_size
-        self.nursery = nursery
-        self._next_page: NextPage | None = None
-        # Pagination by hand rather than botocore's paginator: a paginator is dead
-        # after one failed page, while a kept continuation token lets the next
-        # readdir retry exactly that page instead of ending the directory early.
-        self._token: str | None = None
+        # A failed page is asked for again by the next batch (the pager keeps its position),
+        # so a readdir that fails does not end the directory early.
+        self._pages = Pager(s3, "list_objects_v2", {"Prefix": prefix, "Delimiter": "/", "MaxKeys": page_size}, nursery)
         # Files whose name could still turn out to be a directory too: 'x' is held
         # until the listing has passed 'x/'. Keys between them (like 'x.txt') sort
         # before '/', so this stays a handful of entries.
@@ -50,29 +45,12 @@ class DirectoryStream:
         """The next entries (possibly none before the stream is done); [] and done at the end."""
         if self.done:
             return []
-        next_page, self._next_page = self._next_page, None
-        if next_page is None or next_page.token != self._token:
-            next_page = NextPage(self._token)
-            await next_page.fetch(self.s3, self._params())
-        else:
-            await next_page.arrived.wait()
-        # A failed page raises here, its token kept: the next readdir asks for it again.
-        page = next_page.result.unwrap()
-        batch = self.feed(page, next_page.asked_at)
-        self._token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not self._token:
+        page = await self._pages.next_page()
+        batch = self.feed(page, self._pages.asked_at)
+        if self._pages.done:
             self.done = True
             batch += self.release_held()
-        elif self.nursery is not None:
-            self._next_page = NextPage(self._token)
-            self.nursery.start_soon(self._next_page.fetch, self.s3, self._params())
         return batch
-
-    def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"Prefix": self.prefix, "Delimiter": "/", "MaxKeys": self.page_size}
-        if self._token:
-            params["ContinuationToken"] = self._token
-        return params
 
     def release_held(self) -> list[tuple[str, EntryInfo]]:
         """Give up waiting for directories that would shadow the held files."""
@@ -113,23 +91,6 @@ class DirectoryStream:
             else:
                 self._held.append((full, name, info))
         return out
-
-
-class NextPage:
-    """One LIST page being asked for: its outcome, once it arrived."""
-
-    def __init__(self, token: str | None) -> None:
-        self.token = token
-        self.asked_at = time.monotonic()
-        self.arrived = trio.Event()
-        self.result: outcome.Outcome
-
-    async def fetch(self, s3: S3Client, params: dict[str, Any]) -> None:
-        try:
-            self.result = outcome.Value(await s3.list_page(**params))
-        except Exception as exc:  # raised in the readdir that takes this page, as if it had asked itself
-            self.result = outcome.Error(exc)
-        self.arrived.set()
 
 
 @dataclass
