@@ -13,14 +13,12 @@ overlaps the kernel's taking the entries.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from .metadata import EntryInfo, directory, from_listing
-from .names import invalid_reason, start_after_for
+from .names import invalid_reason
 from .pager import Pager
 from .s3client import S3Client
 
@@ -91,38 +89,3 @@ class DirectoryStream:
             else:
                 self._held.append((full, name, info))
         return out
-
-
-@dataclass
-class Window:
-    """The answer of one lookup window: entries from the looked-up name onwards."""
-
-    entries: list[tuple[str, EntryInfo]]  # certain: files here are not hidden by a directory
-    # Files at the end of a truncated window: a same-named directory may lie beyond it.
-    uncertain: list[tuple[str, EntryInfo]]
-    complete: bool  # the listing reached the end of the directory
-    last_key: str | None  # the greatest key the listing covered
-    start_after: str  # it listed the keys after this one
-
-
-async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Window:
-    """One LIST that answers 'does prefix+name exist, as file or directory?'.
-
-    It starts just before the name, so it also returns the next siblings; callers
-    cache them, which turns 'cat f1 f2 f3 ...' into one LIST instead of a HEAD per file.
-    """
-    start_after = start_after_for(prefix + name)
-    stream = DirectoryStream(s3, prefix, page_size=size)
-    asked_at = time.monotonic()
-    resp = await s3.list_page(Prefix=prefix, Delimiter="/", StartAfter=start_after, MaxKeys=size)
-    entries = stream.feed(resp, asked_at)
-    complete = not resp.get("IsTruncated")
-    held = stream.release_held()
-    keys = [o["Key"] for o in resp.get("Contents", ())] + [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
-    return Window(
-        entries + held if complete else entries,
-        [] if complete else held,
-        complete,
-        max(keys, default=None),
-        start_after,
-    )

@@ -61,7 +61,7 @@ class Mutations:
     async def mkdir(self, path: str, info: EntryInfo) -> Node:
         await self._put_marker(path, info)
         node = self.ns.added(path, info)
-        self.ns.meta.put_listing(path, {})  # new, so known to be empty
+        self.ns.known_empty(path)  # new, so known to be empty
         return node
 
     async def symlink(self, path: str, target: bytes, info: EntryInfo) -> Node:

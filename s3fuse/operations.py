@@ -28,13 +28,14 @@ import trio
 
 from .blockcache import BlockCache
 from .controldir import CONTROL_DIR, ControlDir, ControlDirHandle, ControlFile, document_name, in_control_dir
+from .dirhandle import DirHandle
 from .errors import FsError
 from .inodes import KernelForgetting, Node
 from .metadata import EntryInfo
 from .metrics import METRICS, STATS_XATTR
 from .mutations import Mutations, new_entry
 from .names import NAME_MAX, decode_name, file_key, join, split
-from .namespace import DirHandle, Namespace
+from .namespace import Namespace
 from .reader import ObjectReader
 from .s3client import S3Client
 from .upload import HeaderChanges, check_file_size
@@ -170,7 +171,7 @@ class S3Operations(pyfuse3.Operations):
     # ---- helpers
 
     def _node(self, inode: int) -> Node:
-        node = self.ns.inodes.get(inode)
+        node = self.ns.node(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -263,9 +264,9 @@ class S3Operations(pyfuse3.Operations):
         notification waits for requests on the same directory, so it is sent from
         KernelForgetting's threads.
         """
-        for node in self.ns.inodes.surplus():
+        for node in self.ns.surplus():
             parent_path, name = split(node.path)
-            parent = self.ns.inodes.by_path(parent_path)
+            parent = self.ns.node_at(parent_path)
             if parent is not None:
                 self.forgetting.forget(parent.inode, name.encode())
 
@@ -302,27 +303,27 @@ class S3Operations(pyfuse3.Operations):
             return None
         with errno_of("lookup", join(parent.path, text)):
             if parent.path == "" and text == CONTROL_DIR:
-                return self.ns.inodes.resolve(CONTROL_DIR, self.control.info())
+                return self.ns.own_entry(CONTROL_DIR, self.control.info())
             if parent.path == "" and text == VERSIONS_DIR and self.time_view is None:
-                return self.ns.inodes.resolve(VERSIONS_DIR, self.versions.info())
+                return self.ns.own_entry(VERSIONS_DIR, self.versions.info())
             history = self._history(parent.path)
             if history is not None:
                 entry = await history.lookup(join(parent.path, text))
-                return None if entry is None else self.ns.inodes.resolve(join(parent.path, text), entry.info)
+                return None if entry is None else self.ns.own_entry(join(parent.path, text), entry.info)
             if parent.path == CONTROL_DIR:
                 info = await self.control.lookup(text)
                 if info is None:
                     return None
                 # The kernel keeps its own size for a regular file (writeback cache): a
                 # document of another length needs another inode.
-                known = self.ns.inodes.by_path(join(CONTROL_DIR, text))
+                known = self.ns.node_at(join(CONTROL_DIR, text))
                 changed = known is not None and known.info.size != info.size
-                return self.ns.inodes.resolve(join(CONTROL_DIR, text), info, new_inode=changed)
+                return self.ns.own_entry(join(CONTROL_DIR, text), info, new_inode=changed)
             return await self.ns.lookup(parent, text)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, nlookup in inode_list:
-            self.ns.inodes.forget(inode, nlookup)
+            self.ns.forget(inode, nlookup)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
@@ -399,11 +400,11 @@ class S3Operations(pyfuse3.Operations):
             node = self.ns.resolve(join(handle.path, name), info)
             if not pyfuse3.readdir_reply(token, name.encode(), self._attributes(node), index + 1):
                 if node.nlookup == 0:
-                    self.ns.inodes.drop(node)
+                    self.ns.drop(node)
                 return
             node.nlookup += 1  # readdirplus: the kernel now holds a reference
             index += 1
-            if index - start_id >= SHORT_REPLY and self.ns.inodes.full:
+            if index - start_id >= SHORT_REPLY and self.ns.full:
                 # While the kernel reads a page it holds the directory's lock, which each of
                 # its invalidations waits for: short pages let them keep up with the listing.
                 return
@@ -467,7 +468,7 @@ class S3Operations(pyfuse3.Operations):
             text = name.decode(errors="replace")
             if not self.control.knows(text):
                 self._refuse_in_control_dir(parent)
-            node = self.ns.inodes.resolve(join(CONTROL_DIR, text), self.control.file_info(text, b""))
+            node = self.ns.own_entry(join(CONTROL_DIR, text), self.control.file_info(text, b""))
             fi = await self._open_control(node, flags | os.O_TRUNC, create=True)
             node.nlookup += 1
             return fi, self._attributes(node)
@@ -594,7 +595,7 @@ class S3Operations(pyfuse3.Operations):
             return self._attributes(node)  # atime or ctime alone: not kept
         if not fields.update_size and self._memory_only(node, changes):
             info = dataclasses.replace(node.info, **changes)
-            if self.ns.inodes.attached(node):
+            if self.ns.attached(node):
                 self.ns.added(node.path, info)  # the caches too, or a listing would bring back the old value
             else:
                 node.info = info
@@ -673,7 +674,7 @@ class S3Operations(pyfuse3.Operations):
         - an mtime that moved by less than a second, the precision of x-amz-meta-mtime
           (the kernel's own stamp of a write s3fuse already saved, sent late).
         """
-        if node.info.is_dir or not self.ns.inodes.attached(node):
+        if node.info.is_dir or not self.ns.attached(node):
             return True
         if set(changes) != {"mtime_ns"} or node.writers:
             return False
@@ -744,7 +745,7 @@ class S3Operations(pyfuse3.Operations):
         with errno_of("unlink", node.path):
             if in_control_dir(node.path):
                 await self.control.delete(document_name(node.path))
-                self.ns.inodes.detach(node.path, tree=False)
+                self.ns.detach(node.path, tree=False)
                 return
             await self.mut.unlink(node)
 
