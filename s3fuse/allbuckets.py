@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +34,7 @@ from .metadata import EntryInfo
 from .mutations import refuse
 from .names import invalid_reason
 from .options import Config
+from .pager import pages
 from .router import BucketRouter, no_such_inode
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
 from .tree import AttrChanges, DirEntries, OpenedFile, Tree
@@ -114,11 +114,8 @@ class BucketTable:
 
     async def _list_buckets(self) -> dict[str, int]:
         """Bucket name -> creation time (ns), for the names that can be file names."""
-        client = self.s3.client
         listed: dict[str, int] = {}
-        params: dict[str, str] = {}
-        while True:
-            page = await self.s3.run(functools.partial(client.list_buckets, **params))
+        async for page in pages(self.s3, "list_buckets"):
             for entry in page.get("Buckets", ()):
                 name = entry["Name"]
                 reason = invalid_reason(name) or ("a '/' character" if "/" in name else None)
@@ -127,9 +124,7 @@ class BucketTable:
                     continue
                 created = entry.get("CreationDate")
                 listed[name] = int(created.timestamp()) * 1_000_000_000 if created else time.time_ns()
-            if not page.get("ContinuationToken"):
-                return listed
-            params = {"ContinuationToken": page["ContinuationToken"]}
+        return listed
 
     def _add(self, name: str, info: EntryInfo) -> Bucket:
         number = next(self._numbers)

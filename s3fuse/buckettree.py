@@ -233,7 +233,7 @@ class BucketTree(NamespaceTree):
             return node  # atime or ctime alone: not kept
         if changes.size is None and self._memory_only(node, changed):
             new_info = dataclasses.replace(info, **changed)
-            if self.ns.inodes.attached(node):
+            if self.ns.attached(node):
                 self.ns.added(node.path, new_info)  # the caches too, or a listing would bring back the old value
             else:
                 node.info = new_info
@@ -258,7 +258,7 @@ class BucketTree(NamespaceTree):
         - an mtime that moved by less than a second, the precision of x-amz-meta-mtime
           (the kernel's own stamp of a write s3fuse already saved, sent late).
         """
-        if node.info.is_dir or not self.ns.inodes.attached(node):
+        if node.info.is_dir or not self.ns.attached(node):
             return True
         if set(changes) != {"mtime_ns"} or node.writers:
             return False

@@ -16,6 +16,7 @@ from typing import Any
 import botocore.exceptions
 
 from .options import default_cache_dir, parse_duration
+from .pager import pages_sync
 from .progress import Progress
 from .s3client import ClientSettings, make_boto_client
 from .upload import MiB, UploadRegistry, process_alive
@@ -58,7 +59,7 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
     others = kept = 0
     orphans = []
     listing = Progress("listing multipart uploads")
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+    for page in pages_sync(client, "list_multipart_uploads", Bucket=bucket):
         for upload in page.get("Uploads", []):
             entry = ours.get(upload["UploadId"])
             if entry is None:
@@ -79,7 +80,7 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
     for key, upload_id, started in orphans:
         size = sum(
             part["Size"]
-            for parts_page in client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id)
+            for parts_page in pages_sync(client, "list_parts", Bucket=bucket, Key=key, UploadId=upload_id)
             for part in parts_page.get("Parts", [])
         )
         if not dry_run:

@@ -230,15 +230,15 @@ class ControlTree(SpecialTree):
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         if parent.path == "":
-            return self.ns.inodes.resolve(CONTROL_DIR, self.control.info())
+            return self.ns.own_entry(CONTROL_DIR, self.control.info())
         info = await self.control.lookup(name)
         if info is None:
             return None
         # The kernel keeps its own size for a regular file (writeback cache): a
         # document of another length needs another inode.
-        known = self.ns.inodes.by_path(join(CONTROL_DIR, name))
+        known = self.ns.node_at(join(CONTROL_DIR, name))
         changed = known is not None and known.info.size != info.size
-        return self.ns.inodes.resolve(join(CONTROL_DIR, name), info, new_inode=changed)
+        return self.ns.own_entry(join(CONTROL_DIR, name), info, new_inode=changed)
 
     async def opendir(self, node: Node) -> DirEntries:
         return ControlDirHandle(self.control)
@@ -257,7 +257,7 @@ class ControlTree(SpecialTree):
     async def create(self, parent: Node, name: str, info: EntryInfo, flags: int) -> tuple[Opened, Node]:
         if parent.path != CONTROL_DIR or not self.control.knows(name):
             raise self.refuse("create", parent)
-        node = self.ns.inodes.resolve(join(CONTROL_DIR, name), self.control.file_info(name, b""))
+        node = self.ns.own_entry(join(CONTROL_DIR, name), self.control.file_info(name, b""))
         return await self._open(node, flags | os.O_TRUNC, create=True), node
 
     async def setattr(self, node: Node, changes: AttrChanges, opened: OpenedFile | None) -> Node:
@@ -273,4 +273,4 @@ class ControlTree(SpecialTree):
 
     async def unlink(self, node: Node) -> None:
         await self.control.delete(document_name(node.path))
-        self.ns.inodes.detach(node.path, tree=False)
+        self.ns.detach(node.path, tree=False)

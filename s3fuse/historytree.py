@@ -73,7 +73,7 @@ class HistoryTree(NamespaceTree):
     async def lookup(self, parent: Node, name: str) -> Node | None:
         path = join(parent.path, name)
         entry = await self.history.lookup(path)
-        return None if entry is None else self.ns.inodes.resolve(path, entry.info)
+        return None if entry is None else self.ns.own_entry(path, entry.info)
 
     async def opendir(self, node: Node) -> DirEntries:
         return self.history.open_dir(node.path)
@@ -114,5 +114,5 @@ class VersionsTree(HistoryTree, SpecialTree):
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         if parent.path == "":
-            return self.ns.inodes.resolve(VERSIONS_DIR, self.versions.info())
+            return self.ns.own_entry(VERSIONS_DIR, self.versions.info())
         return await super().lookup(parent, name)

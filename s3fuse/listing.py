@@ -1,5 +1,5 @@
 """Directory contents from delimited ListObjectsV2 (or ListObjects v1: ``S3Client.list_page``),
-streamed a page at a time.
+streamed a page at a time through a ``pager.Pager``.
 
 Owns the rules that turn a listing into directory entries: common prefixes are
 directories (a ``dir/`` marker object is one too), other keys are files, names that
@@ -13,15 +13,13 @@ overlaps the kernel's taking the entries.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any
 
-import outcome
 import trio
 
 from .metadata import EntryInfo, directory, from_listing
-from .names import invalid_reason, start_after_for
+from .names import invalid_reason
+from .pager import Pager
 from .s3client import S3Client
 
 log = logging.getLogger(__name__)
@@ -31,15 +29,10 @@ class DirectoryStream:
     """The entries of one directory, in batches, for readdir and lookup windows."""
 
     def __init__(self, s3: S3Client, prefix: str, page_size: int = 1000, nursery: trio.Nursery | None = None) -> None:
-        self.s3 = s3
         self.prefix = prefix
-        self.page_size = page_size
-        self.nursery = nursery
-        self._next_page: NextPage | None = None
-        # Pagination by hand rather than botocore's paginator: a paginator is dead
-        # after one failed page, while a kept continuation token lets the next
-        # readdir retry exactly that page instead of ending the directory early.
-        self._token: str | None = None
+        # A failed page is asked for again by the next batch (the pager keeps its position),
+        # so a readdir that fails does not end the directory early.
+        self._pages = Pager(s3, "list_objects_v2", {"Prefix": prefix, "Delimiter": "/", "MaxKeys": page_size}, nursery)
         # Files whose name could still turn out to be a directory too: 'x' is held
         # until the listing has passed 'x/'. Keys between them (like 'x.txt') sort
         # before '/', so this stays a handful of entries.
@@ -50,29 +43,12 @@ class DirectoryStream:
         """The next entries (possibly none before the stream is done); [] and done at the end."""
         if self.done:
             return []
-        next_page, self._next_page = self._next_page, None
-        if next_page is None or next_page.token != self._token:
-            next_page = NextPage(self._token)
-            await next_page.fetch(self.s3, self._params())
-        else:
-            await next_page.arrived.wait()
-        # A failed page raises here, its token kept: the next readdir asks for it again.
-        page = next_page.result.unwrap()
-        batch = self.feed(page, next_page.asked_at)
-        self._token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not self._token:
+        page = await self._pages.next_page()
+        batch = self.feed(page, self._pages.asked_at)
+        if self._pages.done:
             self.done = True
             batch += self.release_held()
-        elif self.nursery is not None:
-            self._next_page = NextPage(self._token)
-            self.nursery.start_soon(self._next_page.fetch, self.s3, self._params())
         return batch
-
-    def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"Prefix": self.prefix, "Delimiter": "/", "MaxKeys": self.page_size}
-        if self._token:
-            params["ContinuationToken"] = self._token
-        return params
 
     def release_held(self) -> list[tuple[str, EntryInfo]]:
         """Give up waiting for directories that would shadow the held files."""
@@ -113,55 +89,3 @@ class DirectoryStream:
             else:
                 self._held.append((full, name, info))
         return out
-
-
-class NextPage:
-    """One LIST page being asked for: its outcome, once it arrived."""
-
-    def __init__(self, token: str | None) -> None:
-        self.token = token
-        self.asked_at = time.monotonic()
-        self.arrived = trio.Event()
-        self.result: outcome.Outcome
-
-    async def fetch(self, s3: S3Client, params: dict[str, Any]) -> None:
-        try:
-            self.result = outcome.Value(await s3.list_page(**params))
-        except Exception as exc:  # raised in the readdir that takes this page, as if it had asked itself
-            self.result = outcome.Error(exc)
-        self.arrived.set()
-
-
-@dataclass
-class Window:
-    """The answer of one lookup window: entries from the looked-up name onwards."""
-
-    entries: list[tuple[str, EntryInfo]]  # certain: files here are not hidden by a directory
-    # Files at the end of a truncated window: a same-named directory may lie beyond it.
-    uncertain: list[tuple[str, EntryInfo]]
-    complete: bool  # the listing reached the end of the directory
-    last_key: str | None  # the greatest key the listing covered
-    start_after: str  # it listed the keys after this one
-
-
-async def lookup_window(s3: S3Client, prefix: str, name: str, size: int) -> Window:
-    """One LIST that answers 'does prefix+name exist, as file or directory?'.
-
-    It starts just before the name, so it also returns the next siblings; callers
-    cache them, which turns 'cat f1 f2 f3 ...' into one LIST instead of a HEAD per file.
-    """
-    start_after = start_after_for(prefix + name)
-    stream = DirectoryStream(s3, prefix, page_size=size)
-    asked_at = time.monotonic()
-    resp = await s3.list_page(Prefix=prefix, Delimiter="/", StartAfter=start_after, MaxKeys=size)
-    entries = stream.feed(resp, asked_at)
-    complete = not resp.get("IsTruncated")
-    held = stream.release_held()
-    keys = [o["Key"] for o in resp.get("Contents", ())] + [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
-    return Window(
-        entries + held if complete else entries,
-        [] if complete else held,
-        complete,
-        max(keys, default=None),
-        start_after,
-    )

@@ -22,6 +22,7 @@ from .metadata import EntryInfo
 from .names import dir_prefix, file_key
 from .namespace import Namespace
 from .options import Config
+from .pager import Pager
 from .s3client import S3Client
 from .upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
 from .writeback import WriteBack
@@ -58,7 +59,7 @@ class Mutations:
     async def mkdir(self, path: str, info: EntryInfo) -> Node:
         await self._put_marker(path, info)
         node = self.ns.added(path, info)
-        self.ns.meta.put_listing(path, {})  # new, so known to be empty
+        self.ns.known_empty(path)  # new, so known to be empty
         return node
 
     async def symlink(self, path: str, target: bytes, info: EntryInfo) -> Node:
@@ -137,16 +138,12 @@ class Mutations:
         for of in self.wb.under(old_path):
             await of.save()
         old, new = self._marker_key(old_path), self._marker_key(new_path)
-        token = None
+        pages = Pager(self.s3, "list_objects_v2", {"Prefix": old, "MaxKeys": 1000})
         moved = 0
         started = time.monotonic()
         directories = {old}  # every directory below old, as a marker key
-        while True:
-            params: dict[str, Any] = {"Prefix": old, "MaxKeys": 1000}
-            if token:
-                params["ContinuationToken"] = token
-            page = await self.s3.list_page(**params)
-            objects = page.get("Contents", [])
+        while not pages.done:
+            objects = (await pages.next_page()).get("Contents", [])
             await self._move_page(objects, old, new)
             for obj in objects:
                 if obj["Key"].endswith("/"):
@@ -156,12 +153,9 @@ class Mutations:
                     directories.add(parent + "/")
                     parent = parent.rpartition("/")[0]
             moved += len(objects)
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                break
-            # the mv waiting on it shows nothing: the log says how far it got
-            log.info("renaming %r to %r: %d objects moved so far (%.0f s)", old_path, new_path, moved,
-                     time.monotonic() - started)  # fmt: skip
+            if not pages.done:  # the mv waiting on it shows nothing: the log says how far it got
+                log.info("renaming %r to %r: %d objects moved so far (%.0f s)", old_path, new_path, moved,
+                         time.monotonic() - started)  # fmt: skip
         # Servers that keep directories as such (SeaweedFS) do not list every marker
         # and keep emptied directories: delete them all, deepest first (on S3 the
         # markers not listed do not exist, and deleting them is a no-op).

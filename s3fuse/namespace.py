@@ -1,10 +1,12 @@
-"""Names to entries: lookup, attribute revalidation and directory listing.
+"""Names to entries: the inode table, the metadata cache and when S3 is asked.
 
 Owns the policy of when S3 is asked: a lookup is answered from the metadata cache,
 else by one LIST window starting at the name (which also tells file from directory
-and caches the neighbours), and a file's attributes are revalidated with HeadObject
-once they are older than the attribute TTL. Readdir streams ListObjectsV2 pages
-through a ``DirHandle`` and hands out inodes as entries are accepted by the kernel.
+and caches the neighbours: ``lookupwindow``), and a file's attributes are revalidated
+with HeadObject once they are older than the attribute TTL. ``Namespace`` is the only
+owner of its ``InodeTable`` and ``MetadataCache``: the adapter, the tree changes and
+the directory handles (``dirhandle.DirHandle``, made by ``open_dir``) go through its
+methods, so the caches stay true to every change made through the mount.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from collections.abc import Callable, Sequence
 
 import pyfuse3
 import trio
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
+from .dirhandle import DirHandle
 from .errors import FsError
 from .inodes import InodeTable, Node
-from .listing import DirectoryStream, lookup_window
+from .lookupwindow import LookupWindows, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
 from .names import dir_prefix, file_key, invalid_reason, join, split
 from .options import Config
@@ -32,15 +35,9 @@ from .siblings import SiblingTracker
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class LookupWindowSeen:
-    start_after: str  # the window listed the keys after this one
-    last_key: str | None  # up to this one; None: to the end of the directory
-    listed: frozenset[str]  # the names it found
-    asked_at: float
-
-
 class Namespace:
+    """The names of one bucket's tree (under the mount's prefix): its inodes, its caches, its lookups."""
+
     def __init__(
         self,
         s3: S3Client,
@@ -55,8 +52,8 @@ class Namespace:
         self.s3 = s3
         self.opts = opts
         self.root_prefix: str = opts.mount.prefix
-        self.inodes = InodeTable(root, opts.cache.inode_limit)
-        self.meta = MetadataCache(
+        self._inodes = InodeTable(root, opts.cache.inode_limit)
+        self._meta = MetadataCache(
             opts.cache.attr_ttl, opts.cache.negative_ttl, opts.cache.dir_ttl, opts.cache.metadata_cache_entries
         )
         self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
@@ -68,12 +65,56 @@ class Namespace:
         # directory -> the last lookup window's key range and the names it listed: a name in
         # that range that it did not list is missing too, for --negative-ttl. So 'mv a b'
         # costs one LIST (the window that found 'a' also shows 'b' is free), not two.
-        self._windows: TTLCache[str, LookupWindowSeen] = TTLCache(
-            maxsize=256, ttl=max(opts.cache.negative_ttl, 1e-3), timer=time.monotonic
-        )
+        self._windows = LookupWindows(opts.cache.negative_ttl, self.changed_since)
 
     def changed_since(self, directory_path: str, since: float) -> bool:
+        """Whether this mount changed the directory at or after ``since`` (monotonic)."""
         return self._changed.get(directory_path, float("-inf")) >= since
+
+    # ---- inodes
+
+    def node(self, inode: int) -> Node | None:
+        """The node of an inode the kernel holds (or a handle keeps), if any."""
+        return self._inodes.get(inode)
+
+    def node_at(self, path: str) -> Node | None:
+        """The node a name leads to, if the kernel may know it."""
+        return self._inodes.by_path(path)
+
+    def own_entry(self, path: str, info: EntryInfo, new_inode: bool = False) -> Node:
+        """The node of an entry of the mount's own trees (``.s3/``, ``.versions/``, a time view), with
+        exactly these attributes: no cache is asked or told. A new inode if it is new, changed kind or
+        ``new_inode``."""
+        return self._inodes.resolve(path, info, new_inode=new_inode)
+
+    def attached(self, node: Node) -> bool:
+        """Whether a name still leads to node (not unlinked, replaced or renamed over)."""
+        return self._inodes.attached(node)
+
+    def detach(self, path: str, tree: bool) -> None:
+        """Unlink path (and with ``tree`` what is below it) from its nodes, which live on until forgotten."""
+        self._inodes.detach(path, tree)
+
+    def forget(self, inode: int, count: int) -> None:
+        """The kernel dropped ``count`` references to inode."""
+        self._inodes.forget(inode, count)
+
+    def drop(self, node: Node) -> None:
+        """Remove a node the kernel holds no reference to."""
+        self._inodes.drop(node)
+
+    def writer_gone(self, node: Node) -> None:
+        """A file's last writer (a handle, or its background upload) is done with it."""
+        self._inodes.writer_gone(node)
+
+    @property
+    def full(self) -> bool:
+        """The kernel holds ``--inode-limit`` inodes."""
+        return self._inodes.full
+
+    def surplus(self) -> list[Node]:
+        """Files the kernel should be asked to forget, to hold ``--inode-limit`` inodes again."""
+        return self._inodes.surplus()
 
     # ---- entries
 
@@ -85,8 +126,8 @@ class Namespace:
         changes; headers known for the same write of the object are kept, since a
         listing does not carry them; a changed object gets a new inode.
         """
-        info = self.meta.with_headers(path, info)
-        node = self.inodes.by_path(path)
+        info = self._meta.with_headers(path, info)
+        node = self._inodes.by_path(path)
         if node is not None and node.info.kind == info.kind:
             if node.writers or node.info.fetched_at > info.fetched_at:
                 return node
@@ -101,14 +142,14 @@ class Namespace:
                 # that ignored CopySourceIfMatch (moto does) copied other bytes than expected.
                 if node.kernel_etag is not None:
                     self._invalidate(node.inode)  # free the old version's pages
-                return self.inodes.resolve(path, info, new_inode=True)
-        return self.inodes.resolve(path, info)
+                return self._inodes.resolve(path, info, new_inode=True)
+        return self._inodes.resolve(path, info)
 
     def mark_stale(self, node: Node) -> None:
         """The object changed under an open file: the next open must ask S3 again."""
         node.info = dataclasses.replace(node.info, fetched_at=float("-inf"))  # cached copies stay intact
-        self.meta.forget(node.path)
-        self.meta.forget_listing(split(node.path)[0])  # or a cached listing would bring the old entry back
+        self._meta.forget(node.path)
+        self._meta.forget_listing(split(node.path)[0])  # or a cached listing would bring the old entry back
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         if invalid_reason(name) is not None:
@@ -117,34 +158,34 @@ class Namespace:
             # 255 bytes into a directory through which the skipped keys could be read.
             return None
         path = join(parent.path, name)
-        node = self.inodes.by_path(path)
+        node = self._inodes.by_path(path)
         if node is not None and node.writers:  # written here, perhaps not in S3 yet
             return node
-        cached = self.meta.get(path)
+        cached = self._meta.get(path)
         if cached is NEGATIVE:
             return None
         if isinstance(cached, EntryInfo):
             return self.resolve(path, cached)
-        listing = self.meta.get_listing(parent.path)
+        listing = self._meta.get_listing(parent.path)
         if listing is not None:  # a complete listing answers for absent names too
             known = listing.get(name)
             return None if known is None else self.resolve(path, known)
-        if self._window_says_missing(parent.path, name):
+        if self._windows.say_missing(parent.path, name, dir_prefix(self.root_prefix, parent.path) + name):
             return None
         asked_at = time.monotonic()
         info = await self._fetch(parent.path, name, asked_at)
         if self.changed_since(parent.path, asked_at):
             # The directory changed here while S3 answered: this mount's own word wins.
-            cached = self.meta.get(path)
+            cached = self._meta.get(path)
             if cached is NEGATIVE:
                 return None
             if isinstance(cached, EntryInfo):
                 return self.resolve(path, cached)
             return None if info is None else self.resolve(path, info)  # S3's answer, not cached
         if info is None:
-            self.meta.put_negative(path)
+            self._meta.put_negative(path)
             return None
-        self.meta.put(path, info)  # only fresh answers: a store restarts the cache's TTL
+        self._meta.put(path, info)  # only fresh answers: a store restarts the cache's TTL
         return self.resolve(path, info)
 
     async def _fetch(self, parent_path: str, name: str, asked_at: float) -> EntryInfo | None:
@@ -156,12 +197,10 @@ class Namespace:
         current = not self.changed_since(parent_path, asked_at)  # else S3 may predate a change made here
         for sibling, info in window.entries if current else ():
             if sibling != name and (info.is_dir or not self.opts.mount.posix_metadata):
-                self.meta.put(join(parent_path, sibling), info)
+                self._meta.put(join(parent_path, sibling), info)
         self.siblings.remember_order(parent_path, window.entries)
-        if current and self.opts.cache.negative_ttl > 0:
-            listed = frozenset(sibling for sibling, _ in window.entries + window.uncertain)
-            end = None if window.complete else window.last_key
-            self._windows[parent_path] = LookupWindowSeen(window.start_after, end, listed, asked_at)
+        if current:
+            self._windows.remember(parent_path, window, asked_at)
         covered = window.complete or (window.last_key is not None and window.last_key >= key + "/")
         if not covered:
             # The window ended before 'name/' could appear: ask for that prefix directly.
@@ -171,15 +210,6 @@ class Namespace:
         if found is not None and not found.is_dir and self.opts.mount.posix_metadata:
             return await self.head(key)
         return found
-
-    def _window_says_missing(self, parent_path: str, name: str) -> bool:
-        """Whether a recent lookup window of the directory covered the name, as a file and as a
-        directory ('name/'), without listing it, and nothing changed there since."""
-        seen = self._windows.get(parent_path)
-        if seen is None or name in seen.listed or self.changed_since(parent_path, seen.asked_at):
-            return False
-        key = dir_prefix(self.root_prefix, parent_path) + name
-        return seen.start_after < key and (seen.last_key is None or seen.last_key >= key + "/")
 
     async def head(self, key: str) -> EntryInfo | None:
         """HeadObject as an entry; None if the object is gone."""
@@ -200,16 +230,16 @@ class Namespace:
             node.info.is_dir
             or node.writers
             or node.info.age() < self.opts.cache.attr_ttl
-            or not self.inodes.attached(node)
+            or not self._inodes.attached(node)
         ):
             return node
         info = await self.head(file_key(self.root_prefix, node.path))
         if info is None:
-            self.meta.forget(node.path)  # not negative: it may have become a directory
+            self._meta.forget(node.path)  # not negative: it may have become a directory
             return None
         if not self.changed_since(split(node.path)[0], info.fetched_at):  # else S3 may predate a change made here
-            self.meta.put(node.path, info)
-            self.meta.remember_headers(node.path, info)
+            self._meta.put(node.path, info)
+            self._meta.remember_headers(node.path, info)
         return self.resolve(node.path, info)
 
     # ---- changes made through this mount
@@ -219,36 +249,36 @@ class Namespace:
         # As fresh as the change: any answer S3 gave to a request sent before it is older,
         # even one that arrives later (a HEAD of the name a rename just replaced).
         info = dataclasses.replace(info, fetched_at=time.monotonic())
-        self.meta.put(path, info)
-        self.meta.remember_headers(path, info)
+        self._meta.put(path, info)
+        self._meta.remember_headers(path, info)
         self._update_listing(path, info)
-        return self.inodes.resolve(path, info)
+        return self._inodes.resolve(path, info)
 
     def removed(self, path: str, is_dir: bool) -> None:
         """path no longer exists; open handles keep their inode."""
-        self.inodes.detach(path, tree=is_dir)
+        self._inodes.detach(path, tree=is_dir)
         self._forget_name(path, is_dir)
 
     def moved(self, old: str, new: str, info: EntryInfo) -> Node:
         """An entry (and, for a directory, everything below it) now lives at ``new``."""
-        self.meta.forget(new, tree=info.is_dir)
-        self.inodes.detach(new, tree=info.is_dir)  # what the rename replaced
-        self.inodes.move(old, new, tree=info.is_dir)
+        self._meta.forget(new, tree=info.is_dir)
+        self._inodes.detach(new, tree=info.is_dir)  # what the rename replaced
+        self._inodes.move(old, new, tree=info.is_dir)
         self._forget_name(old, info.is_dir)
         return self.added(new, info)
 
     def unsure(self, path: str) -> None:
         """What is at and below path is not known any more (a rename of it failed half-way):
         the next lookups and listings ask S3."""
-        self.meta.forget(path, tree=True)
+        self._meta.forget(path, tree=True)
         parent = split(path)[0]
-        self.meta.forget_listing(parent)
+        self._meta.forget_listing(parent)
         self._changed[parent] = time.monotonic()
 
     def _forget_name(self, path: str, is_dir: bool) -> None:
         """The caches learn that nothing is at path any more."""
-        self.meta.forget(path, tree=is_dir)
-        self.meta.put_negative(path)
+        self._meta.forget(path, tree=is_dir)
+        self._meta.put_negative(path)
         self._update_listing(path, None)
 
     def _update_listing(self, path: str, info: EntryInfo | None) -> None:
@@ -261,16 +291,42 @@ class Namespace:
             return  # the root: no parent lists it (touch or chmod of the mount point)
         parent, name = split(path)
         self._changed[parent] = time.monotonic()
-        listing = self.meta.get_listing(parent)
+        listing = self._meta.get_listing(parent)
         if listing is None:
             return
         if info is None:
             listing.pop(name, None)
         else:
             listing[name] = info
-        self.meta.put_listing(parent, listing)
+        self._meta.put_listing(parent, listing)
+
+    def known_empty(self, path: str) -> None:
+        """The directory at path was just created here: its listing is known, and empty."""
+        self._meta.put_listing(path, {})
 
     # ---- directories
+
+    def cached_listing(self, path: str) -> dict[str, EntryInfo] | None:
+        """A complete listing of the directory younger than ``--dir-ttl``, if one is cached."""
+        return self._meta.get_listing(path)
+
+    def known_missing(self, path: str) -> bool:
+        """Whether nothing is at path, as far as the caches know (removed here, or found missing)."""
+        return self._meta.get(path) is NEGATIVE
+
+    def listed(self, directory_path: str, entries: Sequence[tuple[str, EntryInfo]]) -> None:
+        """Entries of a listing page of the directory (asked for after this mount's last change there)."""
+        for name, info in entries:
+            self._meta.put(join(directory_path, name), info)
+
+    def listing_fits(self, count: int) -> bool:
+        """Whether a listing of ``count`` entries is small enough to be cached whole."""
+        return self._meta.listing_fits(count)
+
+    def listed_whole(self, directory_path: str, entries: list[tuple[str, EntryInfo]]) -> None:
+        """The directory's complete listing (which ``listing_fits``), for ``--dir-ttl``."""
+        self._meta.put_listing(directory_path, dict(entries))
+        self.siblings.remember_order(directory_path, entries)
 
     def open_dir(
         self,
@@ -281,128 +337,3 @@ class Namespace:
         """A handle on node's listing; ``reserved`` names are the mount's own (listed when info is
         given); ``local`` entries exist here and perhaps not in S3 yet (files being written)."""
         return DirHandle(self, node.path, reserved, local)
-
-
-class DirHandle:
-    """One open directory: a window of streamed entries addressed by their index.
-
-    The kernel asks for entries from an offset (the index after the last one it
-    accepted); entries before it are dropped, so memory is one page, not the
-    directory. Seeking back (rewinddir) restarts the listing.
-    """
-
-    def __init__(
-        self,
-        ns: Namespace,
-        path: str,
-        reserved: Sequence[tuple[str, EntryInfo | None]] = (),
-        local: Sequence[tuple[str, EntryInfo]] = (),
-    ) -> None:
-        self.ns = ns
-        self.path = path
-        # Names of the mount's control directories: keys of the same name are hidden.
-        self.shown = [(name, info) for name, info in reserved if info is not None] + list(local)
-        self.hidden = {name for name, _ in reserved}
-        self.local = {name for name, _ in local}  # listed already, whatever S3 says of them
-        self._restart()
-
-    def _restart(self) -> None:
-        cached = self.ns.meta.get_listing(self.path)
-        listed = [entry for entry in cached.items() if entry[0] not in self.local] if cached is not None else []
-        self.entries: list[tuple[str, EntryInfo]] = self.shown + listed
-        self.base = 0  # index of entries[0]
-        self.stream = None if cached is not None else self._new_stream()
-        self.started = time.monotonic()
-        # Small directories are kept whole for the dir TTL; None once too large.
-        self.collected: list[tuple[str, EntryInfo]] | None = (
-            [entry for entry in self.shown if entry[0] in self.local] if self.stream else None
-        )
-
-    def _new_stream(self) -> DirectoryStream:
-        return DirectoryStream(self.ns.s3, dir_prefix(self.ns.root_prefix, self.path), nursery=self.ns.nursery)
-
-    async def entry(self, index: int) -> tuple[str, EntryInfo] | None:
-        """Entry number ``index`` of the directory, or None past its end."""
-        if index < self.base:
-            self._restart()
-        while index >= self.base + len(self.entries):
-            if self.stream is None or self.stream.done:
-                return None
-            batch = self._without_hidden(await self.stream.next_batch())
-            if self.ns.opts.mount.posix_metadata:
-                batch = await self._with_metadata(batch)
-            self._remember(batch)
-            # Drop what the kernel has consumed; keep the unconsumed tail.
-            consumed = min(index - self.base, len(self.entries))
-            self.entries = self.entries[consumed:] + batch
-            self.base += consumed
-        return self.entries[index - self.base]
-
-    def _without_hidden(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
-        """The batch without keys named like the mount's control directories, each logged.
-
-        Such a key cannot be reached (the name leads to the control directory), so it
-        is reported like the keys whose names cannot be file names.
-        """
-        out = []
-        for name, info in batch:
-            if name in self.local:
-                continue
-            if name in self.hidden:
-                key = dir_prefix(self.ns.root_prefix, self.path) + name + ("/" if info.is_dir else "")
-                log.warning("skipping key %r: the mount's %s/ directory hides it", key, name)
-            else:
-                out.append((name, info))
-        return out
-
-    def changed_since_listed(self) -> bool:
-        """Whether this mount changed the directory since the listing began (then S3's pages
-        may predate the change, and ``gone`` tells the names removed meanwhile)."""
-        return self.ns.changed_since(self.path, self.started)
-
-    def removed_since_listed(self) -> Callable[[str], bool] | None:
-        """``gone``, if this mount changed the directory since the listing began."""
-        return self.gone if self.changed_since_listed() else None
-
-    def gone(self, name: str) -> bool:
-        """Whether a listed name was removed here after the listing began (not to be shown)."""
-        return self.ns.meta.get(join(self.path, name)) is NEGATIVE
-
-    def _remember(self, batch: list[tuple[str, EntryInfo]]) -> None:
-        if self.changed_since_listed():
-            self.collected = None  # S3 listed the directory as it was before a change made here
-            return
-        for name, info in batch:
-            self.ns.meta.put(join(self.path, name), info)
-        if self.collected is not None:
-            self.collected.extend(batch)
-            if not self.ns.meta.listing_fits(len(self.collected)):
-                self.collected = None
-        if self.stream is not None and self.stream.done and self.collected is not None:
-            self.ns.meta.put_listing(self.path, dict(self.collected))
-            self.ns.siblings.remember_order(self.path, self.collected)
-            self.collected = None
-
-    async def _with_metadata(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
-        """--posix-metadata: HEAD every file of the batch, in parallel.
-
-        A failed HEAD keeps the listing's attributes (and logs why) rather than
-        failing a page whose continuation token is already spent.
-        """
-        out = list(batch)
-
-        async def head(i: int, name: str) -> None:
-            key = file_key(self.ns.root_prefix, join(self.path, name))
-            try:
-                info = await self.ns.head(key)
-            except FsError as exc:
-                log.warning("HEAD %r failed (%s); listing it without its metadata", key, exc)
-                return
-            if info is not None:
-                out[i] = (name, info)
-
-        async with trio.open_nursery() as nursery:
-            for i, (name, info) in enumerate(batch):
-                if not info.is_dir:
-                    nursery.start_soon(head, i, name)
-        return out

@@ -92,7 +92,7 @@ class BucketRouter:
         return self.special.get(node.path.partition("/")[0], self.main)
 
     async def route(self, inode: int) -> tuple[Tree, Node]:
-        node = self.ns.inodes.get(inode)
+        node = self.ns.node(inode)
         if node is None:
             raise no_such_inode(inode)
         return self.tree_of(node), node
@@ -104,7 +104,7 @@ class BucketRouter:
 
     def forget(self, inodes: list[tuple[int, int]]) -> None:
         for inode, count in inodes:
-            self.ns.inodes.forget(inode, count)
+            self.ns.forget(inode, count)
 
     def start(self, nursery: trio.Nursery) -> None:
         self.ns.nursery = nursery

@@ -193,27 +193,27 @@ class NamespaceTree(Tree):
         self.ns = ns
 
     def forget(self, node: Node, count: int) -> None:
-        self.ns.inodes.forget(node.inode, count)
+        self.ns.forget(node.inode, count)
 
     def unreferenced(self, node: Node) -> None:
         if node.nlookup == 0:
-            self.ns.inodes.drop(node)
+            self.ns.drop(node)
 
     def entry_node(self, path: str, info: EntryInfo) -> Node:
         return self.ns.resolve(path, info)
 
     def surplus(self) -> list[tuple[int, str]]:
         out = []
-        for node in self.ns.inodes.surplus():
+        for node in self.ns.surplus():
             parent_path, name = split(node.path)
-            parent = self.ns.inodes.by_path(parent_path)
+            parent = self.ns.node_at(parent_path)
             if parent is not None:
                 out.append((parent.inode, name))
         return out
 
     @property
     def full(self) -> bool:
-        return self.ns.inodes.full
+        return self.ns.full
 
 
 class SpecialTree(NamespaceTree):

@@ -28,10 +28,10 @@ path and never listed; a name that does not parse as an instant is an ordinary n
 is a whole mount at one instant (``--at``). Its objects are regular files: listings carry no headers, so no
 symlinks and no POSIX modes.
 
-ListObjectVersions is read a page at a time by KeyMarker and VersionIdMarker, and nothing holds more than a page
-and a few entries, whatever the number of keys or versions. The whole histories of keys with one page of versions
-at most are cached for the directory TTL, and what lookups and listings find for the attribute TTL; both caches
-are bounded like the metadata cache.
+ListObjectVersions is read a page at a time by KeyMarker and VersionIdMarker (``pager.Pager``), and nothing
+holds more than a page and a few entries, whatever the number of keys or versions. The whole histories of keys
+with one page of versions at most are cached for the directory TTL, and what lookups and listings find for the
+attribute TTL; both caches are bounded like the metadata cache.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from .listing import DirectoryStream
 from .metadata import EntryInfo
 from .names import at_or_below, dir_prefix, invalid_reason, join, split
 from .options import Config, parse_instant
+from .pager import Pager
 from .reader import ObjectReader
 from .s3client import S3Client
 from .upload import gather
@@ -229,10 +230,9 @@ def ordered_versions(page: dict[str, Any]) -> list[Version]:
 
 
 class VersionPages:
-    """ListObjectVersions under one prefix, a page at a time, by KeyMarker and VersionIdMarker.
-
-    As in listing.DirectoryStream, the markers are kept until a page has arrived, so a failed page is asked
-    again by the next call instead of ending the listing early.
+    """ListObjectVersions under one prefix, a page at a time (by KeyMarker and VersionIdMarker, through a
+    ``pager.Pager``): the markers are kept until a page has arrived, so a failed page is asked again by the
+    next call instead of ending the listing early.
     """
 
     def __init__(
@@ -243,27 +243,22 @@ class VersionPages:
         delimiter: str | None = None,
         after: Version | None = None,
     ) -> None:
-        self.s3 = s3
-        self._params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page_size}
+        params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page_size}
         if delimiter:
-            self._params["Delimiter"] = delimiter
+            params["Delimiter"] = delimiter
         if after is not None:
-            self._params.update(KeyMarker=after.key, VersionIdMarker=after.version_id)
-        self.done = False
+            params.update(KeyMarker=after.key, VersionIdMarker=after.version_id)
+        self._pages = Pager(s3, "list_object_versions", params)
+
+    @property
+    def done(self) -> bool:
+        return self._pages.done
 
     async def next_page(self) -> tuple[list[Version], list[str]]:
         """The next page's versions, in S3's order, and its common prefixes; nothing once done."""
         if self.done:
             return [], []
-        page = await self.s3.call("list_object_versions", **self._params)
-        self._params.pop("KeyMarker", None)
-        self._params.pop("VersionIdMarker", None)
-        if page.get("IsTruncated") and page.get("NextKeyMarker"):
-            self._params["KeyMarker"] = page["NextKeyMarker"]
-            if page.get("NextVersionIdMarker"):
-                self._params["VersionIdMarker"] = page["NextVersionIdMarker"]
-        else:
-            self.done = True
+        page = await self._pages.next_page()
         return ordered_versions(page), [p["Prefix"] for p in page.get("CommonPrefixes", ())]
 
 

@@ -222,7 +222,7 @@ class WriteBack:
             if of.handles == 0 and of.record is None and self.files.get(of.node.inode) is of:
                 of.close()
                 del self.files[of.node.inode]
-            self.ns.inodes.writer_gone(of.node)
+            self.ns.writer_gone(of.node)
             self.upload_ended.set()
             self.upload_ended = trio.Event()
             if of in self.recovering:
@@ -350,7 +350,7 @@ class WriteBack:
         of.handles -= 1
         if of.handles == 0 and of.record is not None:
             self._upload_later(of)  # journaled (--write-back): uploaded in the background
-        self.ns.inodes.writer_gone(of.node)
+        self.ns.writer_gone(of.node)
         if of.handles == 0 and of.record is None:
             await self._last_close(of)
 
