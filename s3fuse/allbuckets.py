@@ -126,6 +126,11 @@ class BucketTable:
                 listed[name] = int(created.timestamp()) * 1_000_000_000 if created else time.time_ns()
         return listed
 
+    def named(self, name: str) -> Bucket | None:
+        """The bucket of that name in the listing, else one still in use after it left the listing."""
+        found = self.by_name.get(name)
+        return found or next((bucket for bucket in self.by_number.values() if bucket.name == name), None)
+
     def _add(self, name: str, info: EntryInfo) -> Bucket:
         number = next(self._numbers)
         bucket = Bucket(name, number, Node(number << RANGE_BITS, "", info))
@@ -294,7 +299,10 @@ class BucketsTree(Tree):
         return BucketsListing(self.buckets)
 
     def entry_node(self, path: str, info: EntryInfo) -> Node:
-        return self.buckets.by_name[path].node
+        bucket = self.buckets.named(path)
+        if bucket is None:  # retired since the listing, and forgotten by the kernel
+            raise FsError(errno.ENOENT, "NoSuchBucket", f"bucket {path!r} is gone")
+        return bucket.node
 
     async def mkdir(self, parent: Node, name: str, info: EntryInfo) -> Node:
         if await self._find(name) is not None:
