@@ -30,7 +30,7 @@ from .namespace import Namespace
 from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
-from .tree import AttrChanges, DirEntries, NamespaceTree, Opened, OpenedFile
+from .tree import AttrChanges, DirEntries, ObjectTree, Opened, OpenedFile
 from .upload import HeaderChanges, check_file_size
 from .writeback import OpenFile, WriteBack
 from .xattrs import Xattrs
@@ -96,7 +96,7 @@ class BucketFile:
             await self.tree.wb.release(self.writer)
 
 
-class BucketTree(NamespaceTree):
+class BucketTree(ObjectTree):
     """The objects of a bucket (under --prefix) as a tree of files, directories and symlinks."""
 
     refusal = None  # allows every change S3 can make
@@ -110,20 +110,15 @@ class BucketTree(NamespaceTree):
         reserved: Sequence[tuple[str, EntryInfo | None]],
     ) -> None:
         """reserved: the root's names for other trees, with the entry a listing shows (None: hidden)."""
-        super().__init__(ns)
-        self.s3 = s3
-        self.opts = opts
-        self.blocks = blocks
+        super().__init__(s3, opts, ns, blocks)
         self.reserved = list(reserved)
         self.mount_time_ns = time.time_ns()
         self.wb = WriteBack(s3, ns, blocks, opts)
         self.mut = Mutations(s3, ns, self.wb, blocks, opts)
         self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers, self.wb.upload_state)
-        self.nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
-        self.ns.nursery = nursery
+        super().start(nursery)
         self.wb.start(nursery)
 
     async def shutdown(self) -> None:

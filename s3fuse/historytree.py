@@ -10,8 +10,6 @@ from __future__ import annotations
 import errno
 import os
 
-import trio
-
 from .blockcache import BlockCache
 from .errors import FsError
 from .inodes import Node
@@ -21,7 +19,7 @@ from .namespace import Namespace
 from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
-from .tree import DirEntries, NamespaceTree, Opened, SpecialTree
+from .tree import DirEntries, ObjectTree, Opened, SpecialTree
 from .versions import VERSIONS_DIR, TimeView, Versions, version_reader
 
 
@@ -49,26 +47,14 @@ class VersionFile:
         self.reader.close()
 
 
-class HistoryTree(NamespaceTree):
+class HistoryTree(ObjectTree):
     """A tree of version entries (``versions.Versions`` or ``versions.TimeView``) in a bucket's inode table."""
 
     def __init__(
-        self,
-        s3: S3Client,
-        opts: Config,
-        ns: Namespace,
-        blocks: BlockCache,
-        history: Versions | TimeView,
+        self, s3: S3Client, opts: Config, ns: Namespace, blocks: BlockCache, history: Versions | TimeView
     ) -> None:
-        super().__init__(ns)
-        self.s3 = s3
-        self.opts = opts
-        self.blocks = blocks
+        super().__init__(s3, opts, ns, blocks)
         self.history = history
-        self.nursery: trio.Nursery | None = None  # where readers run their read-ahead
-
-    def start(self, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         path = join(parent.path, name)

@@ -28,7 +28,10 @@ from .metadata import EntryInfo
 from .names import split
 
 if TYPE_CHECKING:
+    from .blockcache import BlockCache
     from .namespace import Namespace
+    from .options import Config
+    from .s3client import S3Client
 
 
 def refused(code: int, what: str, path: str) -> FsError:
@@ -214,6 +217,20 @@ class NamespaceTree(Tree):
     @property
     def full(self) -> bool:
         return self.ns.full
+
+
+class ObjectTree(NamespaceTree):
+    """A tree whose files are objects, read through the mount's block cache (the bucket, its history)."""
+
+    def __init__(self, s3: S3Client, opts: Config, ns: Namespace, blocks: BlockCache) -> None:
+        super().__init__(ns)
+        self.s3 = s3
+        self.opts = opts
+        self.blocks = blocks
+        self.nursery: trio.Nursery | None = None  # where readers run their read-ahead
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
 
 
 class SpecialTree(NamespaceTree):
