@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 
-import pyfuse3
 import trio
 
 from .blockcache import BlockCache
@@ -59,7 +58,7 @@ def recover(journal: Journal, cache_dir: str, args: argparse.Namespace) -> bool:
     try:
         client = check_bucket(opts)
         s3 = S3Client(client, opts.mount.bucket_name, settings_of(opts))
-        ns = Namespace(s3, opts, lambda inode: None, pyfuse3.ROOT_INODE)
+        ns = Namespace(s3, opts, lambda inode: None)
         wb = WriteBack(s3, ns, BlockCache(opts.cache.cache_size), opts)
     except (MountError, JournalInUse) as exc:
         print(f"s3fuse recover: {exc}", file=sys.stderr)
