@@ -31,7 +31,6 @@ import trio
 
 from .blockcache import BlockCache
 from .errors import FsError
-from .journal import JournalInUse
 from .metadata import EntryInfo
 from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry, refuse
@@ -39,6 +38,7 @@ from .names import NAME_MAX, decode_name, invalid_reason
 from .operations import PREFERRED_IO_SIZE, S3Operations, errno_of, guard_handlers
 from .options import ALL_BUCKETS
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
+from .write.journal import JournalInUse
 from .xattrs import is_s3fuse_name
 
 log = logging.getLogger(__name__)
@@ -181,13 +181,11 @@ class BucketTable:
         # The bucket's own options: WriteBack keeps its upload registry by bucket_name.
         opts = argparse.Namespace(**{**vars(self.opts), "bucket_name": bucket.name, "prefix": ""})
         s3 = self.s3.for_bucket(bucket.name, client)
+        assert self.nursery is not None  # set by the mount loop before requests arrive
         try:
-            ops = S3Operations(s3, opts, bucket.root_inode, self.blocks.scoped(bucket.name))
+            return await S3Operations.make(s3, opts, self.nursery, bucket.root_inode, self.blocks.scoped(bucket.name))
         except JournalInUse as exc:
             raise FsError(errno.EBUSY, "JournalInUse", str(exc)) from None
-        if self.nursery is not None:
-            ops.nursery = self.nursery
-        return ops
 
     async def _region(self, name: str) -> str | None:
         """GetBucketLocation; None (the mount's region) when S3 will not say."""
@@ -269,10 +267,8 @@ class AllBucketsOperations(pyfuse3.Operations):
 
     @nursery.setter
     def nursery(self, nursery: trio.Nursery) -> None:
-        """Set by the mount loop; trees made later get it when they are made."""
+        """Set by the mount loop before requests arrive; each bucket's tree is made with it."""
         self.buckets.nursery = nursery
-        for ops in self.buckets.made():
-            ops.nursery = nursery
 
     async def shutdown(self) -> None:
         """Before exit: every file still open for writing, in every bucket, is saved or kept locally."""

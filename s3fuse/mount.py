@@ -18,6 +18,7 @@ import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from logging.handlers import SysLogHandler
 from typing import Any
 
@@ -26,14 +27,16 @@ import pyfuse3
 import trio
 
 from .allbuckets import AllBucketsOperations
-from .journal import JournalInUse
 from .localserver import start_demo_server
 from .operations import S3Operations
 from .options import ALL_BUCKETS
 from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, boto_session, make_boto_client, region_of
 from .stats import metrics_listener, serve_metrics
+from .write.journal import JournalInUse
 
 log = logging.getLogger("s3fuse")
+
+Report = Callable[[str], None]  # tells the command that started the mount how it went: "ok" or the error
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
 SYNC_TIMEOUT = 60.0  # seconds a signal-initiated unmount waits for the kernel's cached writes
@@ -217,7 +220,7 @@ def sync_mount(mountpoint: str) -> None:
         os.close(fd)
 
 
-async def _serve(ops: S3Operations | AllBucketsOperations, metrics: socket.socket | None) -> None:
+async def _serve(s3: S3Client, opts: argparse.Namespace, metrics: socket.socket | None, report: Report) -> int:
     async def stop_on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -229,15 +232,53 @@ async def _serve(ops: S3Operations | AllBucketsOperations, metrics: socket.socke
                 pyfuse3.terminate()
                 return
 
-    async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
-        nursery.start_soon(stop_on_signals)
-        nursery.start_soon(tune_kernel_read_ahead, ops)
-        if metrics is not None:
-            nursery.start_soon(serve_metrics, metrics)
-        await pyfuse3.main(max_tasks=256)
-        await ops.shutdown()
-        nursery.cancel_scope.cancel()
+    mounted = False
+    try:
+        async with trio.open_nursery() as nursery:
+            ops: S3Operations | AllBucketsOperations
+            if opts.all_buckets:
+                ops = AllBucketsOperations(s3, settings_of(opts), opts)
+                ops.nursery = nursery
+            else:
+                try:
+                    ops = await S3Operations.make(s3, opts, nursery)
+                except JournalInUse as exc:
+                    log.error("%s", exc)
+                    report(str(exc))
+                    return 1
+            try:
+                pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
+            except RuntimeError as exc:
+                report(f"mounting at {opts.mountpoint} failed: {exc}")
+                nursery.cancel_scope.cancel()  # uploads adopted from the journal stay there
+                return 1
+            mounted = True
+            where = opts.endpoint_url or "AWS"
+            source = ALL_BUCKETS if opts.all_buckets else f"s3://{opts.bucket_name}/{opts.prefix}"
+            log.info("mounted %s (%s) at %s", source, where, opts.mountpoint)
+            report("ok")
+            nursery.start_soon(stop_on_signals)
+            nursery.start_soon(tune_kernel_read_ahead, ops)
+            if metrics is not None:
+                nursery.start_soon(serve_metrics, metrics)
+            await pyfuse3.main(max_tasks=256)
+            await ops.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        if mounted:
+            pyfuse3.close(unmount=is_mounted(opts.mountpoint))
+            log.info("unmounted %s", opts.mountpoint)
+    return 0
+
+
+def fuse_options(opts: argparse.Namespace) -> set[str]:
+    fsname = opts.fsname or f"s3fuse:{ALL_BUCKETS if opts.all_buckets else opts.bucket_name}"
+    options = set(pyfuse3.default_options) | {f"fsname={fsname}", f"subtype={opts.subtype}", "noatime"}
+    if opts.read_only or opts.at is not None:
+        options.add("ro")
+    if opts.allow_other:
+        options.add("allow_other")
+    return options
 
 
 def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
@@ -250,6 +291,8 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
         else:
             os.write(report_fd, message.encode())
             os.close(report_fd)
+            if message == "ok":
+                detach_stdio()  # the parent has its answer and returns: the daemon lets go of the terminal
 
     handler = None
     try:
@@ -270,37 +313,8 @@ def serve(opts: argparse.Namespace, report_fd: int | None) -> int:
             log.error("%s", exc)
         report(str(exc))
         return 1
-
     s3 = S3Client(client, opts.bucket_name, settings_of(opts))
-    try:
-        ops = AllBucketsOperations(s3, settings_of(opts), opts) if opts.all_buckets else S3Operations(s3, opts)
-    except JournalInUse as exc:
-        log.error("%s", exc)
-        report(str(exc))
-        return 1
-    fsname = opts.fsname or f"s3fuse:{ALL_BUCKETS if opts.all_buckets else opts.bucket_name}"
-    fuse_options = set(pyfuse3.default_options) | {f"fsname={fsname}", f"subtype={opts.subtype}", "noatime"}
-    if opts.read_only or opts.at is not None:
-        fuse_options.add("ro")
-    if opts.allow_other:
-        fuse_options.add("allow_other")
-    try:
-        pyfuse3.init(ops, opts.mountpoint, fuse_options)
-    except RuntimeError as exc:
-        report(f"mounting at {opts.mountpoint} failed: {exc}")
-        return 1
-    where = opts.endpoint_url or "AWS"
-    source = ALL_BUCKETS if opts.all_buckets else f"s3://{opts.bucket_name}/{opts.prefix}"
-    log.info("mounted %s (%s) at %s", source, where, opts.mountpoint)
-    report("ok")
-    if report_fd is not None:
-        detach_stdio()
-    try:
-        trio.run(_serve, ops, metrics)
-    finally:
-        pyfuse3.close(unmount=is_mounted(opts.mountpoint))
-        log.info("unmounted %s", opts.mountpoint)
-    return 0
+    return trio.run(_serve, s3, opts, metrics, report)
 
 
 def open_metrics_listener(address: str | None) -> socket.socket | None:

@@ -23,8 +23,8 @@ from .metadata import EntryInfo
 from .names import dir_prefix, file_key
 from .namespace import Namespace
 from .s3client import S3Client
-from .upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
-from .writeback import WriteBack
+from .write import WriteBack
+from .write.upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
 
 log = logging.getLogger(__name__)
 

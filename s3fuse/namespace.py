@@ -212,6 +212,10 @@ class Namespace:
         self._update_listing(path, info)
         return self.inodes.resolve(path, info)
 
+    def writer_gone(self, node: Node) -> None:
+        """One of the file's writers (a writable handle, or its background upload) is done with it."""
+        self.inodes.writer_gone(node)
+
     def removed(self, path: str, is_dir: bool) -> None:
         """path no longer exists; open handles keep their inode."""
         self.inodes.detach(path, tree=is_dir)

@@ -2,7 +2,7 @@
 
 Each handler converts between FUSE's types (inodes, bytes names, EntryAttributes)
 and the modules that do the work: ``namespace`` for names and directories,
-``reader`` for file contents, ``writeback`` for files open for writing,
+``reader`` for file contents, ``write`` for files open for writing,
 ``mutations`` for changes to the tree, ``s3client`` for the errno of a failed S3 call.
 """
 
@@ -37,9 +37,8 @@ from .names import NAME_MAX, decode_name, file_key, join, split
 from .namespace import DirHandle, Namespace
 from .reader import ObjectReader
 from .s3client import S3Client
-from .upload import HeaderChanges, check_file_size
 from .versions import VERSIONS_DIR, TimeView, VersionListing, Versions, in_versions_dir, version_reader
-from .writeback import OpenFile, WriteBack
+from .write import HeaderChanges, OpenFile, WriteBack, check_file_size
 from .xattrs import Xattrs, is_s3fuse_name
 
 log = logging.getLogger(__name__)
@@ -121,51 +120,64 @@ class S3Operations(pyfuse3.Operations):
     # trip) and sends them all before close() reaches flush, so durability holds.
     enable_writeback_cache = True
 
+    # Made by make(): the write-back's start-up is I/O.
+    wb: WriteBack
+    mut: Mutations
+    xattrs: Xattrs
+
     def __init__(
         self,
         s3: S3Client,
         opts: argparse.Namespace,
+        nursery: trio.Nursery,
         root_inode: int = pyfuse3.ROOT_INODE,
         blocks: BlockCache | None = None,
     ) -> None:
-        """root_inode: the first inode and handle number of this tree; blocks: a block cache to share.
-
-        Both let allbuckets.py run one tree per bucket in one mount.
-        """
+        """Use ``make``, which also opens the write-back."""
         super().__init__()
         self.s3 = s3
         self.opts = opts
+        self.nursery = nursery  # background work: streamed parts, write-back uploads, read-ahead
         self.ns = Namespace(s3, opts, self._invalidate_soon, root_inode)
+        self.ns.nursery = nursery
         self.blocks = blocks if blocks is not None else BlockCache(opts.cache_size)
         self.mount_time_ns = time.time_ns()
-        self.wb = WriteBack(s3, self.ns, self.blocks, opts)
-        self.mut = Mutations(s3, self.ns, self.wb, self.blocks, opts)
         self.control = ControlDir(s3, opts)
-        self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers, self.wb.upload_state)
         self.versions = Versions(s3, opts)
         # --at: the whole mount is the bucket as it was then (mounted read-only)
         self.time_view = TimeView(s3, opts, opts.at) if opts.at is not None else None
         self._handles = count(root_inode)
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle | ControlDirHandle | VersionListing] = {}
-        self._nursery: trio.Nursery | None = None
         self.initialized = trio.Event()
         self.forgetting = KernelForgetting()
+
+    @classmethod
+    async def make(
+        cls,
+        s3: S3Client,
+        opts: argparse.Namespace,
+        nursery: trio.Nursery,
+        root_inode: int = pyfuse3.ROOT_INODE,
+        blocks: BlockCache | None = None,
+    ) -> S3Operations:
+        """The tree of a bucket, its background work in ``nursery``; JournalInUse as ``WriteBack.create``.
+
+        (Not ``create``: that is the handler of the same name.)
+
+        root_inode: the first inode and handle number of this tree; blocks: a block cache
+        to share. Both let allbuckets.py run one tree per bucket in one mount.
+        """
+        ops = cls(s3, opts, nursery, root_inode, blocks)
+        ops.wb = await WriteBack.create(s3, ops.blocks, opts, nursery, tree=ops.ns)
+        ops.mut = Mutations(s3, ops.ns, ops.wb, ops.blocks, opts)
+        ops.xattrs = Xattrs(s3, opts, ops._change_headers, ops.wb.pending_headers, ops.wb.upload_state)
+        ops.wb.start()
+        return ops
 
     def init(self) -> None:
         """Called while libfuse answers the kernel's INIT; the reply goes out when this returns."""
         self.initialized.set()
-
-    @property
-    def nursery(self) -> trio.Nursery | None:
-        return self._nursery
-
-    @nursery.setter
-    def nursery(self, nursery: trio.Nursery) -> None:
-        """Set by the mount loop before requests arrive: background work runs there."""
-        self._nursery = nursery
-        self.ns.nursery = nursery
-        self.wb.start(nursery)
 
     # ---- helpers
 
@@ -280,8 +292,7 @@ class S3Operations(pyfuse3.Operations):
             with suppress(OSError):  # the kernel forgot the inode meanwhile: nothing cached
                 pyfuse3.invalidate_inode(inode)
 
-        if self.nursery is not None:
-            self.nursery.start_soon(trio.to_thread.run_sync, invalidate)
+        self.nursery.start_soon(trio.to_thread.run_sync, invalidate)
 
     # ---- names and attributes
 
@@ -425,7 +436,6 @@ class S3Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EROFS)
             with errno_of("open", node.path):
                 version = await history.version(node.path)
-            assert self.nursery is not None
             reader = version_reader(self.s3, self.opts, version, self.blocks, self.nursery)
             return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, reader=reader, pinned=True)))
         fresh = await self._revalidate(node, "open")  # close-to-open: at most attr-ttl old
@@ -479,7 +489,6 @@ class S3Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._attributes(node)
 
     def _reader(self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None) -> ObjectReader:
-        assert self.nursery is not None
         return ObjectReader(
             self.s3,
             self.blocks,

@@ -60,7 +60,7 @@ from .metadata import EntryInfo
 from .names import at_or_below, dir_prefix, invalid_reason, join, split
 from .reader import ObjectReader
 from .s3client import S3Client
-from .upload import gather
+from .write.upload import gather
 
 log = logging.getLogger(__name__)
 

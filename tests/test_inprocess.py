@@ -110,9 +110,10 @@ def filesystem(moto, bucket, tmp_path, no_kernel, monkeypatch):
     class Started:
         async def __aenter__(self) -> InProcess:
             settings_ = ClientSettings(endpoint_url=moto.url, region="us-east-1")
-            self.ops = operations.S3Operations(S3Client(make_boto_client(settings_), bucket, settings_), opts)
             self.nursery_manager = trio.open_nursery()
-            self.ops.nursery = await self.nursery_manager.__aenter__()
+            nursery = await self.nursery_manager.__aenter__()
+            s3 = S3Client(make_boto_client(settings_), bucket, settings_)
+            self.ops = await operations.S3Operations.make(s3, opts, nursery)
             return InProcess(self.ops)
 
         async def __aexit__(self, *exc) -> None:
