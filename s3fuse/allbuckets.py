@@ -29,7 +29,6 @@ import trio
 from .blockcache import BlockCache
 from .errors import FsError
 from .inodes import Node
-from .journal import JournalInUse
 from .metadata import EntryInfo
 from .mutations import refuse
 from .names import invalid_reason
@@ -38,6 +37,7 @@ from .pager import pages
 from .router import BucketRouter, no_such_inode
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
 from .tree import AttrChanges, DirEntries, OpenedFile, Tree
+from .write.journal import JournalInUse
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,23 @@ class BucketTable:
     directory; one that comes back later gets a new number, so no inode is reused.
     """
 
-    def __init__(self, s3: S3Client, settings: ClientSettings, opts: Config, invalidate: Callable[[int], None]) -> None:
-        self.invalidate = invalidate  # drops an inode's kernel page cache
+    def __init__(
+        self,
+        s3: S3Client,
+        settings: ClientSettings,
+        opts: Config,
+        invalidate: Callable[[int], None],
+        nursery: trio.Nursery,
+    ) -> None:
+        """invalidate: drops an inode's kernel page cache; nursery: where the buckets' trees work."""
+        self.invalidate = invalidate
+        self.nursery = nursery
         self.s3 = s3  # in the mount's region, for ListBuckets, CreateBucket and GetBucketLocation
         self.settings = settings
         self.opts = opts
         self.blocks = BlockCache(opts.cache.cache_size)  # shared: --cache-size bounds the whole mount
         self.by_name: dict[str, Bucket] = {}
         self.by_number: dict[int, Bucket] = {}
-        self.nursery: trio.Nursery | None = None
         self._numbers = count(ROOT_RANGE + 1)
         self._listed_at = float("-inf")
         self._listing_lock = trio.Lock()  # one ListBuckets at a time; waiters use its answer
@@ -179,12 +187,10 @@ class BucketTable:
         opts = self.opts.for_bucket(bucket.name)
         s3 = self.s3.for_bucket(bucket.name, client)
         try:
-            router = BucketRouter(s3, opts, self.invalidate, self.blocks.scoped(bucket.name), root=bucket.node)
+            scoped = self.blocks.scoped(bucket.name)
+            return await BucketRouter.make(s3, opts, self.invalidate, scoped, self.nursery, root=bucket.node)
         except JournalInUse as exc:
             raise FsError(errno.EBUSY, "JournalInUse", str(exc)) from None
-        if self.nursery is not None:
-            router.start(self.nursery)
-        return router
 
     async def _region(self, name: str) -> str | None:
         """GetBucketLocation; None (the mount's region) when S3 will not say."""
@@ -289,10 +295,7 @@ class BucketsTree(Tree):
         """S3 keeps no attributes of the mount root: they live in memory."""
         if changes.size is not None:
             raise FsError(errno.EISDIR, "IsADirectory", "the mount root is a directory")
-        wanted = {"mode": changes.mode, "uid": changes.uid, "gid": changes.gid, "mtime_ns": changes.mtime_ns}
-        node.info = dataclasses.replace(
-            node.info, **{name: value for name, value in wanted.items() if value is not None}
-        )
+        node.info = dataclasses.replace(node.info, **changes.attributes())
         return node
 
     async def opendir(self, node: Node) -> DirEntries:
@@ -325,8 +328,15 @@ class BucketsTree(Tree):
 class AllBucketsRouter:
     """Routes by inode range: the mount root's tree, else the bucket's own router."""
 
-    def __init__(self, s3: S3Client, settings: ClientSettings, opts: Config, invalidate: Callable[[int], None]) -> None:
-        self.buckets = BucketTable(s3, settings, opts, invalidate)
+    def __init__(
+        self,
+        s3: S3Client,
+        settings: ClientSettings,
+        opts: Config,
+        invalidate: Callable[[int], None],
+        nursery: trio.Nursery,
+    ) -> None:
+        self.buckets = BucketTable(s3, settings, opts, invalidate, nursery)
         self.root = BucketsTree(self.buckets)
 
     def _bucket(self, inode: int) -> Bucket:
@@ -361,12 +371,6 @@ class AllBucketsRouter:
         for bucket, counts in inside.items():
             if bucket.router is not None:
                 bucket.router.forget(counts)
-
-    def start(self, nursery: trio.Nursery) -> None:
-        """Trees made later get the nursery when they are made."""
-        self.buckets.nursery = nursery
-        for router in self.buckets.made():
-            router.start(nursery)
 
     async def shutdown(self) -> None:
         """Every file still open for writing, in every bucket, is saved or kept locally."""

@@ -3,8 +3,8 @@
 Owns what a request on the bucket's files and directories does: names and attributes
 come from ``namespace`` (listings, HEADs, the inode table), file contents from
 ``reader`` (ranged GETs through the block cache) or, for a file with unsaved changes,
-from its ``writeback.OpenFile``; changes go to ``mutations`` (the tree) and
-``writeback`` (file contents and headers), xattrs to ``xattrs``. The reserved names
+from its ``write.OpenFile``; changes go to ``mutations`` (the tree) and
+``write`` (file contents and headers), xattrs to ``xattrs``. The reserved names
 of the root (``.s3``, ``.versions``), which the router gives to other trees, are
 hidden from its listing here.
 """
@@ -31,8 +31,7 @@ from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
 from .tree import AttrChanges, DirEntries, ObjectTree, Opened, OpenedFile
-from .upload import HeaderChanges, check_file_size
-from .writeback import OpenFile, WriteBack
+from .write import HeaderChanges, OpenFile, WriteBack, check_file_size
 from .xattrs import Xattrs
 
 log = logging.getLogger(__name__)
@@ -108,18 +107,30 @@ class BucketTree(ObjectTree):
         ns: Namespace,
         blocks: BlockCache,
         reserved: Sequence[tuple[str, EntryInfo | None]],
+        wb: WriteBack,
     ) -> None:
         """reserved: the root's names for other trees, with the entry a listing shows (None: hidden)."""
         super().__init__(s3, opts, ns, blocks)
         self.reserved = list(reserved)
         self.mount_time_ns = time.time_ns()
-        self.wb = WriteBack(s3, ns, blocks, opts)
-        self.mut = Mutations(s3, ns, self.wb, blocks, opts)
-        self.xattrs = Xattrs(s3, opts, self._change_headers, self.wb.pending_headers, self.wb.upload_state)
+        self.wb = wb
+        self.mut = Mutations(s3, ns, wb, blocks, opts)
+        self.xattrs = Xattrs(s3, opts, self._change_headers, wb.pending_headers, wb.upload_state)
 
-    def start(self, nursery: trio.Nursery) -> None:
-        super().start(nursery)
-        self.wb.start(nursery)
+    @classmethod
+    async def make(
+        cls,
+        s3: S3Client,
+        opts: Config,
+        ns: Namespace,
+        blocks: BlockCache,
+        reserved: Sequence[tuple[str, EntryInfo | None]],
+        nursery: trio.Nursery,
+    ) -> BucketTree:
+        """The tree with its write-back, which takes the journal (JournalInUse if another mount has it)."""
+        tree = cls(s3, opts, ns, blocks, reserved, await WriteBack.create(s3, blocks, opts, nursery, tree=ns))
+        tree.wb.start()  # the uploads adopted from the journal
+        return tree
 
     async def shutdown(self) -> None:
         """Every file still open for writing is saved or kept locally."""

@@ -19,7 +19,8 @@ from .options import default_cache_dir, parse_duration
 from .pager import pages_sync
 from .progress import Progress
 from .s3client import ClientSettings, make_boto_client
-from .upload import MiB, UploadRegistry, process_alive
+from .write.parts import MiB
+from .write.upload import UploadRegistry, process_alive
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,15 +28,17 @@ import trio
 
 from .allbuckets import AllBucketsRouter
 from .blockcache import BlockCache
-from .journal import JournalInUse
 from .localserver import DEMO_BUCKET, DEMO_CREDENTIALS, start_demo_server
-from .operations import FuseOperations
+from .operations import FuseOperations, page_cache_invalidation
 from .options import ALL_BUCKETS, Config, parse_args
-from .router import BucketRouter
+from .router import BucketRouter, Router
 from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, boto_session, make_boto_client, region_of
 from .stats import metrics_listener, serve_metrics
+from .write.journal import JournalInUse
 
 log = logging.getLogger("s3fuse")
+
+Report = Callable[[str], None]  # tells the command that started the mount how it went: "ok" or the error
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
 SYNC_TIMEOUT = 60.0  # seconds a signal-initiated unmount waits for the kernel's cached writes
@@ -220,7 +222,7 @@ def sync_mount(mountpoint: str) -> None:
         os.close(fd)
 
 
-async def _serve(ops: FuseOperations, metrics: socket.socket | None) -> None:
+async def _serve(s3: S3Client, opts: Config, metrics: socket.socket | None, report: Report) -> int:
     async def stop_on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -232,15 +234,48 @@ async def _serve(ops: FuseOperations, metrics: socket.socket | None) -> None:
                 pyfuse3.terminate()
                 return
 
-    async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
-        nursery.start_soon(stop_on_signals)
-        nursery.start_soon(tune_kernel_read_ahead, ops)
-        if metrics is not None:
-            nursery.start_soon(serve_metrics, metrics)
-        await pyfuse3.main(max_tasks=256)
-        await ops.shutdown()
-        nursery.cancel_scope.cancel()
+    mounted = False
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                ops = FuseOperations(opts, await make_router(s3, opts, page_cache_invalidation(nursery), nursery))
+            except JournalInUse as exc:
+                log.error("%s", exc)
+                report(str(exc))
+                return 1
+            try:
+                pyfuse3.init(ops, opts.mount.mountpoint, fuse_options(opts))
+            except RuntimeError as exc:
+                report(f"mounting at {opts.mount.mountpoint} failed: {exc}")
+                nursery.cancel_scope.cancel()  # uploads adopted from the journal stay there
+                return 1
+            mounted = True
+            where = opts.s3.endpoint_url or "AWS"
+            source = ALL_BUCKETS if opts.mount.all_buckets else f"s3://{opts.mount.bucket_name}/{opts.mount.prefix}"
+            log.info("mounted %s (%s) at %s", source, where, opts.mount.mountpoint)
+            report("ok")
+            nursery.start_soon(stop_on_signals)
+            nursery.start_soon(tune_kernel_read_ahead, ops)
+            if metrics is not None:
+                nursery.start_soon(serve_metrics, metrics)
+            await pyfuse3.main(max_tasks=256)
+            await ops.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        if mounted:
+            pyfuse3.close(unmount=is_mounted(opts.mount.mountpoint))
+            log.info("unmounted %s", opts.mount.mountpoint)
+    return 0
+
+
+def fuse_options(opts: Config) -> set[str]:
+    fsname = opts.mount.fsname or f"s3fuse:{ALL_BUCKETS if opts.mount.all_buckets else opts.mount.bucket_name}"
+    options = set(pyfuse3.default_options) | {f"fsname={fsname}", f"subtype={opts.mount.subtype}", "noatime"}
+    if opts.mount.read_only or opts.mount.at is not None:
+        options.add("ro")
+    if opts.mount.allow_other:
+        options.add("allow_other")
+    return options
 
 
 def serve(opts: Config, report_fd: int | None) -> int:
@@ -253,6 +288,8 @@ def serve(opts: Config, report_fd: int | None) -> int:
         else:
             os.write(report_fd, message.encode())
             os.close(report_fd)
+            if message == "ok":
+                detach_stdio()  # the parent has its answer and returns: the daemon lets go of the terminal
 
     handler = None
     try:
@@ -275,41 +312,14 @@ def serve(opts: Config, report_fd: int | None) -> int:
         return 1
 
     s3 = S3Client(client, opts.mount.bucket_name, settings_of(opts))
-    try:
-        ops = FuseOperations(opts, lambda invalidate: make_router(s3, opts, invalidate))
-    except JournalInUse as exc:
-        log.error("%s", exc)
-        report(str(exc))
-        return 1
-    fsname = opts.mount.fsname or f"s3fuse:{ALL_BUCKETS if opts.mount.all_buckets else opts.mount.bucket_name}"
-    fuse_options = set(pyfuse3.default_options) | {f"fsname={fsname}", f"subtype={opts.mount.subtype}", "noatime"}
-    if opts.mount.read_only or opts.mount.at is not None:
-        fuse_options.add("ro")
-    if opts.mount.allow_other:
-        fuse_options.add("allow_other")
-    try:
-        pyfuse3.init(ops, opts.mount.mountpoint, fuse_options)
-    except RuntimeError as exc:
-        report(f"mounting at {opts.mount.mountpoint} failed: {exc}")
-        return 1
-    where = opts.s3.endpoint_url or "AWS"
-    source = ALL_BUCKETS if opts.mount.all_buckets else f"s3://{opts.mount.bucket_name}/{opts.mount.prefix}"
-    log.info("mounted %s (%s) at %s", source, where, opts.mount.mountpoint)
-    report("ok")
-    if report_fd is not None:
-        detach_stdio()
-    try:
-        trio.run(_serve, ops, metrics)
-    finally:
-        pyfuse3.close(unmount=is_mounted(opts.mount.mountpoint))
-        log.info("unmounted %s", opts.mount.mountpoint)
-    return 0
+    return trio.run(_serve, s3, opts, metrics, report)
 
 
-def make_router(s3: S3Client, opts: Config, invalidate: Callable[[int], None]) -> BucketRouter | AllBucketsRouter:
+async def make_router(s3: S3Client, opts: Config, invalidate: Callable[[int], None], nursery: trio.Nursery) -> Router:
+    """The mount's trees: one bucket's, or with --all-buckets the account's."""
     if opts.mount.all_buckets:
-        return AllBucketsRouter(s3, settings_of(opts), opts, invalidate)
-    return BucketRouter(s3, opts, invalidate, BlockCache(opts.cache.cache_size))
+        return AllBucketsRouter(s3, settings_of(opts), opts, invalidate, nursery)
+    return await BucketRouter.make(s3, opts, invalidate, BlockCache(opts.cache.cache_size), nursery)
 
 
 def open_metrics_listener(address: str | None) -> socket.socket | None:

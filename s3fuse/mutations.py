@@ -24,8 +24,8 @@ from .namespace import Namespace
 from .options import Config
 from .pager import Pager
 from .s3client import S3Client
-from .upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
-from .writeback import WriteBack
+from .write import WriteBack
+from .write.upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
 
 log = logging.getLogger(__name__)
 

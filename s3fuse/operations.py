@@ -113,6 +113,23 @@ def _xattr_name(name: bytes) -> str:
     return name.decode(errors="surrogateescape")
 
 
+def page_cache_invalidation(nursery: trio.Nursery) -> Callable[[int], None]:
+    """The function that drops an inode's kernel page cache, from a worker thread of nursery.
+
+    It is called while a request may hold the kernel's inode lock, so it must not run
+    inline: the notification would wait for the request that waits for it.
+    """
+
+    def invalidate(inode: int) -> None:
+        with suppress(OSError):  # the kernel forgot the inode meanwhile: nothing cached
+            pyfuse3.invalidate_inode(inode)
+
+    def invalidate_soon(inode: int) -> None:
+        nursery.start_soon(trio.to_thread.run_sync, invalidate, inode)
+
+    return invalidate_soon
+
+
 @guard_handlers
 class FuseOperations(pyfuse3.Operations):
     supports_dot_lookup = False
@@ -120,32 +137,20 @@ class FuseOperations(pyfuse3.Operations):
     # trip) and sends them all before close() reaches flush, so durability holds.
     enable_writeback_cache = True
 
-    def __init__(self, opts: Config, make_router: Callable[[Callable[[int], None]], Router]) -> None:
-        """make_router: builds the mount's router, given the function that drops an inode's kernel page cache."""
+    def __init__(self, opts: Config, router: Router) -> None:
         super().__init__()
         self.opts = opts
-        self.router = make_router(self._invalidate_soon)
+        self.router = router
         self.mount_time_ns = time.time_ns()
         self._handles = count(1)
         self._files: dict[int, OpenedFile] = {}
         self._dirs: dict[int, tuple[Tree, DirEntries]] = {}
-        self._nursery: trio.Nursery | None = None
         self.initialized = trio.Event()
         self.forgetting = KernelForgetting()
 
     def init(self) -> None:
         """Called while libfuse answers the kernel's INIT; the reply goes out when this returns."""
         self.initialized.set()
-
-    @property
-    def nursery(self) -> trio.Nursery | None:
-        return self._nursery
-
-    @nursery.setter
-    def nursery(self, nursery: trio.Nursery) -> None:
-        """Set by the mount loop before requests arrive: background work runs there."""
-        self._nursery = nursery
-        self.router.start(nursery)
 
     # ---- helpers
 
@@ -211,20 +216,6 @@ class FuseOperations(pyfuse3.Operations):
         """
         for parent_inode, name in tree.surplus():
             self.forgetting.forget(parent_inode, name.encode())
-
-    def _invalidate_soon(self, inode: int) -> None:
-        """Drop an inode's kernel page cache from a worker thread.
-
-        Called while a request may hold the kernel's inode lock, so it must not
-        run inline: the notification would wait for the request that waits for it.
-        """
-
-        def invalidate() -> None:
-            with suppress(OSError):  # the kernel forgot the inode meanwhile: nothing cached
-                pyfuse3.invalidate_inode(inode)
-
-        if self.nursery is not None:
-            self.nursery.start_soon(trio.to_thread.run_sync, invalidate)
 
     # ---- names and attributes
 

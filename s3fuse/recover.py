@@ -16,12 +16,11 @@ import sys
 import trio
 
 from .blockcache import BlockCache
-from .journal import Journal, JournalInUse, journals
 from .mount import MountError, check_bucket, settings_of, setup_logging
-from .namespace import Namespace
 from .options import Config, config_of
 from .s3client import S3Client
-from .writeback import WriteBack
+from .write import WriteBack
+from .write.journal import Journal, JournalInUse, journals
 
 CONNECTION_OPTIONS = ("endpoint_url", "region", "profile", "addressing_style")
 
@@ -57,19 +56,27 @@ def recover(journal: Journal, cache_dir: str, args: argparse.Namespace) -> bool:
     setup_logging(opts, detached=False)
     try:
         client = check_bucket(opts)
-        s3 = S3Client(client, opts.mount.bucket_name, settings_of(opts))
-        ns = Namespace(s3, opts, lambda inode: None)
-        wb = WriteBack(s3, ns, BlockCache(opts.cache.cache_size), opts)
-    except (MountError, JournalInUse) as exc:
+    except MountError as exc:
         print(f"s3fuse recover: {exc}", file=sys.stderr)
         return False
-    total = len(wb.adopted)
-    trio.run(wb.replay)
+    s3 = S3Client(client, opts.mount.bucket_name, settings_of(opts))
+    return trio.run(_replay, s3, opts, journal)
+
+
+async def _replay(s3: S3Client, opts: Config, journal: Journal) -> bool:
+    async with trio.open_nursery() as nursery:
+        try:
+            wb = await WriteBack.create(s3, BlockCache(opts.cache.cache_size), opts, nursery)
+        except JournalInUse as exc:
+            print(f"s3fuse recover: {exc}", file=sys.stderr)
+            return False
+        total = len(wb.adopted)
+        await wb.replay()
     left = len(journal.records())
-    kept = len(wb.kept)
+    kept = len(wb.lost.kept)
     print(
         f"s3://{opts.mount.bucket_name}: recovered {total - left - kept} of {total} file(s); "
-        f"{left} left in the journal {journal.directory}, {kept} moved to {wb.kept_dir}"
+        f"{left} left in the journal {journal.directory}, {kept} moved to {wb.lost.directory}"
     )
     return left == 0 and kept == 0
 

@@ -47,41 +47,52 @@ class Router(Protocol):
 
     def forget(self, inodes: list[tuple[int, int]]) -> None: ...
 
-    def start(self, nursery: trio.Nursery) -> None: ...
-
     async def shutdown(self) -> None: ...
 
 
 class BucketRouter:
     """One bucket's trees: the main one, and the special ones at their reserved names."""
 
-    def __init__(
-        self,
+    def __init__(self, s3: S3Client, ns: Namespace, main: NamespaceTree, special: list[SpecialTree]) -> None:
+        self.s3 = s3
+        self.ns = ns
+        self.main = main
+        self.bucket = main if isinstance(main, BucketTree) else None
+        self.special = {tree.name: tree for tree in special}
+
+    @classmethod
+    async def make(
+        cls,
         s3: S3Client,
         opts: Config,
         invalidate: Callable[[int], None],
         blocks: BlockCache,
+        nursery: trio.Nursery,
         root: Node | None = None,
-    ) -> None:
-        """invalidate: drops an inode's kernel page cache; root: the root's node, if another router made it."""
-        self.s3 = s3
-        self.ns = Namespace(s3, opts, invalidate, root)
-        self.bucket: BucketTree | None = None
-        self.main: NamespaceTree
-        special = self._special(s3, opts, blocks)
+    ) -> BucketRouter:
+        """invalidate: drops an inode's kernel page cache; root: the root's node, if another router made it;
+        nursery: where the trees' background work runs."""
+        ns = Namespace(s3, opts, invalidate, root)
+        ns.nursery = nursery
+        special = cls._special(s3, opts, ns, blocks)
+        main: NamespaceTree
         if opts.mount.at is not None:  # the whole mount is the bucket as it was then (mounted read-only)
-            self.main = HistoryTree(s3, opts, self.ns, blocks, TimeView(s3, opts, opts.mount.at))
+            main = HistoryTree(s3, opts, ns, blocks, TimeView(s3, opts, opts.mount.at))
         else:
             shown = opts.mount.show_control_dir
             reserved = [(tree.name, tree.root_entry() if shown else None) for tree in special]
-            self.main = self.bucket = BucketTree(s3, opts, self.ns, blocks, reserved)
-        self.special = {tree.name: tree for tree in special}
+            main = await BucketTree.make(s3, opts, ns, blocks, reserved, nursery)
+        router = cls(s3, ns, main, special)
+        for tree in router.trees:
+            tree.start(nursery)
+        return router
 
-    def _special(self, s3: S3Client, opts: Config, blocks: BlockCache) -> list[SpecialTree]:
+    @staticmethod
+    def _special(s3: S3Client, opts: Config, ns: Namespace, blocks: BlockCache) -> list[SpecialTree]:
         """The trees at reserved names of the root: one line each."""
         return [
-            ControlTree(s3, opts, self.ns),
-            *([VersionsTree(s3, opts, self.ns, blocks)] if opts.mount.at is None else []),  # no history of the past
+            ControlTree(s3, opts, ns),
+            *([VersionsTree(s3, opts, ns, blocks)] if opts.mount.at is None else []),  # no history of the past
         ]
 
     @property
@@ -105,11 +116,6 @@ class BucketRouter:
     def forget(self, inodes: list[tuple[int, int]]) -> None:
         for inode, count in inodes:
             self.ns.forget(inode, count)
-
-    def start(self, nursery: trio.Nursery) -> None:
-        self.ns.nursery = nursery
-        for tree in self.trees:
-            tree.start(nursery)
 
     async def shutdown(self) -> None:
         for tree in self.trees:

@@ -61,7 +61,7 @@ from .options import Config, parse_instant
 from .pager import Pager
 from .reader import ObjectReader
 from .s3client import S3Client
-from .upload import gather
+from .write.upload import gather
 
 log = logging.getLogger(__name__)
 

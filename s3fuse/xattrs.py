@@ -31,7 +31,7 @@ from .names import file_key
 from .options import Config
 from .s3client import S3Client
 from .torrent import TorrentBuilder, is_torrent
-from .upload import HeaderChanges, ObjectHeaders
+from .write.upload import HeaderChanges, ObjectHeaders
 
 log = logging.getLogger(__name__)
 

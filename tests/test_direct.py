@@ -15,7 +15,7 @@ from faultproxy import Rule
 
 from s3fuse.metrics import METRICS
 from s3fuse.s3client import ClientSettings, S3Client, translate
-from s3fuse.upload import FileRange, content_crc32, content_md5
+from s3fuse.write.upload import FileRange, content_crc32, content_md5
 
 # Keys whose URL needs care: empty components, dot segments, reserved and non-ASCII characters.
 ODD_KEYS = [

@@ -111,17 +111,19 @@ def filesystem(moto, bucket, tmp_path, no_kernel, monkeypatch):
     class Started:
         async def __aenter__(self) -> InProcess:
             settings_ = ClientSettings(endpoint_url=moto.url, region="us-east-1")
-            s3 = S3Client(make_boto_client(settings_), bucket, settings_)
-            self.ops = operations.FuseOperations(opts, lambda invalidate: make_router(s3, opts, invalidate))
             self.nursery_manager = trio.open_nursery()
-            self.ops.nursery = await self.nursery_manager.__aenter__()
+            nursery = await self.nursery_manager.__aenter__()
+            s3 = S3Client(make_boto_client(settings_), bucket, settings_)
+            self.nursery = nursery
+            invalidate = operations.page_cache_invalidation(nursery)
+            self.ops = operations.FuseOperations(opts, await make_router(s3, opts, invalidate, nursery))
             return InProcess(self.ops)
 
         async def __aexit__(self, *exc) -> None:
             try:
                 await self.ops.shutdown()
             finally:
-                self.ops.nursery.cancel_scope.cancel()
+                self.nursery.cancel_scope.cancel()
                 await self.nursery_manager.__aexit__(None, None, None)
 
     return Started

@@ -134,7 +134,7 @@ def orphan_upload(s3, bucket: str, cache: Path, moto) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from s3fuse.upload import UploadRegistry; "
+            "import sys; from s3fuse.write.upload import UploadRegistry; "
             "UploadRegistry(sys.argv[1], sys.argv[2]).record(sys.argv[3], sys.argv[4])",
             str(cache),
             bucket,

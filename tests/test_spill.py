@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s3fuse.extents import Extents
-from s3fuse.spill import MEMORY_BUDGET, SpillFile
+from s3fuse.write.spill import MEMORY_BUDGET, SpillFile
 
 SIZE = 200  # small files: hypothesis explores the interval arithmetic, not the disk
 

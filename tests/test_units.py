@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from s3fuse import names
 from s3fuse.blockcache import BlockCache
 from s3fuse.extents import Extents
-from s3fuse.journal import Journal, JournalInUse, journals
 from s3fuse.listing import DirectoryStream
 from s3fuse.metadata import EntryInfo, MetadataCache, apply_posix_metadata, directory, from_head, parse_seconds_ns
 from s3fuse.mount import describe_failure
@@ -41,6 +40,7 @@ from s3fuse.s3client import (
     make_boto_client,
     translate,
 )
+from s3fuse.write.journal import Journal, JournalInUse, journals
 
 # Characters an S3 key realistically holds: no surrogates (not UTF-8), no NUL, no U+10FFFF
 # (a noncharacter; start_after_for pads with it).

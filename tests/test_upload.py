@@ -1,4 +1,4 @@
-"""upload.py against the real moto server: multipart copies, batched deletes, part sizes."""
+"""write/upload.py against the real moto server (multipart copies, batched deletes); write/parts.py's part sizes."""
 
 from __future__ import annotations
 
@@ -13,23 +13,11 @@ from conftest import boto_client, keys_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3fuse import upload
 from s3fuse.extents import Extents
 from s3fuse.s3client import ClientSettings, S3Client
-from s3fuse.upload import (
-    MAX_FILE_SIZE,
-    SINGLE_PUT_LIMIT,
-    FileRange,
-    MiB,
-    UploadRegistry,
-    content_crc32,
-    content_md5,
-    copy_object,
-    delete_keys,
-    planned_part_size,
-    rebuild_plan,
-    streamed_part_size,
-)
+from s3fuse.write import upload
+from s3fuse.write.parts import MAX_FILE_SIZE, SINGLE_PUT_LIMIT, MiB, planned_part_size, rebuild_plan, streamed_part_size
+from s3fuse.write.upload import FileRange, UploadRegistry, content_crc32, content_md5, copy_object, delete_keys
 
 
 def test_part_sizes_reach_five_tib_within_10000_parts():

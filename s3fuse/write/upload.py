@@ -1,11 +1,12 @@
-"""Putting bytes into S3 and copying objects server-side.
+"""Putting bytes into S3 and copying objects server-side: the S3 calls of every write.
 
-Owns the part-size rules (parts grow with the file, so 10,000 parts still reach
-5 TiB), the checksum on every upload (Content-MD5 on a PutObject, CRC32 on a part),
+Owns the checksum on every upload (Content-MD5 on a PutObject, CRC32 on a part),
 multipart uploads (created, fed, completed or aborted), server-side copies
 (CopyObject, or UploadPartCopy for objects over 5 GiB), batched deletes, and the
 registry of the multipart uploads s3fuse started: ``s3fuse cleanup`` reads it to
-abort orphans without touching anyone else's uploads.
+abort orphans without touching anyone else's uploads. The part sizes come from
+parts.py; which calls save a file is save.py's choice. ``mutations.py`` uses the
+same calls for directory markers, symlinks and renames.
 """
 
 from __future__ import annotations
@@ -29,21 +30,12 @@ from urllib.parse import quote
 
 import trio
 
-from .errors import FsError
-from .extents import Extents
-from .s3client import S3Client, s3_error
+from ..errors import FsError
+from ..s3client import S3Client, s3_error
+from .parts import MAX_SINGLE_COPY, MiB, planned_part_size
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
-MIN_PART = 8 * MiB  # S3 wants at least 5 MiB in every part but the last
-MAX_PARTS = 10_000
-MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit; larger objects are copied part by part
-# The largest file s3fuse writes: 5 TiB, the largest object of classic S3 and still of MinIO,
-# Ceph and most other servers (AWS has since raised its own to 10,000 parts of 5 GiB, 48.8 TiB).
-# A write or truncate past it fails with EFBIG before anything is sent.
-MAX_FILE_SIZE = 5 << 40
-SINGLE_PUT_LIMIT = MIN_PART  # files up to this size are one PutObject
 # The checksum of a multipart upload's parts: the server checks each part against it, as
 # against a PutObject's Content-MD5, and CRC32 costs a sixth of MD5's CPU (0.06 against
 # 0.36 s per 256 MiB here), which a big write spends while it competes with the server.
@@ -53,49 +45,6 @@ PARALLEL_COPIES = 16
 # HeadObject fields that are also PutObject/CopyObject parameters of the same name.
 KEPT_HEADERS = ("CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage", "Expires")
 COPY_PART = 512 * MiB  # parts of a server-side copy: no bytes pass through s3fuse, so few and large
-
-
-def planned_part_size(size: int) -> int:
-    """Part size for an upload of known size: at least MIN_PART, at most 10,000 parts."""
-    part = max(MIN_PART, -(-size // MAX_PARTS))
-    return -(-part // MiB) * MiB
-
-
-def rebuild_plan(size: int, base_limit: int, written: Extents) -> list[tuple[int, int, bool]]:
-    """The parts of an object of ``size`` bytes rebuilt from an older one: (start, end, copy).
-
-    The old object's bytes are in use below ``base_limit`` except where ``written`` (sent
-    from the spill file); ``base_limit`` 0: no old object. Parts are ``planned_part_size``
-    long (the last one shorter); a part wholly below ``base_limit`` with no written byte
-    is copied inside S3 (UploadPartCopy), and a run of such parts is one copy of up to
-    ``MAX_SINGLE_COPY``. So every part but the last is at least MIN_PART, none exceeds
-    5 GiB, and there are at most MAX_PARTS.
-    """
-    part = planned_part_size(size)
-    plan: list[tuple[int, int, bool]] = []
-    for start in range(0, size, part):
-        end = min(start + part, size)
-        copy = end <= base_limit and not written.intersects(start, end)
-        if copy and plan and plan[-1][2] and end - plan[-1][0] <= MAX_SINGLE_COPY:
-            plan[-1] = (plan[-1][0], end, True)  # one copy part for a long unchanged run
-        else:
-            plan.append((start, end, copy))
-    return plan
-
-
-def check_file_size(size: int) -> None:
-    """EFBIG (FsError) for a file size s3fuse cannot store as one object."""
-    if size > MAX_FILE_SIZE:
-        raise FsError(errno.EFBIG, "FileTooLarge", f"{size} bytes: the largest file is {MAX_FILE_SIZE} (5 TiB)")
-
-
-def streamed_part_size(index: int) -> int:
-    """Part size for part ``index`` (0-based) of an upload whose final size is unknown.
-
-    8 MiB for the first 1000 parts, doubling every 1000 parts: 10,000 parts reach
-    8 TiB, and no part exceeds 4 GiB.
-    """
-    return MIN_PART << min(index // 1000, 9)
 
 
 class FileRange(io.RawIOBase):

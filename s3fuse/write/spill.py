@@ -29,12 +29,13 @@ import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 
-from .extents import Extents
+from ..extents import Extents
 
 log = logging.getLogger(__name__)
 
 FetchBase = Callable[[int, int], Awaitable[bytes]]  # (start, end) -> the base object's bytes
 
+SPILL_PREFIX = "spill-"  # the spill files' names; the journal tells its own from its records by it
 MEMORY_FILE_LIMIT = 256 << 10  # the offsets a spill file may hold in memory
 MEMORY_BUDGET = 8 << 20  # for all spill files together
 
@@ -100,10 +101,10 @@ class SpillFile:
 
     def _create(self) -> None:
         try:
-            self._fd, self._path = tempfile.mkstemp(dir=self.directory, prefix="spill-")
+            self._fd, self._path = tempfile.mkstemp(dir=self.directory, prefix=SPILL_PREFIX)
         except FileNotFoundError:  # the first spill file of this daemon, or the directory was removed
             os.makedirs(self.directory, exist_ok=True)
-            self._fd, self._path = tempfile.mkstemp(dir=self.directory, prefix="spill-")
+            self._fd, self._path = tempfile.mkstemp(dir=self.directory, prefix=SPILL_PREFIX)
         os.ftruncate(self._fd, self.size)  # holes: no disk blocks
 
     def _to_disk(self) -> None:

@@ -21,9 +21,9 @@ import time
 from typing import Any
 from urllib.parse import quote, unquote
 
-log = logging.getLogger(__name__)
+from .spill import SPILL_PREFIX
 
-SPILL_PREFIX = "spill-"  # the spill files' names; see spill.py
+log = logging.getLogger(__name__)
 
 
 class JournalInUse(Exception):

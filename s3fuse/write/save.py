@@ -1,0 +1,65 @@
+"""Saving a changed file's bytes from its spill file: one PutObject, or a rebuilt object.
+
+Owns the two ways a file that was not streamed (streaming.py) reaches S3: up to
+``SINGLE_PUT_LIMIT`` one PutObject of the whole file; above it a multipart upload
+that follows ``parts.rebuild_plan``, the ranges nobody wrote copied inside S3 from
+the object as it was opened (UploadPartCopy, pinned to its ETag) and the others sent
+from the spill file. ``OpenFile.save`` chooses between these, the end of a stream,
+and a copy onto itself for a change of attributes only.
+"""
+
+from __future__ import annotations
+
+from ..metadata import EntryInfo
+from ..s3client import S3Client
+from .parts import PARTS_IN_FLIGHT, SINGLE_PUT_LIMIT, rebuild_plan
+from .spill import FetchBase, SpillFile
+from .upload import FileRange, MultipartUpload, ObjectHeaders, UploadRegistry, gather, put_object
+
+
+async def save_spill(
+    s3: S3Client,
+    registry: UploadRegistry,
+    key: str,
+    spill: SpillFile,
+    headers: ObjectHeaders,
+    base: EntryInfo | None,
+    fetch_base: FetchBase,
+    block_size: int,
+) -> str:
+    """Upload the file ``spill`` holds (``base``: the object it changes, None if new); returns the new ETag.
+
+    ``fetch_base`` reads the bytes of ``base`` nobody wrote here, ``block_size`` at a time.
+    """
+    size = spill.size
+    if size <= SINGLE_PUT_LIMIT:
+        data = await spill.read(0, size, fetch_base)
+        # Not kept in the block cache: the kernel's page cache holds what was written
+        # (its pages stay valid, see kernel_etag), and the daemon's memory stays small.
+        return await put_object(s3, key, data, headers)
+    # A multipart upload: unchanged ranges copied, changed ranges sent.
+    plan = rebuild_plan(size, spill.base_limit if base is not None else 0, spill.written)
+    upload = MultipartUpload(s3, key, headers, registry)
+    await upload.start()
+
+    async def send(number: int, start: int, end: int) -> None:
+        # From the spill file, never whole in memory: a part of a large file is up to
+        # 525 MiB, and one of a sparse file is mostly a hole (zeros the file reads as).
+        await spill.fill(start, end, fetch_base, block_size)
+        with spill.in_use():
+            await upload.send_part(number, FileRange(spill.fd, start, end))
+
+    jobs = [
+        (
+            (lambda n=n, s=s, e=e: upload.copy_part(n, key, s, e, base.etag))  # type: ignore[union-attr]
+            if copy
+            else (lambda n=n, s=s, e=e: send(n, s, e))
+        )
+        for n, (s, e, copy) in enumerate(plan, 1)
+    ]
+    try:
+        await gather(jobs, PARTS_IN_FLIGHT)
+        return await upload.complete()
+    except BaseException:
+        await upload.abort()
+        raise
