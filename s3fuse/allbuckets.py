@@ -328,16 +328,9 @@ class BucketsTree(Tree):
 class AllBucketsRouter:
     """Routes by inode range: the mount root's tree, else the bucket's own router."""
 
-    def __init__(
-        self,
-        s3: S3Client,
-        settings: ClientSettings,
-        opts: Config,
-        invalidate: Callable[[int], None],
-        nursery: trio.Nursery,
-    ) -> None:
-        self.buckets = BucketTable(s3, settings, opts, invalidate, nursery)
-        self.root = BucketsTree(self.buckets)
+    def __init__(self, buckets: BucketTable) -> None:
+        self.buckets = buckets
+        self.root = BucketsTree(buckets)
 
     def _bucket(self, inode: int) -> Bucket:
         bucket = self.buckets.by_number.get(range_of(inode))

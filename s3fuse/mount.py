@@ -26,7 +26,7 @@ import botocore.exceptions
 import pyfuse3
 import trio
 
-from .allbuckets import AllBucketsRouter
+from .allbuckets import AllBucketsRouter, BucketTable
 from .blockcache import BlockCache
 from .localserver import DEMO_BUCKET, DEMO_CREDENTIALS, start_demo_server
 from .operations import FuseOperations, page_cache_invalidation
@@ -318,7 +318,7 @@ def serve(opts: Config, report_fd: int | None) -> int:
 async def make_router(s3: S3Client, opts: Config, invalidate: Callable[[int], None], nursery: trio.Nursery) -> Router:
     """The mount's trees: one bucket's, or with --all-buckets the account's."""
     if opts.mount.all_buckets:
-        return AllBucketsRouter(s3, settings_of(opts), opts, invalidate, nursery)
+        return AllBucketsRouter(BucketTable(s3, settings_of(opts), opts, invalidate, nursery))
     return await BucketRouter.make(s3, opts, invalidate, BlockCache(opts.cache.cache_size), nursery)
 
 
