@@ -6,7 +6,7 @@ namespace, write-back and upload code; only what needs a FUSE session is replace
 What the kernel would add (page cache, writeback cache, path walks) is absent, so
 these tests show the daemon's logic, fast; end-to-end behaviour stays proven by the
 real mounts of the other test files. The property test here runs the sequences of
-tests/test_sparse.py's mounted one many times faster.
+tests/mount/test_sparse.py's mounted one many times faster.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_sparse import offsets
+from strategies import writes_and_truncates
 
 from s3fuse import operations
 from s3fuse.options import parse_args
@@ -162,16 +162,12 @@ async def test_an_unexpected_exception_in_a_handler_is_eio(filesystem, monkeypat
         assert await fs.listdir("/") == []  # and the file system goes on
 
 
-operation = st.one_of(
-    st.tuples(st.just("pwrite"), offsets, st.integers(1, 128 << 10), st.integers(0, 2**16)),
-    st.tuples(st.just("truncate"), offsets),
-    st.tuples(st.just("reopen")),
-)
+operation = st.one_of(*writes_and_truncates, st.tuples(st.just("reopen")))
 
 
 @pytest.mark.trio
 async def test_random_pwrite_truncate_sequences_save_the_bytes_of_a_local_file(filesystem, s3, bucket):
-    """tests/test_sparse.py's property, without the kernel: every byte S3 holds after close."""
+    """tests/mount/test_sparse.py's property, without the kernel: every byte S3 holds after close."""
     async with filesystem() as fs:
         token = trio.lowlevel.current_trio_token()
         examples = []

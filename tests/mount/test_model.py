@@ -49,7 +49,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-# More examples without editing the file: S3FUSE_MODEL_SCALE=5 pytest tests/test_model.py
+# More examples without editing the file: S3FUSE_MODEL_SCALE=5 pytest tests/mount/test_model.py
 SCALE = float(os.environ.get("S3FUSE_MODEL_SCALE", "1"))
 STEPS = 40
 
