@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SECRET_KEY, base_env, fusermount_u, is_mounted, keys_of, wait_until
 from faultproxy import Rule
-from test_faults import MIB, QUICK, body_of, mount_via, randbytes
+
+from mount.test_faults import MIB, QUICK, body_of, mount_via, randbytes
 
 WRITE_BACK = ("--write-back", *QUICK)
 FRESH = ("--attr-ttl", "0", "--dir-ttl", "0", "--negative-ttl", "0")  # every lookup and listing asks S3

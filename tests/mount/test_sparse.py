@@ -22,11 +22,10 @@ import pytest
 from conftest import boto_client, keys_of, run, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import MIB, offsets, writes_and_truncates
 
 from s3fuse.metrics import STATS_XATTR, parse_exposition
 
-MIB = 1 << 20
-PART = 8 * MIB
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
@@ -180,15 +179,8 @@ def test_sparse_writes_and_growing_truncates_on_seaweedfs(seaweed, mount):
 
 # ---- random sequences (hypothesis), checked after close, against S3 and after a remount
 
-# Offsets near the part boundaries, where parts are cut, plus a little jitter.
-offsets = st.builds(
-    lambda base, jitter: max(0, base + jitter),
-    st.sampled_from([0, PART - 4096, PART, PART + 4096, 9 * MIB, 14 * MIB, 2 * PART, 3 * PART - 1]),
-    st.integers(-70_000, 70_000),
-)
 operation = st.one_of(
-    st.tuples(st.just("pwrite"), offsets, st.integers(1, 128 << 10), st.integers(0, 2**16)),
-    st.tuples(st.just("truncate"), offsets),
+    *writes_and_truncates,
     st.tuples(
         st.just("fallocate"),
         st.sampled_from([0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE]),

@@ -14,8 +14,8 @@ import subprocess
 import botocore.exceptions
 import pytest
 from conftest import MotoServer, free_port, is_mounted, keys_of, unique_bucket_name, wait_until
-from test_mount_cli import one_error_line, s3fuse_cmd
 
+from mount.test_mount_cli import one_error_line, s3fuse_cmd
 from s3fuse.options import parse_args
 
 ALL = "s3://"

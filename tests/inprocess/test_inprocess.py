@@ -1,0 +1,107 @@
+"""The file system driven in-process: FuseOperations' handlers called directly, no kernel.
+
+A real S3 server over HTTP (the session's moto) and a real FuseOperations with its
+namespace, write-back and upload code; only what needs a FUSE session is replaced
+(``pyfuse3.readdir_reply`` collects entries, kernel cache invalidations do nothing).
+What the kernel would add (page cache, writeback cache, path walks) is absent, so
+these tests show the daemon's logic, fast; end-to-end behaviour stays proven by the
+real mounts of tests/mount/. The client (``InProcess``) and the fixtures are in
+tests/inprocess/client.py and conftest.py. The property test here runs the sequences of
+tests/mount/test_sparse.py's mounted one many times faster.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pyfuse3
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import writes_and_truncates
+
+from s3fuse.xattrs import Xattrs
+
+
+@pytest.mark.trio
+async def test_a_file_written_in_process_is_in_s3_and_listed(filesystem, s3, bucket):
+    async with filesystem() as fs:
+        h = await fs.create("a.txt")
+        assert await fs.write(h, b"hello") == 5
+        await fs.close(h)
+        assert s3.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"hello"
+        assert await fs.read_all("a.txt") == b"hello"
+        assert await fs.listdir("") == [("a.txt", False)]
+
+
+@pytest.mark.trio
+async def test_a_truncate_past_5_tib_fails_with_efbig_and_sends_nothing(filesystem, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="f", Body=b"small")
+    async with filesystem() as fs:
+        h = await fs.open("f")
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await fs.ftruncate(h, (5 << 40) + 1)
+        assert err.value.errno == errno.EFBIG
+        await fs.close(h)
+    assert s3.get_object(Bucket=bucket, Key="f")["Body"].read() == b"small"
+
+
+@pytest.mark.trio
+async def test_an_unexpected_exception_in_a_handler_is_eio(filesystem, monkeypatch):
+    async def broken(self, *args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Xattrs, "get", broken)
+    async with filesystem() as fs:
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await fs.getxattr("", "user.x")
+        assert err.value.errno == errno.EIO
+        assert await fs.listdir("") == []  # and the file system goes on
+
+
+operation = st.one_of(*writes_and_truncates, st.tuples(st.just("reopen")))
+
+
+@pytest.mark.trio
+async def test_random_pwrite_truncate_sequences_save_the_bytes_of_a_local_file(filesystem, s3, bucket):
+    """tests/mount/test_sparse.py's property, without the kernel: every byte S3 holds after close."""
+    async with filesystem() as fs:
+        token = trio.lowlevel.current_trio_token()
+        examples = []
+
+        @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(operation, min_size=1, max_size=8))
+        def check(ops: list[tuple]) -> None:
+            name = f"p{len(examples)}.bin"
+            model = trio.from_thread.run(run, name, ops, trio_token=token)
+            got = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
+            s3.delete_object(Bucket=bucket, Key=name)
+            assert got == model, f"{len(got)} bytes, expected {len(model)}"
+            examples.append(name)
+
+        async def run(name: str, ops: list[tuple]) -> bytes:
+            model = bytearray()
+            h = await fs.create(name)
+            try:
+                for op in ops:
+                    if op[0] == "pwrite":
+                        _, offset, size, seed = op
+                        data = random.Random(seed).randbytes(size)
+                        await fs.pwrite(h, data, offset)
+                        model.extend(bytes(max(0, offset + size - len(model))))
+                        model[offset : offset + size] = data
+                    elif op[0] == "truncate":
+                        await fs.ftruncate(h, op[1])
+                        del model[op[1] :]
+                        model.extend(bytes(op[1] - len(model)))
+                    else:
+                        await fs.close(h)
+                        h = await fs.open(name)
+            finally:
+                await fs.close(h)
+            return bytes(model)
+
+        await trio.to_thread.run_sync(check)
+        assert len(examples) >= 100  # not vacuous: hypothesis ran that many sequences
