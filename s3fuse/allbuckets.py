@@ -36,7 +36,7 @@ from .options import Config
 from .pager import pages
 from .router import BucketRouter, no_such_inode
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
-from .tree import AttrChanges, DirEntries, OpenedFile, Tree
+from .tree import AttrChanges, DirEntries, OpenedFile, Tree, refused
 from .write.journal import JournalInUse
 
 log = logging.getLogger(__name__)
@@ -317,6 +317,10 @@ class BucketsTree(Tree):
         if bucket is None:
             raise FsError(errno.ENOENT, "NoSuchBucket", "the bucket is gone")
         await self.buckets.delete(bucket)
+
+    def refuse_rename_into(self, node: Node) -> FsError:
+        # As between two buckets: mv then copies, so 'mv dir /mnt/' creates a bucket named dir.
+        return refused(errno.EXDEV, "rename", node.path)
 
     async def setxattr(self, node: Node, name: str, value: bytes) -> None:
         raise FsError(errno.ENOTSUP, "NotSupported", "the mount root has no attributes")

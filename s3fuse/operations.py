@@ -33,7 +33,7 @@ from .mutations import new_entry
 from .names import NAME_MAX, decode_name, join
 from .options import Config
 from .router import Router
-from .tree import AttrChanges, DirEntries, Opened, OpenedFile, Tree, refused
+from .tree import AttrChanges, DirEntries, Opened, OpenedFile, Tree
 from .xattrs import is_s3fuse_name
 
 log = logging.getLogger(__name__)
@@ -458,9 +458,8 @@ class FuseOperations(pyfuse3.Operations):
         new_name = _name(name_new)
         new_tree, target = await self._lookup(new_parent_tree, new_parent, name_new)
         with errno_of("rename", node.path):
-            if new_tree is not tree:  # another tree is another file system (mv copies, then deletes)
-                code = tree.refusal or new_tree.refusal or errno.EXDEV
-                raise refused(code, "rename", node.path)
+            if new_tree is not tree:
+                raise tree.refuse("rename", node) if tree.refusal else new_tree.refuse_rename_into(node)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EEXIST)

@@ -174,6 +174,11 @@ class Tree:
         """Move node to new_parent/new_name (a directory of this tree), replacing target if there is one."""
         raise self.refuse("rename", node)
 
+    def refuse_rename_into(self, node: Node) -> FsError:
+        """A rename of another tree's node into this tree (which the node's own tree allows to leave):
+        EXDEV, another file system, so that ``mv`` copies and then deletes, unless this tree refuses."""
+        return refused(self.refusal or errno.EXDEV, "rename", node.path)
+
     # ---- extended attributes (names without the FUSE bytes)
 
     async def getxattr(self, node: Node, name: str) -> bytes:

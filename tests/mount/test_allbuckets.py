@@ -222,6 +222,8 @@ def test_mv_between_buckets_copies(s3, new_bucket, mount):
     s3.put_object(Bucket=source, Key="big.bin", Body=data)
     mnt = mount(ALL)
     assert errno_of(os.rename, mnt / source / "big.bin", mnt / target / "big.bin") == errno.EXDEV
+    # the root is another file system too: mv of a directory there would create a bucket
+    assert errno_of(os.rename, mnt / source / "big.bin", mnt / unique_bucket_name("moved")) == errno.EXDEV
     subprocess.run(["mv", str(mnt / source / "big.bin"), str(mnt / target / "moved.bin")], check=True, timeout=120)
     assert s3.get_object(Bucket=target, Key="moved.bin")["Body"].read() == data
     assert keys_of(s3, source) == {}
