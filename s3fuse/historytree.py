@@ -7,11 +7,9 @@ old versions are what they were.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from .blockcache import BlockCache
-from .errors import FsError
 from .inodes import Node
 from .metadata import EntryInfo
 from .names import join
@@ -19,31 +17,22 @@ from .namespace import Namespace
 from .options import Config
 from .reader import ObjectReader
 from .s3client import S3Client
-from .tree import DirEntries, ObjectTree, Opened, SpecialTree
+from .tree import DirEntries, ObjectTree, Opened, ReadOnlyFile, SpecialTree
 from .versions import VERSIONS_DIR, TimeView, Versions, version_reader
 
 
-class VersionFile:
-    """An open version: read-only, one version for good."""
+class VersionFile(ReadOnlyFile):
+    """An open version: one version for good."""
 
     def __init__(self, node: Node, reader: ObjectReader) -> None:
-        self.node = node
+        super().__init__(node)
         self.reader = reader
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self.reader.read(offset, size)
 
-    async def write(self, offset: int, data: bytes) -> None:
-        raise FsError(errno.EBADF, "NotOpenForWriting", "old versions are opened read-only")
-
-    async def flush(self) -> None:
-        pass
-
-    async def fsync(self) -> None:
-        pass
-
     async def release(self) -> None:
-        self.node.opened -= 1
+        await super().release()
         self.reader.close()
 
 

@@ -67,6 +67,29 @@ class DirEntries(Protocol):
         """Which listed names the mount has removed since (asked once per readdir call), if any."""
 
 
+class ReadOnlyFile:
+    """An OpenedFile that is only read: nothing to save, a write is EBADF (the kernel checks the
+    access mode first, so one arriving here is a bug)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        raise NotImplementedError
+
+    async def write(self, offset: int, data: bytes) -> None:
+        raise FsError(errno.EBADF, "NotOpenForWriting", f"{self.node.path!r} is open read-only")
+
+    async def flush(self) -> None:
+        pass
+
+    async def fsync(self) -> None:
+        pass
+
+    async def release(self) -> None:
+        self.node.opened -= 1
+
+
 @dataclass
 class Opened:
     """A file a tree opened, with what the kernel may do with its pages."""

@@ -19,29 +19,14 @@ from s3fuse.inodes import Node
 from s3fuse.metadata import EntryInfo
 from s3fuse.names import join
 from s3fuse.router import BucketRouter
-from s3fuse.tree import DirEntries, Opened, SpecialTree
+from s3fuse.tree import DirEntries, Opened, ReadOnlyFile, SpecialTree
 
 GREETING = b"hello from a tree of its own\n"
 
 
-class HelloFile:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
+class HelloFile(ReadOnlyFile):
     async def read(self, offset: int, size: int) -> bytes:
         return GREETING[offset : offset + size]
-
-    async def write(self, offset: int, data: bytes) -> None:
-        raise AssertionError("opened read-only")
-
-    async def flush(self) -> None:
-        pass
-
-    async def fsync(self) -> None:
-        pass
-
-    async def release(self) -> None:
-        self.node.opened -= 1
 
 
 class HelloEntries:
