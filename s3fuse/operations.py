@@ -477,37 +477,35 @@ class FuseOperations(pyfuse3.Operations):
 
     # ---- extended attributes
 
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    async def _xattr_target(self, inode: int) -> tuple[Tree, Node]:
         if self.opts.mount.no_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking, for the whole mount
-        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
+        return await self._route(inode)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        xattrs = not self.opts.mount.no_xattr
+        if xattrs and name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
             return METRICS.snapshot(ctx.pid).encode()
-        if not is_s3fuse_name(name):
+        if xattrs and not is_s3fuse_name(name):
             # Not ENODATA: 'ls -l' asks every entry for security.selinux unless the answer says
             # the file system has no such attributes, which it then remembers for the mount.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        tree, node = await self._route(inode)
+        tree, node = await self._xattr_target(inode)
         with errno_of("getxattr", node.path):
             return await tree.getxattr(node, _xattr_name(name))
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if self.opts.mount.no_xattr:
-            raise pyfuse3.FUSEError(errno.ENOSYS)
-        tree, node = await self._route(inode)
+        tree, node = await self._xattr_target(inode)
         with errno_of("listxattr", node.path):
             return [name.encode() for name in await tree.listxattr(node)]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if self.opts.mount.no_xattr:
-            raise pyfuse3.FUSEError(errno.ENOSYS)
-        tree, node = await self._route(inode)
+        tree, node = await self._xattr_target(inode)
         with errno_of("setxattr", node.path):
             await tree.setxattr(node, _xattr_name(name), value)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if self.opts.mount.no_xattr:
-            raise pyfuse3.FUSEError(errno.ENOSYS)
-        tree, node = await self._route(inode)
+        tree, node = await self._xattr_target(inode)
         with errno_of("removexattr", node.path):
             await tree.removexattr(node, _xattr_name(name))
 

@@ -149,9 +149,6 @@ class Tree:
     async def readlink(self, node: Node) -> bytes:
         raise FsError(errno.EINVAL, "NotASymlink", f"{node.path!r} is no symlink")
 
-    def forget(self, node: Node, count: int) -> None:
-        """The kernel dropped count references to node."""
-
     def unreferenced(self, node: Node) -> None:
         """A node made for a directory entry the kernel did not take."""
 
@@ -222,9 +219,6 @@ class NamespaceTree(Tree):
 
     def __init__(self, ns: Namespace) -> None:
         self.ns = ns
-
-    def forget(self, node: Node, count: int) -> None:
-        self.ns.forget(node.inode, count)
 
     def unreferenced(self, node: Node) -> None:
         if node.nlookup == 0:
