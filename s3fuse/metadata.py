@@ -22,6 +22,7 @@ from .metrics import METRICS
 # Object metadata headers (without the x-amz-meta- prefix) that carry POSIX attributes.
 # s3fs-fuse writes mode/uid/gid/mtime; rclone writes mtime as fractional seconds.
 META_MODE, META_UID, META_GID, META_MTIME = "mode", "uid", "gid", "mtime"
+POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME)
 
 
 @dataclass(slots=True)
@@ -39,6 +40,9 @@ class EntryInfo:
     # the ETag it identifies one write of the object, whose metadata never changes.
     last_modified_ns: int | None = None
     from_head: bool = False  # mode/uid/gid/mtime above were read from the object's headers
+    # The POSIX headers (POSIX_HEADERS, without x-amz-meta-) this version of the object carries,
+    # when known: what the attribute index records of it (a directory's: its attributes).
+    headers: dict[str, str] | None = None
     fetched_at: float = field(default_factory=time.monotonic)
 
     def age(self) -> float:
@@ -91,6 +95,7 @@ def parse_seconds_ns(value: str) -> int | None:
 def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
     """Fold s3fs-fuse style x-amz-meta-mode/uid/gid/mtime into an entry."""
     info.from_head = True
+    info.headers = {name: meta[name] for name in POSIX_HEADERS if name in meta}
     # Out-of-range values (another tool's bug, or hostile metadata) are ignored: they
     # would not fit the kernel's attribute fields.
     for name, attr, limit in ((META_MODE, "mode", 1 << 16), (META_UID, "uid", 1 << 32), (META_GID, "gid", 1 << 32)):

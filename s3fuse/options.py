@@ -77,6 +77,7 @@ class MountOptions:
     file_mode: int
     dir_mode: int
     posix_metadata: bool
+    attribute_index: bool  # read and keep the per-directory attribute index (attrindex.py)
     no_xattr: bool
     show_control_dir: bool
     presign_expiry: float  # seconds
@@ -358,8 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument(
         "--posix-metadata",
         action="store_true",
-        help="HEAD every listed file to read its x-amz-meta-mode/uid/gid/mtime (exact, but one request "
-        "per entry; without it such metadata is used whenever a HEAD is made anyway)",
+        help="HEAD every listed file to read its x-amz-meta-mode/uid/gid/mtime (exact for objects other "
+        "tools wrote, but one request per entry; without it, the attribute index makes what s3fuse "
+        "wrote exact, and other objects' metadata is used whenever a HEAD is made anyway)",
+    )
+    fs.add_argument(
+        "--no-attribute-index",
+        dest="attribute_index",
+        action="store_false",
+        help="keep no attribute index: write no objects under the bucket's .s3fuse/ prefix and read none "
+        "(listings then show the default mode, owner and the object's time for what they list, until a "
+        "HEAD; see docs/semantics.md)",
     )
 
     fs.add_argument(

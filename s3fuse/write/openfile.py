@@ -26,7 +26,7 @@ import trio
 
 from ..errors import FsError
 from ..inodes import Node
-from ..metadata import META_MTIME, EntryInfo, from_head
+from ..metadata import META_MTIME, POSIX_HEADERS, EntryInfo, from_head
 from ..metrics import METRICS
 from ..names import file_key
 from ..reader import ObjectReader
@@ -70,6 +70,7 @@ class OpenFile:
         self.never_saved = not exists  # created here: must reach S3 even if left empty
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
+        self.written_headers: dict[str, str] | None = None  # the POSIX headers of the last save (with_attributes)
         self.changed: set[str] = set()  # attributes set here since the last save
         self.header_changes = HeaderChanges()  # xattrs set here since the last save
         self.wrote = False  # write() was called since it was opened
@@ -292,7 +293,8 @@ class OpenFile:
             self._edits_saved = self.attribute_edits
             self.wb.saving += 1
             try:
-                await self._save()
+                with self.wb.tree.writing(self.node.path):
+                    await self._save()
             except FsError as exc:
                 await self._drop_stream()
                 log.warning("saving %r to S3 failed: %s", self.key, exc)
@@ -303,6 +305,7 @@ class OpenFile:
             self.failure = None
 
     async def _save(self) -> None:
+        self.written_headers = None  # set by with_attributes for the headers this save writes
         if self.spill is None and not self.never_saved:  # attributes only: copy onto itself
             assert self.base is not None
             headers = await self.object_headers(needs_base=True)
@@ -365,7 +368,10 @@ class OpenFile:
         # a stored mtime is rewritten only when it changed: set here, or the bytes changed
         rewrite_mtime = self.mtime_set or (META_MTIME in headers.metadata and self.spill is not None)
         posix = self.node.info.posix_headers(with_mtime=rewrite_mtime)
-        return self.header_changes.applied_to(dataclasses.replace(headers, metadata={**headers.metadata, **posix}))
+        final = self.header_changes.applied_to(dataclasses.replace(headers, metadata={**headers.metadata, **posix}))
+        # what the saved object's headers say of its attributes: the attribute index records it
+        self.written_headers = {name: final.metadata[name] for name in POSIX_HEADERS if name in final.metadata}
+        return final
 
     def _conflict(self, needs_base: bool) -> None:
         what = f"{self.key!r} changed in S3 since it was opened here"
@@ -377,7 +383,9 @@ class OpenFile:
 
     def _saved(self, etag: str, size: int) -> None:
         # Namespace.added stamps it with the time of the save.
-        info = dataclasses.replace(self.node.info, size=size, etag=etag, last_modified_ns=None, from_head=True)
+        info = dataclasses.replace(
+            self.node.info, size=size, etag=etag, last_modified_ns=None, from_head=True, headers=self.written_headers
+        )
         self._forget_record()  # before its spill file goes: a record never names a missing file
         if self.spill is not None:
             self.spill.close()

@@ -186,13 +186,21 @@ def quoted_etag(etag: str) -> str:
 
 async def put_object(s3: S3Client, key: str, data: bytes, headers: ObjectHeaders) -> str:
     """PutObject with Content-MD5, hashed in the worker thread; returns the new ETag."""
+    return (await put_object_answer(s3, key, data, headers))["ETag"]
 
-    params = s3.params("put_object", Key=key, Body=data, **headers.params())
+
+async def put_object_answer(
+    s3: S3Client, key: str, data: bytes, headers: ObjectHeaders, conditions: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """put_object, with ``conditions`` (IfMatch=, IfNoneMatch=); returns S3's answer, its ETag quoted."""
+    params = s3.params("put_object", Key=key, Body=data, **headers.params(), **(conditions or {}))
 
     def send() -> dict[str, Any]:
         return s3.direct.put_object(ContentMD5=content_md5(data), **params)
 
-    return quoted_etag((await s3.run(send))["ETag"])
+    answer = await s3.run(send)
+    answer["ETag"] = quoted_etag(answer["ETag"])
+    return answer
 
 
 async def gather(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> None:

@@ -59,6 +59,10 @@ class Tree(Protocol):
         """One of ``node.writers`` (a writable handle, or a background upload) is done with it."""
         ...
 
+    def writing(self, path: str) -> contextlib.AbstractContextManager[None]:
+        """Around the requests of a save, which make a new version of path's object."""
+        ...
+
 
 class Detached:
     """The ``Tree`` of ``s3fuse recover``: a node for each file it uploads, and no caches or kernel to tell."""
@@ -75,6 +79,10 @@ class Detached:
 
     def writer_gone(self, node: Node) -> None:
         """Nothing to forget: no kernel holds the node."""
+
+    def writing(self, path: str) -> contextlib.AbstractContextManager[None]:
+        """No attribute index to keep."""
+        return contextlib.nullcontext()
 
 
 class WriteBack:
