@@ -132,9 +132,25 @@ class BucketTree(ObjectTree):
         tree.wb.start()  # the uploads adopted from the journal
         return tree
 
+    def start(self, nursery: trio.Nursery) -> None:
+        super().start(nursery)
+        nursery.start_soon(self.ns.index.run)
+
     async def shutdown(self) -> None:
-        """Every file still open for writing is saved or kept locally."""
+        """Every file still open for writing is saved or kept locally; the attribute index is written."""
         await self.wb.shutdown()
+        await self.ns.index.flush_all()
+
+    async def _changing(self, parent: Node, name: str | None = None) -> None:
+        """Before a change in the directory parent (of its entry ``name``, if given)."""
+        if name is not None and name in self.ns.internal_names(parent.path):
+            raise FsError(errno.EPERM, "Reserved", f"{name!r} in the bucket's root is reserved for s3fuse's own keys")
+        await self.ns.index.prepare(parent.path)
+
+    async def _changing_entry(self, node: Node) -> None:
+        """Before a change of the entry node (its parent directory's index records it)."""
+        if node.path:
+            await self.ns.index.prepare(split(node.path)[0])
 
     # ---- names and attributes
 
@@ -186,6 +202,7 @@ class BucketTree(ObjectTree):
         fresh = await self._revalidate(node)  # close-to-open: at most attr-ttl old
         opened = BucketFile(self, fresh)
         if flags & os.O_ACCMODE != os.O_RDONLY:
+            await self._changing_entry(fresh)
             await self.wb.before_change(fresh)
             opened.writer = self.wb.open(fresh, exists=True)
             if flags & os.O_TRUNC:
@@ -205,15 +222,18 @@ class BucketTree(ObjectTree):
     # ---- changes
 
     async def create(self, parent: Node, name: str, info: EntryInfo, flags: int) -> tuple[Opened, Node]:
+        await self._changing(parent, name)
         node = self.ns.added(join(parent.path, name), info)
         opened = BucketFile(self, node, writer=self.wb.open(node, exists=False))
         node.opened += 1
         return Opened(opened), node
 
     async def mkdir(self, parent: Node, name: str, info: EntryInfo) -> Node:
+        await self._changing(parent, name)
         return await self.mut.mkdir(join(parent.path, name), info)
 
     async def symlink(self, parent: Node, name: str, target: bytes, info: EntryInfo) -> Node:
+        await self._changing(parent, name)
         return await self.mut.symlink(join(parent.path, name), target, info)
 
     async def unlink(self, node: Node) -> None:
@@ -226,6 +246,7 @@ class BucketTree(ObjectTree):
         new_path = join(new_parent.path, new_name)
         if new_path == node.path:
             return
+        await self._changing(new_parent, new_name)
         await self.wb.settled(node)
         await self.mut.rename(node, new_path, target)
 
@@ -237,6 +258,7 @@ class BucketTree(ObjectTree):
             changed["mode"] |= info.kind
         if not (changed or changes.size is not None):
             return node  # atime or ctime alone: not kept
+        await self._changing_entry(node)
         if changes.size is None and self._memory_only(node, changed):
             new_info = dataclasses.replace(info, **changed)
             if self.ns.attached(node):
@@ -258,18 +280,19 @@ class BucketTree(ObjectTree):
 
         - to an inode no name leads to any more (the kernel sends the times of
           unlinked or replaced files when it evicts them);
-        - to a directory: listings carry no headers and s3fuse never reads a marker's,
-          so stored directory attributes could not be seen, while writing them would
-          cost a PutObject per change (two per directory of a tar archive);
-        - an mtime that moved by less than a second, the precision of x-amz-meta-mtime
-          (the kernel's own stamp of a write s3fuse already saved, sent late).
+        - to a directory: its attributes live in its parent's attribute index (recorded
+          by ``Namespace.added``), not on its marker, which would cost a PutObject per
+          change (two per directory of a tar archive);
+        - an mtime in the same whole second as the current one, the precision of
+          x-amz-meta-mtime (the kernel's own stamp of a write s3fuse already saved, sent
+          late); one that crosses a second is stored (rsync setting a symlink's time).
         """
         if node.info.is_dir or not self.ns.attached(node):
             return True
         if set(changes) != {"mtime_ns"} or node.writers:
             return False
         current = node.info.mtime_ns if node.info.mtime_ns is not None else self.mount_time_ns
-        return abs(changes["mtime_ns"] - current) < 1_000_000_000
+        return changes["mtime_ns"] // 1_000_000_000 == current // 1_000_000_000
 
     async def _change_file(
         self, node: Node, change: Callable[[OpenFile], Awaitable[None]], touches_data: bool = False
@@ -300,6 +323,8 @@ class BucketTree(ObjectTree):
             await self.wb.release(writer)
 
     async def _change_headers(self, node: Node, changes: HeaderChanges) -> None:
+        await self._changing_entry(node)
+
         async def apply(writer: OpenFile) -> None:
             writer.set_headers(changes)
 

@@ -14,12 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import trio
-
-from .errors import FsError
 from .listing import DirectoryStream
 from .metadata import EntryInfo
-from .names import dir_prefix, file_key, join
+from .names import dir_prefix, join
 
 if TYPE_CHECKING:
     from .namespace import Namespace
@@ -47,6 +44,7 @@ class DirHandle:
         # Names of the mount's control directories: keys of the same name are hidden.
         self.shown = [(name, info) for name, info in reserved if info is not None] + list(local)
         self.hidden = {name for name, _ in reserved}
+        self.internal = ns.internal_names(path)  # hidden without a word: the mount's own keys
         self.local = {name for name, _ in local}  # listed already, whatever S3 says of them
         self._restart()
 
@@ -63,6 +61,7 @@ class DirHandle:
         )
 
     def _new_stream(self) -> DirectoryStream:
+        self.ns.index.start_reading(self.path, self.ns.nursery)  # beside the first page
         return DirectoryStream(self.ns.s3, dir_prefix(self.ns.root_prefix, self.path), nursery=self.ns.nursery)
 
     async def entry(self, index: int) -> tuple[str, EntryInfo] | None:
@@ -72,9 +71,7 @@ class DirHandle:
         while index >= self.base + len(self.entries):
             if self.stream is None or self.stream.done:
                 return None
-            batch = self._without_hidden(await self.stream.next_batch())
-            if self.ns.opts.mount.posix_metadata:
-                batch = await self._with_metadata(batch)
+            batch = await self.ns.complete(self.path, self._without_hidden(await self.stream.next_batch()))
             self._remember(batch)
             # Drop what the kernel has consumed; keep the unconsumed tail.
             consumed = min(index - self.base, len(self.entries))
@@ -90,7 +87,7 @@ class DirHandle:
         """
         out = []
         for name, info in batch:
-            if name in self.local:
+            if name in self.local or name in self.internal:
                 continue
             if name in self.hidden:
                 key = dir_prefix(self.ns.root_prefix, self.path) + name + ("/" if info.is_dir else "")
@@ -124,27 +121,3 @@ class DirHandle:
         if self.stream is not None and self.stream.done and self.collected is not None:
             self.ns.listed_whole(self.path, self.collected)
             self.collected = None
-
-    async def _with_metadata(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
-        """--posix-metadata: HEAD every file of the batch, in parallel.
-
-        A failed HEAD keeps the listing's attributes (and logs why) rather than
-        failing a page whose continuation token is already spent.
-        """
-        out = list(batch)
-
-        async def head(i: int, name: str) -> None:
-            key = file_key(self.ns.root_prefix, join(self.path, name))
-            try:
-                info = await self.ns.head(key)
-            except FsError as exc:
-                log.warning("HEAD %r failed (%s); listing it without its metadata", key, exc)
-                return
-            if info is not None:
-                out[i] = (name, info)
-
-        async with trio.open_nursery() as nursery:
-            for i, (name, info) in enumerate(batch):
-                if not info.is_dir:
-                    nursery.start_soon(head, i, name)
-        return out

@@ -15,6 +15,8 @@ import stat
 import time
 from typing import Any
 
+import trio
+
 from .blockcache import BlockCache
 from .errors import FsError
 from .inodes import Node
@@ -57,7 +59,9 @@ class Mutations:
     # ---- creating
 
     async def mkdir(self, path: str, info: EntryInfo) -> Node:
-        await self._put_marker(path, info)
+        async with trio.open_nursery() as nursery:  # the new directory's attribute index beside its marker
+            nursery.start_soon(self.ns.index.create, path)
+            await self._put_marker(path, info)
         node = self.ns.added(path, info)
         self.ns.known_empty(path)  # new, so known to be empty
         return node
@@ -65,7 +69,8 @@ class Mutations:
     async def symlink(self, path: str, target: bytes, info: EntryInfo) -> Node:
         headers = ObjectHeaders("application/octet-stream", info.posix_headers(with_mtime=True))
         key = file_key(self.prefix, path)
-        info.etag = await put_object(self.s3, key, target, headers)
+        with self.ns.writing(path):
+            info.etag = await put_object(self.s3, key, target, headers)
         self.blocks.put((key, info.etag, 0), target)  # readlink needs no GET
         return self.ns.added(path, info)
 
@@ -87,7 +92,12 @@ class Mutations:
 
     async def rmdir(self, node: Node) -> None:
         await self._ensure_empty(node.path)
-        await self.s3.call("delete_object", Key=self._marker_key(node.path))
+        marker = self._marker_key(node.path)
+        index = self.ns.index.keys_below([marker])
+        if index:
+            await delete_keys(self.s3, [marker, *index])
+        else:
+            await self.s3.call("delete_object", Key=marker)
         self.ns.removed(node.path, is_dir=True)
 
     async def _ensure_empty(self, path: str) -> None:
@@ -128,7 +138,10 @@ class Mutations:
         if of is not None:
             await of.save()  # the copy must carry the bytes written so far
         old_key, new_key = file_key(self.prefix, node.path), file_key(self.prefix, new_path)
-        etag = await copy_object(self.s3, old_key, new_key, node.info.size, self.wb.registry, if_match=node.info.etag)
+        with self.ns.writing(new_path):
+            etag = await copy_object(
+                self.s3, old_key, new_key, node.info.size, self.wb.registry, if_match=node.info.etag
+            )
         await self.s3.call("delete_object", Key=old_key)
         return etag
 
@@ -159,7 +172,12 @@ class Mutations:
         # Servers that keep directories as such (SeaweedFS) do not list every marker
         # and keep emptied directories: delete them all, deepest first (on S3 the
         # markers not listed do not exist, and deleting them is a no-op).
-        await delete_keys(self.s3, sorted(directories, key=lambda key: -key.count("/")))
+        # Their attribute indexes move with them (after the copies: they date the copies).
+        await self.ns.index.move_tree([(key, new + key[len(old) :]) for key in directories])
+        await delete_keys(
+            self.s3,
+            sorted(directories, key=lambda key: -key.count("/")) + self.ns.index.keys_below(sorted(directories)),
+        )
         log.info("renamed %r to %r: %d objects in %.1f s", old_path, new_path, moved, time.monotonic() - started)
 
     async def _move_page(self, objects: list[dict[str, Any]], old: str, new: str) -> None:

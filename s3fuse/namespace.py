@@ -11,6 +11,7 @@ methods, so the caches stay true to every change made through the mount.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -21,6 +22,7 @@ import pyfuse3
 import trio
 from cachetools import LRUCache
 
+from .attrindex import INDEX_DIR, PARALLEL_HEADS, AttributeIndex
 from .dirhandle import DirHandle
 from .errors import FsError
 from .inodes import InodeTable, Node
@@ -66,6 +68,16 @@ class Namespace:
         # that range that it did not list is missing too, for --negative-ttl. So 'mv a b'
         # costs one LIST (the window that found 'a' also shows 'b' is free), not two.
         self._windows = LookupWindows(opts.cache.negative_ttl, self.changed_since)
+        # Exact attributes for what s3fuse wrote, without a HEAD per entry (attrindex.py). Not for
+        # --at: the index says what the objects are now, not then.
+        readable = opts.mount.attribute_index and opts.mount.at is None
+        self.index = AttributeIndex(
+            s3, self.root_prefix, readable, not opts.mount.read_only, opts.cache.metadata_cache_entries
+        )
+
+    def internal_names(self, directory_path: str) -> frozenset[str]:
+        """Names of the directory that are the mount's own keys, never shown: the bucket root's ``.s3fuse``."""
+        return frozenset((INDEX_DIR,)) if directory_path == "" and self.root_prefix == "" else frozenset()
 
     def changed_since(self, directory_path: str, since: float) -> bool:
         """Whether this mount changed the directory at or after ``since`` (monotonic)."""
@@ -127,6 +139,8 @@ class Namespace:
         listing does not carry them; a changed object gets a new inode.
         """
         info = self._meta.with_headers(path, info)
+        if not info.from_head:
+            info = self.index.vouch(*split(path), info) or info
         node = self._inodes.by_path(path)
         if node is not None and node.info.kind == info.kind:
             if node.writers or node.info.fetched_at > info.fetched_at:
@@ -152,7 +166,7 @@ class Namespace:
         self._meta.forget_listing(split(node.path)[0])  # or a cached listing would bring the old entry back
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
-        if invalid_reason(name) is not None:
+        if invalid_reason(name) is not None or name in self.internal_names(parent.path):
             # Listings skip such keys; a lookup must too. Without this, a lookup window
             # that ends before 'name/' probes that prefix and turns a name of more than
             # 255 bytes into a directory through which the skipped keys could be read.
@@ -192,12 +206,16 @@ class Namespace:
         """Ask S3 whether parent/name exists, caching the siblings the answer carries."""
         prefix = dir_prefix(self.root_prefix, parent_path)
         key = prefix + name
-        window = await lookup_window(self.s3, prefix, name, self.opts.cache.lookup_window)
+        async with trio.open_nursery() as nursery:
+            self.index.start_reading(parent_path, nursery)  # beside the LIST
+            window = await lookup_window(self.s3, prefix, name, self.opts.cache.lookup_window)
         found = next((info for sibling, info in window.entries + window.uncertain if sibling == name), None)
         current = not self.changed_since(parent_path, asked_at)  # else S3 may predate a change made here
         for sibling, info in window.entries if current else ():
-            if sibling != name and (info.is_dir or not self.opts.mount.posix_metadata):
-                self._meta.put(join(parent_path, sibling), info)
+            if sibling != name and sibling not in self.internal_names(parent_path):
+                info = self.index.vouch(parent_path, sibling, info) or info
+                if not self.needs_head(parent_path, info):
+                    self._meta.put(join(parent_path, sibling), info)
         self.siblings.remember_order(parent_path, window.entries)
         if current:
             self._windows.remember(parent_path, window, asked_at)
@@ -207,9 +225,51 @@ class Namespace:
             probe = await self.s3.list_page(Prefix=key + "/", MaxKeys=1)
             if probe.get("KeyCount", 0) or probe.get("Contents"):
                 return directory()
-        if found is not None and not found.is_dir and self.opts.mount.posix_metadata:
-            return await self.head(key)
+        if found is not None:
+            found = self.index.vouch(parent_path, name, found) or found
+            if self.needs_head(parent_path, found):
+                return await self._head_listed(parent_path, name)
         return found
+
+    def needs_head(self, directory_path: str, info: EntryInfo) -> bool:
+        """Whether a listed entry's attributes must come from a HEAD: a file the attribute index does
+        not vouch for in a directory that has one, or any file with --posix-metadata."""
+        return (
+            not info.is_dir
+            and not info.from_head
+            and (self.opts.mount.posix_metadata or self.index.covers(directory_path))
+        )
+
+    async def _head_listed(self, directory_path: str, name: str) -> EntryInfo | None:
+        """HEAD a listed file; what it says goes into the directory's attribute index if it has one."""
+        info = await self.head(file_key(self.root_prefix, join(directory_path, name)))
+        if info is not None and self.index.covers(directory_path):
+            self.index.record(directory_path, name, info)
+        return info
+
+    async def complete(self, directory_path: str, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
+        """A listing batch with each file's attributes as exact as known: from the attribute index,
+        else (where ``needs_head``) a HEAD, in parallel. A failed HEAD keeps the listing's attributes
+        (and logs why) rather than failing a page whose continuation token is already spent."""
+        await self.index.read(directory_path)  # usually read already, beside the first page
+        out = [(name, self.index.vouch(directory_path, name, info) or info) for name, info in batch]
+
+        async def head(i: int, name: str, limiter: trio.CapacityLimiter) -> None:
+            async with limiter:
+                try:
+                    info = await self._head_listed(directory_path, name)
+                except FsError as exc:
+                    log.warning("HEAD of %r failed (%s); listing it without its metadata", name, exc)
+                    return
+            if info is not None:
+                out[i] = (name, info)
+
+        limiter = trio.CapacityLimiter(PARALLEL_HEADS)
+        async with trio.open_nursery() as nursery:
+            for i, (name, info) in enumerate(out):
+                if self.needs_head(directory_path, info):
+                    nursery.start_soon(head, i, name, limiter)
+        return out
 
     async def head(self, key: str) -> EntryInfo | None:
         """HeadObject as an entry; None if the object is gone."""
@@ -237,9 +297,12 @@ class Namespace:
         if info is None:
             self._meta.forget(node.path)  # not negative: it may have become a directory
             return None
-        if not self.changed_since(split(node.path)[0], info.fetched_at):  # else S3 may predate a change made here
+        parent, name = split(node.path)
+        if not self.changed_since(parent, info.fetched_at):  # else S3 may predate a change made here
             self._meta.put(node.path, info)
             self._meta.remember_headers(node.path, info)
+            if self.index.covers(parent) and self.index.vouch(parent, name, info) is None:
+                self.index.record(parent, name, info)  # changed elsewhere: the index learns it
         return self.resolve(node.path, info)
 
     # ---- changes made through this mount
@@ -252,7 +315,13 @@ class Namespace:
         self._meta.put(path, info)
         self._meta.remember_headers(path, info)
         self._update_listing(path, info)
+        if path:
+            self.index.record(*split(path), info)
         return self._inodes.resolve(path, info)
+
+    def writing(self, path: str) -> contextlib.AbstractContextManager[None]:
+        """Around a request that writes a new version of path's object (see ``AttributeIndex.writing``)."""
+        return self.index.writing(*split(path))
 
     def removed(self, path: str, is_dir: bool) -> None:
         """path no longer exists; open handles keep their inode."""
@@ -265,6 +334,9 @@ class Namespace:
         self._inodes.detach(new, tree=info.is_dir)  # what the rename replaced
         self._inodes.move(old, new, tree=info.is_dir)
         self._forget_name(old, info.is_dir)
+        if info.is_dir:
+            self.index.forget_tree(old)
+            self.index.forget_tree(new)
         return self.added(new, info)
 
     def unsure(self, path: str) -> None:
@@ -280,6 +352,8 @@ class Namespace:
         self._meta.forget(path, tree=is_dir)
         self._meta.put_negative(path)
         self._update_listing(path, None)
+        if path:
+            self.index.remove(*split(path))
 
     def _update_listing(self, path: str, info: EntryInfo | None) -> None:
         """Keep a cached listing of the parent true to a change made here.
