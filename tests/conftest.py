@@ -197,12 +197,14 @@ def run(cmd: list[str], timeout: float = 120, check: bool = True, **kw) -> subpr
     return res
 
 
-def keys_of(s3, bucket: str, prefix: str = "") -> dict[str, dict]:
-    """Every object of the bucket (under prefix), from boto3: the ground truth."""
+def keys_of(s3, bucket: str, prefix: str = "", internal: bool = False) -> dict[str, dict]:
+    """Every object of the bucket (under prefix), from boto3: the ground truth. Without
+    ``internal``, not the mount's own objects under the reserved ``.s3fuse/`` (attrindex.py)."""
     out = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", ()):
-            out[obj["Key"]] = obj
+            if internal or not obj["Key"].startswith(".s3fuse/"):
+                out[obj["Key"]] = obj
     return out
 
 
@@ -288,7 +290,9 @@ class MotoServer:
         """A position in the request log; ``requests(mark)`` returns what came after it."""
         return self.log_path.stat().st_size
 
-    def requests(self, since: int = 0, bucket: str | None = None) -> list[Request]:
+    def requests(self, since: int = 0, bucket: str | None = None, internal: bool = False) -> list[Request]:
+        """The requests since a mark; without ``internal``, not those of the mount's own objects
+        under ``.s3fuse/`` (the attribute index: tests/mount/test_attrindex.py counts those)."""
         with open(self.log_path, "rb") as f:
             f.seek(since)
             text = f.read().decode("utf-8", "replace")
@@ -298,7 +302,7 @@ class MotoServer:
             if not m:
                 continue
             req = Request.parse(m.group(1), m.group(2), int(m.group(3)))
-            if bucket is None or req.bucket == bucket:
+            if (bucket is None or req.bucket == bucket) and (internal or not (req.key or "").startswith(".s3fuse/")):
                 out.append(req)
         return out
 
@@ -312,8 +316,9 @@ class MotoServer:
         self._recorder("reset-recording")
         self._recorder("start-recording")
 
-    def stop_recording(self, bucket: str | None = None) -> list[Request]:
-        """Stop recording; the requests recorded since start_recording."""
+    def stop_recording(self, bucket: str | None = None, internal: bool = False) -> list[Request]:
+        """Stop recording; the requests recorded since start_recording (without ``internal``, not
+        those of the attribute index, as ``requests``)."""
         self._recorder("stop-recording")
         text = self.recording_path.read_text() if self.recording_path.exists() else ""
         decoder = json.JSONDecoder()
@@ -322,7 +327,7 @@ class MotoServer:
         while (pos := _SPACE.match(text, pos).end()) < len(text):
             entry, pos = decoder.raw_decode(text, pos)
             req = Request.parse(entry["method"], entry["url"], 0, entry["headers"])
-            if bucket is None or req.bucket == bucket:
+            if (bucket is None or req.bucket == bucket) and (internal or not (req.key or "").startswith(".s3fuse/")):
                 out.append(req)
         return out
 

@@ -84,7 +84,8 @@ def _filesystem_accepts(directory: str, name: str) -> bool:
     return True
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+# deadline=None: a real disk, slow when the machine is busy
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     st.one_of(
         st.text(NAME_CHARS, max_size=12),
