@@ -157,6 +157,17 @@ class BucketTree(ObjectTree):
             raise FsError(errno.ESTALE, "Replaced", f"{node.path!r} was replaced")
         return fresh
 
+    def link_count(self, node: Node) -> int:
+        """A directory: 2 + its subdirectories while its complete listing is cached, else 1."""
+        if not node.info.is_dir:
+            return super().link_count(node)
+        subdirectories = self.ns.subdirectories(node.path)
+        if subdirectories is None:
+            return 1
+        if node.path == "":  # the other trees' directories the root lists (.s3 with --show-control-dir)
+            subdirectories += sum(1 for _, info in self.reserved if info is not None and info.is_dir)
+        return 2 + subdirectories
+
     async def readlink(self, node: Node) -> bytes:
         if not node.info.is_symlink:
             return await super().readlink(node)
@@ -216,6 +227,9 @@ class BucketTree(ObjectTree):
     async def symlink(self, parent: Node, name: str, target: bytes, info: EntryInfo) -> Node:
         return await self.mut.symlink(join(parent.path, name), target, info)
 
+    async def mknod(self, parent: Node, name: str, info: EntryInfo) -> Node:
+        return await self.mut.mknod(join(parent.path, name), info)
+
     async def unlink(self, node: Node) -> None:
         await self.mut.unlink(node)
 
@@ -236,7 +250,7 @@ class BucketTree(ObjectTree):
         if "mode" in changed:
             changed["mode"] |= info.kind
         if not (changed or changes.size is not None):
-            return node  # atime or ctime alone: not kept
+            return node  # ctime alone: not kept
         if changes.size is None and self._memory_only(node, changed):
             new_info = dataclasses.replace(info, **changed)
             if self.ns.attached(node):
@@ -261,8 +275,9 @@ class BucketTree(ObjectTree):
         - to a directory: listings carry no headers and s3fuse never reads a marker's,
           so stored directory attributes could not be seen, while writing them would
           cost a PutObject per change (two per directory of a tar archive);
-        - an mtime that moved by less than a second, the precision of x-amz-meta-mtime
-          (the kernel's own stamp of a write s3fuse already saved, sent late).
+        - an mtime alone that moved by less than a second: the kernel's own stamp of
+          writes s3fuse already saved, sent late. utimensat(2) sends the atime with it
+          (the adapter keeps it), so an explicit time is always stored, to the nanosecond.
         """
         if node.info.is_dir or not self.ns.attached(node):
             return True
