@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -173,6 +174,17 @@ class BucketTree(ObjectTree):
             raise FsError(errno.ESTALE, "Replaced", f"{node.path!r} was replaced")
         return fresh
 
+    def link_count(self, node: Node) -> int:
+        """A directory: 2 + its subdirectories while its complete listing is cached, else 1."""
+        if not node.info.is_dir:
+            return super().link_count(node)
+        subdirectories = self.ns.subdirectories(node.path)
+        if subdirectories is None:
+            return 1
+        if node.path == "":  # the other trees' directories the root lists (.s3 with --show-control-dir)
+            subdirectories += sum(1 for _, info in self.reserved if info is not None and info.is_dir)
+        return 2 + subdirectories
+
     async def readlink(self, node: Node) -> bytes:
         if not node.info.is_symlink:
             return await super().readlink(node)
@@ -236,6 +248,10 @@ class BucketTree(ObjectTree):
         await self._changing(parent, name)
         return await self.mut.symlink(join(parent.path, name), target, info)
 
+    async def mknod(self, parent: Node, name: str, info: EntryInfo) -> Node:
+        await self._changing(parent, name)
+        return await self.mut.mknod(join(parent.path, name), info)
+
     async def unlink(self, node: Node) -> None:
         await self.mut.unlink(node)
 
@@ -257,7 +273,7 @@ class BucketTree(ObjectTree):
         if "mode" in changed:
             changed["mode"] |= info.kind
         if not (changed or changes.size is not None):
-            return node  # atime or ctime alone: not kept
+            return node  # ctime alone: not kept
         await self._changing_entry(node)
         if changes.size is None and self._memory_only(node, changed):
             new_info = dataclasses.replace(info, **changed)
@@ -283,16 +299,21 @@ class BucketTree(ObjectTree):
         - to a directory: its attributes live in its parent's attribute index (recorded
           by ``Namespace.added``), not on its marker, which would cost a PutObject per
           change (two per directory of a tar archive);
-        - an mtime in the same whole second as the current one, the precision of
-          x-amz-meta-mtime (the kernel's own stamp of a write s3fuse already saved, sent
-          late); one that crosses a second is stored (rsync setting a symlink's time).
+        - an mtime alone that moved by less than a second, of a regular file, and not a
+          whole second: the kernel's own stamp of writes s3fuse already saved, sent late
+          (a stamp of the kernel's clock, never a whole second). utimensat(2) with both
+          times is always stored, to the nanosecond, and so is a whole-second mtime alone
+          (tar sets the archive's, atime omitted), and any time of a symlink or special file
+          (the kernel stamps only regular files).
         """
         if node.info.is_dir or not self.ns.attached(node):
             return True
-        if set(changes) != {"mtime_ns"} or node.writers:
+        if set(changes) != {"mtime_ns"} or node.writers or node.info.kind != stat.S_IFREG:
+            return False
+        if changes["mtime_ns"] % 1_000_000_000 == 0:
             return False
         current = node.info.mtime_ns if node.info.mtime_ns is not None else self.mount_time_ns
-        return changes["mtime_ns"] // 1_000_000_000 == current // 1_000_000_000
+        return abs(changes["mtime_ns"] - current) < 1_000_000_000
 
     async def _change_file(
         self, node: Node, change: Callable[[OpenFile], Awaitable[None]], touches_data: bool = False

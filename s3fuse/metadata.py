@@ -20,9 +20,17 @@ from cachetools import LRUCache, TTLCache
 from .metrics import METRICS
 
 # Object metadata headers (without the x-amz-meta- prefix) that carry POSIX attributes.
-# s3fs-fuse writes mode/uid/gid/mtime; rclone writes mtime as fractional seconds.
-META_MODE, META_UID, META_GID, META_MTIME = "mode", "uid", "gid", "mtime"
-POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME)
+# s3fs-fuse writes mode/uid/gid/mtime/atime (times as "SECONDS" or "SECONDS.NNNNNNNNN",
+# exactly nine digits, which is also how it parses them); rclone writes mtime as
+# fractional seconds. s3fs-fuse keeps no device number: rdev is s3fuse's own header.
+META_MODE, META_UID, META_GID, META_MTIME, META_ATIME, META_RDEV = "mode", "uid", "gid", "mtime", "atime", "rdev"
+# The EntryInfo fields those headers carry: what a HEAD adds to a listing's entry.
+POSIX_FIELDS = ("mode", "uid", "gid", "mtime_ns", "atime_ns", "rdev")
+# What an object (not a directory marker) can be besides a regular file.
+SPECIAL_KINDS = frozenset({stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
+DEVICE_KINDS = frozenset({stat.S_IFCHR, stat.S_IFBLK})
+# The headers themselves: what the attribute index records of an object version.
+POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME, META_ATIME, META_RDEV)
 
 
 @dataclass(slots=True)
@@ -36,10 +44,12 @@ class EntryInfo:
     mode: int | None = None
     uid: int | None = None
     gid: int | None = None
+    atime_ns: int | None = None  # only when set explicitly (noatime): None shows the mtime
+    rdev: int | None = None  # a device node's number, as the kernel encodes it
     # LastModified, kept apart from mtime_ns (which x-amz-meta-mtime may override): with
     # the ETag it identifies one write of the object, whose metadata never changes.
     last_modified_ns: int | None = None
-    from_head: bool = False  # mode/uid/gid/mtime above were read from the object's headers
+    from_head: bool = False  # the POSIX_FIELDS above were read from the object's headers
     # The POSIX headers (POSIX_HEADERS, without x-amz-meta-) this version of the object carries,
     # when known: what the attribute index records of it (a directory's: its attributes).
     headers: dict[str, str] | None = None
@@ -50,9 +60,12 @@ class EntryInfo:
 
     @property
     def kind(self) -> int:
+        """The file type bits: a directory, or what the mode header says an object is."""
         if self.is_dir:
             return stat.S_IFDIR
-        return stat.S_IFLNK if self.is_symlink else stat.S_IFREG
+        if self.mode is not None and stat.S_IFMT(self.mode) in SPECIAL_KINDS:
+            return stat.S_IFMT(self.mode)
+        return stat.S_IFREG
 
     @property
     def is_symlink(self) -> bool:
@@ -68,8 +81,11 @@ class EntryInfo:
         if self.gid is not None:
             meta[META_GID] = str(self.gid)
         if with_mtime and self.mtime_ns is not None:
-            # whole seconds: s3fs-fuse cannot parse rclone's fractional form
-            meta[META_MTIME] = str(self.mtime_ns // 1_000_000_000)
+            meta[META_MTIME] = format_seconds_ns(self.mtime_ns)
+        if self.atime_ns is not None:
+            meta[META_ATIME] = format_seconds_ns(self.atime_ns)
+        if self.kind in DEVICE_KINDS and self.rdev is not None:
+            meta[META_RDEV] = str(self.rdev)
         return meta
 
 
@@ -92,23 +108,41 @@ def parse_seconds_ns(value: str) -> int | None:
     return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
 
+def format_seconds_ns(ns: int) -> str:
+    """Nanoseconds as s3fs-fuse writes a time: whole seconds, or with exactly nine decimals.
+
+    s3fs-fuse reads the digits after the point as a count of nanoseconds, so they must be
+    nine. Before 1970 the sign applies to the whole value, as in rclone's form (s3fs-fuse
+    ignores negative times): -1.5 s is "-1.500000000".
+    """
+    sign = "-" if ns < 0 else ""
+    seconds, nanos = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{seconds}.{nanos:09d}" if nanos else f"{sign}{seconds}"
+
+
 def apply_posix_metadata(info: EntryInfo, meta: dict[str, str]) -> EntryInfo:
-    """Fold s3fs-fuse style x-amz-meta-mode/uid/gid/mtime into an entry."""
+    """Fold s3fs-fuse style x-amz-meta-mode/uid/gid/mtime/atime (and s3fuse's rdev) into an entry."""
     info.from_head = True
     info.headers = {name: meta[name] for name in POSIX_HEADERS if name in meta}
     # Out-of-range values (another tool's bug, or hostile metadata) are ignored: they
     # would not fit the kernel's attribute fields.
-    for name, attr, limit in ((META_MODE, "mode", 1 << 16), (META_UID, "uid", 1 << 32), (META_GID, "gid", 1 << 32)):
+    for name, attr, limit in (
+        (META_MODE, "mode", 1 << 16),
+        (META_UID, "uid", 1 << 32),
+        (META_GID, "gid", 1 << 32),
+        (META_RDEV, "rdev", 1 << 32),
+    ):
         raw = meta.get(name, "")
         if _is_decimal(raw) and int(raw) < limit:
             setattr(info, attr, int(raw))
-    mtime = parse_seconds_ns(meta.get(META_MTIME, ""))
-    if mtime is not None and abs(mtime) < 1 << 63:
-        info.mtime_ns = mtime
-    allowed = (0, stat.S_IFDIR) if info.is_dir else (0, stat.S_IFREG, stat.S_IFLNK)
+    for name, attr in ((META_MTIME, "mtime_ns"), (META_ATIME, "atime_ns")):
+        value = parse_seconds_ns(meta.get(name, ""))
+        if value is not None and abs(value) < 1 << 63:
+            setattr(info, attr, value)
+    allowed = {0, stat.S_IFDIR} if info.is_dir else {0, stat.S_IFREG} | SPECIAL_KINDS
     if info.mode is not None and stat.S_IFMT(info.mode) not in allowed:
-        # A mode whose file type the object cannot be (a FIFO or device node written by
-        # s3fs-fuse, or a symlink mode on a directory) keeps only its permission bits.
+        # A mode whose file type the entry cannot be (a symlink or FIFO mode on a
+        # directory marker, or a directory mode on an object) keeps only its permission bits.
         info.mode = stat.S_IMODE(info.mode)
     return info
 
@@ -209,6 +243,12 @@ class MetadataCache:
         METRICS.lookup("listing", listing is not None)
         return listing
 
+    def subdirectories(self, path: str) -> int | None:
+        """The directories in the cached listing of path (None: not cached). Not counted as a
+        listing cache lookup in the metrics: every stat of a directory asks."""
+        listing = self.listings.get(path)
+        return None if listing is None else sum(1 for info in listing.values() if info.is_dir)
+
     def remember_headers(self, path: str, info: EntryInfo) -> None:
         if info.from_head and not info.is_dir:
             self.headers[path] = info
@@ -222,6 +262,4 @@ class MetadataCache:
             known.last_modified_ns = info.last_modified_ns  # our own write: the listing dates it
         elif known.last_modified_ns != info.last_modified_ns:
             return info  # rewritten (e.g. a metadata-only copy): the headers may differ
-        return dataclasses.replace(
-            info, mode=known.mode, uid=known.uid, gid=known.gid, mtime_ns=known.mtime_ns, from_head=True
-        )
+        return dataclasses.replace(info, **{name: getattr(known, name) for name in POSIX_FIELDS}, from_head=True)

@@ -1,8 +1,9 @@
-"""Changes to the tree: mkdir, rmdir, unlink, rename, symlink.
+"""Changes to the tree: mkdir, rmdir, unlink, rename, symlink, mknod.
 
 Owns how each maps to S3 requests (a directory is a ``dir/`` marker object, a
 rename is copies then deletes, a symlink is an object holding its target with an
-S_IFLNK mode, as s3fs-fuse writes them) and keeps the namespace caches true to
+S_IFLNK mode, a FIFO, socket or device node an empty object with its mode, as
+s3fs-fuse writes them) and keeps the namespace caches true to
 every change, so what was just done is seen without asking S3 again.
 """
 
@@ -67,11 +68,21 @@ class Mutations:
         return node
 
     async def symlink(self, path: str, target: bytes, info: EntryInfo) -> Node:
+        return await self._put_entry(path, target, info)
+
+    async def mknod(self, path: str, info: EntryInfo) -> Node:
+        """A FIFO, socket or device node: an empty object whose headers say what it is."""
+        return await self._put_entry(path, b"", info)
+
+    async def _put_entry(self, path: str, content: bytes, info: EntryInfo) -> Node:
+        """An object that is all its headers say (and, for a symlink, its target)."""
         headers = ObjectHeaders("application/octet-stream", info.posix_headers(with_mtime=True))
         key = file_key(self.prefix, path)
         with self.ns.writing(path):
-            info.etag = await put_object(self.s3, key, target, headers)
-        self.blocks.put((key, info.etag, 0), target)  # readlink needs no GET
+            info.etag = await put_object(self.s3, key, content, headers)
+        info.headers = dict(headers.metadata)  # what the attribute index records of it
+        if content:
+            self.blocks.put((key, info.etag, 0), content)  # readlink needs no GET
         return self.ns.added(path, info)
 
     async def _put_marker(self, path: str, info: EntryInfo) -> None:
@@ -209,8 +220,8 @@ class Mutations:
         await copy_object(self.s3, obj["Key"], new_key, int(obj.get("Size", 0)), self.wb.registry)
 
 
-def new_entry(kind: int, mode: int, uid: int, gid: int, size: int = 0) -> EntryInfo:
-    """Attributes of an entry created through the mount."""
+def new_entry(kind: int, mode: int, uid: int, gid: int, size: int = 0, rdev: int | None = None) -> EntryInfo:
+    """Attributes of an entry created through the mount (rdev: a device node's number)."""
     return EntryInfo(
         is_dir=kind == stat.S_IFDIR,
         size=size,
@@ -218,5 +229,6 @@ def new_entry(kind: int, mode: int, uid: int, gid: int, size: int = 0) -> EntryI
         mode=kind | stat.S_IMODE(mode),
         uid=uid,
         gid=gid,
+        rdev=rdev,
         from_head=True,
     )

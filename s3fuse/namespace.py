@@ -384,6 +384,10 @@ class Namespace:
         """A complete listing of the directory younger than ``--dir-ttl``, if one is cached."""
         return self._meta.get_listing(path)
 
+    def subdirectories(self, path: str) -> int | None:
+        """How many directories a cached complete listing of path holds (None: none is cached)."""
+        return self._meta.subdirectories(path)
+
     def known_missing(self, path: str) -> bool:
         """Whether nothing is at path, as far as the caches know (removed here, or found missing)."""
         return self._meta.get(path) is NEGATIVE

@@ -28,6 +28,7 @@ import trio
 
 from .errors import FsError
 from .inodes import KernelForgetting, Node
+from .metadata import DEVICE_KINDS
 from .metrics import METRICS, STATS_XATTR
 from .mutations import new_entry
 from .names import NAME_MAX, decode_name, join
@@ -165,6 +166,10 @@ class FuseOperations(pyfuse3.Operations):
         return tree, node
 
     async def _lookup(self, parent_tree: Tree, parent: Node, name: bytes) -> tuple[Tree, Node | None]:
+        if len(name) > NAME_MAX:
+            # What a local file system answers, and before any request: the kernel looks a name
+            # up before it creates, removes or renames it, so every call by path gets it.
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         text = decode_name(name)
         if text is None or not parent.info.is_dir:
             return parent_tree, None
@@ -185,14 +190,18 @@ class FuseOperations(pyfuse3.Operations):
         attr.entry_timeout = attr.attr_timeout = tree.ttl(node, opts.cache.attr_ttl)
         perm = info.mode if info.mode is not None else (opts.mount.dir_mode if info.is_dir else opts.mount.file_mode)
         attr.st_mode = info.kind | stat.S_IMODE(perm)
-        attr.st_nlink = 2 if info.is_dir else 1
+        attr.st_nlink = tree.link_count(node)
+        if info.kind in DEVICE_KINDS and info.rdev is not None:
+            attr.st_rdev = info.rdev
         attr.st_uid = info.uid if info.uid is not None else opts.mount.uid
         attr.st_gid = info.gid if info.gid is not None else opts.mount.gid
         attr.st_size = info.size
         attr.st_blksize = PREFERRED_IO_SIZE
         attr.st_blocks = (info.size + 511) // 512
         mtime = info.mtime_ns if info.mtime_ns is not None else self.mount_time_ns
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
+        attr.st_mtime_ns = attr.st_ctime_ns = mtime
+        # noatime: reads never change it (no request per read); only utimensat(2) sets it
+        attr.st_atime_ns = info.atime_ns if info.atime_ns is not None else mtime
         return attr
 
     def _referenced(self, tree: Tree, node: Node) -> pyfuse3.EntryAttributes:
@@ -256,11 +265,14 @@ class FuseOperations(pyfuse3.Operations):
             (fields.update_uid, "uid", attr.st_uid, now.st_uid),
             (fields.update_gid, "gid", attr.st_gid, now.st_gid),
             (fields.update_mtime, "mtime_ns", attr.st_mtime_ns, now.st_mtime_ns),
+            (fields.update_atime, "atime_ns", attr.st_atime_ns, now.st_atime_ns),
         )
-        changes = AttrChanges(
-            **{name: new for wanted, name, new, old in requested if wanted and new != old},
-            size=attr.st_size if fields.update_size else None,
-        )
+        changed = {name: new for wanted, name, new, old in requested if wanted and new != old}
+        if fields.update_atime and "mtime_ns" in changed:
+            # utimensat(2) sends both times; the kernel's own stamp of writes comes alone, and a
+            # tree may take an mtime alone for one (BucketTree._memory_only): keep the atime.
+            changed["atime_ns"] = attr.st_atime_ns
+        changes = AttrChanges(**changed, size=attr.st_size if fields.update_size else None)
         opened = self._files.get(fh) if fh is not None else None
         with errno_of("setattr", node.path):
             node = await tree.setattr(node, changes, opened)
@@ -384,44 +396,59 @@ class FuseOperations(pyfuse3.Operations):
 
     # ---- the tree
 
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    async def _make(
+        self, parent_inode: int, name: bytes, what: str, make: Callable[[Tree, Node, str], Awaitable[Node]]
     ) -> pyfuse3.EntryAttributes:
+        """A new entry (mkdir, symlink, mknod): ``make(tree, parent, name)`` in the tree the name is in."""
         parent_tree, parent = await self._directory(parent_inode)
         text = _name(name)
         tree = await self.router.child_tree(parent_tree, parent, text)
-        with errno_of("mkdir", join(parent.path, text)):
-            node = await tree.mkdir(parent, text, new_entry(stat.S_IFDIR, mode, ctx.uid, ctx.gid))
+        with errno_of(what, join(parent.path, text)):
+            node = await make(tree, parent, text)
         return self._referenced(tree, node)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        info = new_entry(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
+        return await self._make(parent_inode, name, "mkdir", lambda tree, parent, text: tree.mkdir(parent, text, info))
 
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent_tree, parent = await self._directory(parent_inode)
-        text = _name(name)
-        tree = await self.router.child_tree(parent_tree, parent, text)
         info = new_entry(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid, size=len(target))
-        with errno_of("symlink", join(parent.path, text)):
-            node = await tree.symlink(parent, text, target, info)
-        return self._referenced(tree, node)
+        return await self._make(
+            parent_inode, name, "symlink", lambda tree, parent, text: tree.symlink(parent, text, target, info)
+        )
 
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            log.warning("mknod of %r refused: S3 holds no device nodes, FIFOs or sockets", name)
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFREG:
+            fi, attr = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+            try:
+                await self.flush(fi.fh)
+            finally:
+                await self.release(fi.fh)
+            return attr
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, *DEVICE_KINDS):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if kind in DEVICE_KINDS and ctx.uid != 0:
+            # The kernel checked CAP_MKNOD in the caller's user namespace; a device node in
+            # the bucket is root's to make (a user namespace's root maps to another uid).
+            log.warning("mknod of device %r refused: only root makes device nodes", name)
             raise pyfuse3.FUSEError(errno.EPERM)
-        fi, attr = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
-        try:
-            await self.flush(fi.fh)
-        finally:
-            await self.release(fi.fh)
-        return attr
+        info = new_entry(kind, mode, ctx.uid, ctx.gid, rdev=rdev if kind in DEVICE_KINDS else None)
+        return await self._make(parent_inode, name, "mknod", lambda tree, parent, text: tree.mknod(parent, text, info))
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         _, node = await self._route(inode)
+        # EPERM is the kernel's own answer on a file system without hard links (vfs_link
+        # without ->link: vfat, for one), so programs meet it as they would there: git
+        # renames instead; rsync -H, cp -a and tar report the link and copy the rest.
         log.warning("hard link to %r refused: S3 objects have exactly one name", node.path)
         raise pyfuse3.FUSEError(errno.EPERM)
 

@@ -107,11 +107,18 @@ class AttrChanges:
     uid: int | None = None
     gid: int | None = None
     mtime_ns: int | None = None
+    atime_ns: int | None = None
     size: int | None = None  # a truncate
 
     def attributes(self) -> dict[str, int]:
         """The attributes to change, by EntryInfo field (mode: permission bits only)."""
-        wanted = {"mode": self.mode, "uid": self.uid, "gid": self.gid, "mtime_ns": self.mtime_ns}
+        wanted = {
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime_ns": self.mtime_ns,
+            "atime_ns": self.atime_ns,
+        }
         return {name: value for name, value in wanted.items() if value is not None}
 
 
@@ -149,6 +156,11 @@ class Tree:
     async def readlink(self, node: Node) -> bytes:
         raise FsError(errno.EINVAL, "NotASymlink", f"{node.path!r} is no symlink")
 
+    def link_count(self, node: Node) -> int:
+        """st_nlink: 1 for a file, and for a directory whose subdirectories are not counted (what
+        ``find`` takes for "unknown"; 2 would tell it there are none)."""
+        return 1
+
     def unreferenced(self, node: Node) -> None:
         """A node made for a directory entry the kernel did not take."""
 
@@ -183,6 +195,10 @@ class Tree:
 
     async def symlink(self, parent: Node, name: str, target: bytes, info: EntryInfo) -> Node:
         raise self.refuse("symlink", parent)
+
+    async def mknod(self, parent: Node, name: str, info: EntryInfo) -> Node:
+        """A FIFO, socket or device node (info.kind says which)."""
+        raise self.refuse("mknod", parent)
 
     async def unlink(self, node: Node) -> None:
         raise self.refuse("unlink", node)
@@ -226,6 +242,10 @@ class NamespaceTree(Tree):
 
     def entry_node(self, path: str, info: EntryInfo) -> Node:
         return self.ns.resolve(path, info)
+
+    def link_count(self, node: Node) -> int:
+        """0 for a file no name leads to any more (unlinked or replaced while open)."""
+        return super().link_count(node) if self.ns.attached(node) else 0
 
     def surplus(self) -> list[tuple[int, str]]:
         out = []

@@ -26,7 +26,7 @@ import trio
 
 from ..errors import FsError
 from ..inodes import Node
-from ..metadata import META_MTIME, POSIX_HEADERS, EntryInfo, from_head
+from ..metadata import META_MTIME, POSIX_FIELDS, POSIX_HEADERS, EntryInfo, from_head
 from ..metrics import METRICS
 from ..names import file_key
 from ..reader import ObjectReader
@@ -359,7 +359,7 @@ class OpenFile:
         if self.node.info.from_head:
             return
         stored = from_head(head)
-        fields = {"mode", "uid", "gid"} if self.spill is not None else {"mode", "uid", "gid", "mtime_ns"}
+        fields = set(POSIX_FIELDS) - ({"mtime_ns"} if self.spill is not None else set())
         keep = {f: getattr(stored, f) for f in fields - self.changed if getattr(stored, f) is not None}
         self.node.info = dataclasses.replace(self.node.info, **keep, from_head=True)
 

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..extents import Extents
-from ..metadata import EntryInfo
+from ..metadata import POSIX_FIELDS, EntryInfo
 from .openfile import OpenFile
 from .spill import SpillFile
 from .upload import HeaderChanges
@@ -33,10 +33,7 @@ def to_record(of: OpenFile) -> dict[str, Any]:
     return {
         "key": of.key,
         "size": info.size,
-        "mode": info.mode,
-        "uid": info.uid,
-        "gid": info.gid,
-        "mtime_ns": info.mtime_ns,
+        **{name: getattr(info, name) for name in POSIX_FIELDS},
         "spill": os.path.basename(spill.path) if spill is not None else None,
         "written": spill.written.ranges() if spill is not None else [],
         "base": None
@@ -53,7 +50,8 @@ def to_record(of: OpenFile) -> dict[str, Any]:
 
 def from_record(wb: WriteBack, path: str, record: dict[str, Any]) -> OpenFile:
     """A file an earlier process journaled, pending here as if just closed; OSError if its spill file is gone."""
-    fields = {name: record[name] for name in ("size", "mode", "uid", "gid", "mtime_ns")}
+    # .get: records of earlier versions have no atime_ns or rdev
+    fields = {name: record.get(name) for name in ("size", *POSIX_FIELDS)}
     base = record["base"]
     spill = None
     if record["spill"]:

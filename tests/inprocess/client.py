@@ -177,8 +177,8 @@ class InProcess:
     async def _setattr(self, inode: int, fh: int | None, **values: int) -> None:
         """setattr of the attributes given (st_size, st_mode), and of no other."""
         attr = pyfuse3.EntryAttributes()
-        fields = SimpleNamespace(**dict.fromkeys(["update_size", "update_mode", "update_uid", "update_gid"], False))
-        fields.update_mtime = False
+        kinds = ("size", "mode", "uid", "gid", "mtime", "atime")
+        fields = SimpleNamespace(**{f"update_{kind}": False for kind in kinds})
         for name, value in values.items():
             setattr(attr, name, value)
             setattr(fields, "update_" + name.removeprefix("st_"), True)

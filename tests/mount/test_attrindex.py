@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import boto_client, keys_of, run
 
+from s3fuse.metadata import parse_seconds_ns
+
 MIB = 1 << 20
 OLD = 1_500_000_000  # 2017: a time no mount would make up
 
@@ -305,6 +307,8 @@ def test_kill_9_during_attribute_changes_then_every_attribute_equals_the_headers
             st = (check / key).lstat()
             assert st.st_mode == int(meta.get("mode", stat.S_IFREG | 0o644)), (key, meta)
             assert st.st_uid == int(meta.get("uid", 0)) and st.st_gid == int(meta.get("gid", 0)), (key, meta)
-            mtime = int(meta["mtime"]) if "mtime" in meta else int(head["LastModified"].timestamp())
-            assert int(st.st_mtime) == mtime, (key, meta, head["LastModified"])
+            if "mtime" in meta:
+                assert st.st_mtime_ns == parse_seconds_ns(meta["mtime"]), (key, meta)
+            else:
+                assert int(st.st_mtime) == int(head["LastModified"].timestamp()), (key, head["LastModified"])
         mount.check(check)

@@ -26,7 +26,15 @@ from s3fuse import names
 from s3fuse.blockcache import BlockCache
 from s3fuse.extents import Extents
 from s3fuse.listing import DirectoryStream
-from s3fuse.metadata import EntryInfo, MetadataCache, apply_posix_metadata, directory, from_head, parse_seconds_ns
+from s3fuse.metadata import (
+    EntryInfo,
+    MetadataCache,
+    apply_posix_metadata,
+    directory,
+    format_seconds_ns,
+    from_head,
+    parse_seconds_ns,
+)
 from s3fuse.mount import describe_failure
 from s3fuse.options import build_parser, config_of, expand_mount_options, parse_args, parse_mode, parse_size
 from s3fuse.progress import Progress
@@ -454,6 +462,25 @@ def test_parse_seconds_ns_round_trip_negative(ns):
     assert parse_seconds_ns(seconds_text(ns)) == ns
 
 
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (1_700_000_000_000_000_000, "1700000000"),  # whole seconds: as s3fs-fuse writes them
+        (1_700_000_000_000_000_123, "1700000000.000000123"),  # nine digits, which s3fs-fuse reads as ns
+        (-86_400_250_000_000, "-86400.250000000"),  # before 1970: rclone's signed form
+        (-500_000_000, "-0.500000000"),
+        (0, "0"),
+    ],
+)
+def test_format_seconds_ns(ns, text):
+    assert format_seconds_ns(ns) == text
+
+
+@given(st.integers(-(2**63) + 1, 2**63 - 1))
+def test_format_seconds_ns_round_trip(ns):
+    assert parse_seconds_ns(format_seconds_ns(ns)) == ns
+
+
 @example("²")  # str.isdigit() is true for it, int() refuses it
 @example("1700000000.³")
 @given(st.text(max_size=20))
@@ -473,8 +500,18 @@ def test_apply_posix_metadata():
     # an object may be a symlink (s3fs-fuse's representation) ...
     link = apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(0o120777)})
     assert (link.mode, link.is_symlink, link.kind) == (0o120777, True, 0o120000)
+    # ... or a FIFO, socket or device node (s3fs-fuse's mknod: an empty object), with its rdev ...
+    fifo = apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(stat.S_IFIFO | 0o644)})
+    assert (fifo.kind, fifo.mode, fifo.rdev) == (stat.S_IFIFO, stat.S_IFIFO | 0o644, None)
+    device = apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(stat.S_IFCHR | 0o600), "rdev": "259"})
+    assert (device.kind, device.rdev) == (stat.S_IFCHR, 259)
+    assert device.posix_headers(with_mtime=False) == {"mode": str(stat.S_IFCHR | 0o600), "rdev": "259"}
+    assert "rdev" not in apply_posix_metadata(EntryInfo(is_dir=False), {"mode": "420", "rdev": "1"}).posix_headers(
+        with_mtime=False
+    )
     # ... but a mode whose type the entry cannot have keeps its permission bits only
-    assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(0o010644)}).mode == 0o644
+    assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": str(0o040644)}).mode == 0o644
+    assert apply_posix_metadata(EntryInfo(is_dir=True), {"mode": str(stat.S_IFIFO | 0o755)}).mode == 0o755
     assert apply_posix_metadata(EntryInfo(is_dir=True), {"mode": str(0o120777)}).mode == 0o777
     assert apply_posix_metadata(EntryInfo(is_dir=False), {"mode": "420"}).mode == 0o644
     # garbage is ignored, defaults stay
@@ -483,10 +520,10 @@ def test_apply_posix_metadata():
     assert apply_posix_metadata(EntryInfo(is_dir=False), {}).from_head
 
 
-@pytest.mark.parametrize("field", ["mode", "uid", "gid", "mtime"])
+@pytest.mark.parametrize("field", ["mode", "uid", "gid", "mtime", "atime", "rdev"])
 def test_apply_posix_metadata_ignores_non_ascii_digits(field):
     info = apply_posix_metadata(EntryInfo(is_dir=False), {field: "²"})
-    assert (info.mode, info.uid, info.gid, info.mtime_ns) == (None, None, None, None)
+    assert (info.mode, info.uid, info.gid, info.mtime_ns, info.atime_ns, info.rdev) == (None,) * 6
 
 
 NUMBERS = st.one_of(
@@ -501,7 +538,7 @@ NUMBERS = st.one_of(
 @example({"gid": "99999999999999999999"})
 @example({"mtime": "9223372036854775808"})
 @example({"mtime": "-9223372036854775809.5", "mode": "4294967296"})
-@given(st.fixed_dictionaries({}, optional={"mode": NUMBERS, "uid": NUMBERS, "gid": NUMBERS, "mtime": NUMBERS}))
+@given(st.fixed_dictionaries({}, optional=dict.fromkeys(("mode", "uid", "gid", "mtime", "atime", "rdev"), NUMBERS)))
 def test_posix_metadata_always_fits_the_kernel(meta):
     """Whatever an object's headers say, the attributes fit pyfuse3's EntryAttributes (else a handler crashes)."""
     info = apply_posix_metadata(EntryInfo(is_dir=False, size=1, mtime_ns=0), meta)
@@ -509,7 +546,19 @@ def test_posix_metadata_always_fits_the_kernel(meta):
     attr.st_mode = info.kind | stat.S_IMODE(info.mode if info.mode is not None else 0o644)
     attr.st_uid = info.uid if info.uid is not None else 0
     attr.st_gid = info.gid if info.gid is not None else 0
-    attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = info.mtime_ns
+    attr.st_mtime_ns = attr.st_ctime_ns = info.mtime_ns
+    attr.st_atime_ns = info.atime_ns if info.atime_ns is not None else 0
+    attr.st_rdev = info.rdev if info.rdev is not None else 0
+
+
+def test_headers_a_head_read_complete_a_listing_entry_of_the_same_write():
+    """Listings carry no headers: a device node stays one, with its number and atime."""
+    cache = MetadataCache(30, 5, 30, 100)
+    meta = {"mode": str(stat.S_IFBLK | 0o600), "rdev": "7", "atime": "5.5"}
+    cache.remember_headers("dev", apply_posix_metadata(EntryInfo(is_dir=False, etag='"e"', last_modified_ns=1), meta))
+    listed = cache.with_headers("dev", EntryInfo(is_dir=False, etag='"e"', last_modified_ns=1))
+    assert (listed.kind, listed.rdev, listed.atime_ns) == (stat.S_IFBLK, 7, 5_500_000_000)
+    assert cache.with_headers("dev", EntryInfo(is_dir=False, etag='"other"')).kind == stat.S_IFREG
 
 
 def test_from_head():
