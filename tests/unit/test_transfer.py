@@ -72,7 +72,7 @@ class FakeStream:
 def reader_of(max_readahead: int) -> ObjectReader:
     """A reader whose streams have just started (_passed needs nothing of S3 or the cache)."""
     reader = ObjectReader(None, None, None, "k", 1 << 40, None, MIB, max_readahead, lambda: None)  # type: ignore[arg-type]
-    reader._round = _Round(trio.current_time(), 1)
+    reader._round = _Round(trio.current_time(), reader._window)
     return reader
 
 
@@ -84,20 +84,20 @@ def pass_segments(
         reader._passed(FakeStream(0, waited))
 
 
-def test_the_window_doubles_while_throughput_grows_and_stops_when_it_does_not():
+def test_the_window_doubles_while_throughput_grows_and_goes_back_when_it_does_not():
     clock = trio.testing.MockClock()
 
     async def main():
         reader = reader_of(256 * MIB)  # room for 32 streams
-        assert reader._window == ObjectReader.INITIAL_STREAMS
-        pass_segments(reader, clock, 1, 0.1)  # the first segment: one GET's speed
+        assert reader._window == ObjectReader.INITIAL_STREAMS == 4
+        pass_segments(reader, clock, 4, 0.1)  # the first round
         assert reader._window == 8
         pass_segments(reader, clock, 8, 0.05)  # twice the throughput with twice the GETs
         assert reader._window == 16
-        pass_segments(reader, clock, 16, 0.05)  # the same throughput: no more GETs
-        assert reader._window == 16 and not reader._growing
-        pass_segments(reader, clock, 16, 0.01)
-        assert reader._window == 16
+        pass_segments(reader, clock, 16, 0.045)  # about the same throughput: back to 8, and stay
+        assert reader._window == 8 and not reader._growing
+        pass_segments(reader, clock, 8, 0.01)
+        assert reader._window == 8
 
     trio.run(main, clock=clock)
 
@@ -107,11 +107,11 @@ def test_a_reader_that_never_waits_keeps_its_window_and_the_window_is_capped_by_
 
     async def main():
         reader = reader_of(64 * MIB)
-        pass_segments(reader, clock, 1, 0.1, waited=False)  # the reader, not S3, is the bottleneck
-        assert reader._window == ObjectReader.INITIAL_STREAMS
+        pass_segments(reader, clock, 4, 0.1, waited=False)  # the reader, not S3, is the bottleneck
+        assert reader._window == 4
         pass_segments(reader, clock, 4, 0.01)
         assert reader._window == 8
         pass_segments(reader, clock, 8, 0.001)
-        assert reader._window == 8  # --read-ahead 64M: 8 segments
+        assert reader._window == 8 and reader._growing  # --read-ahead 64M: 8 segments
 
     trio.run(main, clock=clock)
