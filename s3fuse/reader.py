@@ -86,11 +86,11 @@ class ObjectReader:
         self._round = _Round(0.0, self._window)  # started again when streams start
         self._last_rate = 0.0  # bytes/s of the last round
         self._stream_failed = False  # after a failed stream, ranged GETs only (they retry and report)
+        self._refused = False  # the last read wanted streams and got none (no room in the budget)
 
     def close(self) -> None:
         """The handle is closed: stop streaming."""
         self._close_streams()
-        self.s3.transfer.leave(self)
 
     def prefetch_small_object(self) -> None:
         """Start fetching an object of one small block now, before the kernel asks.
@@ -119,7 +119,9 @@ class ObjectReader:
                 streamed = await self._read_stream(offset, size)
                 if streamed is not None:
                     return streamed
-                if self._streams:  # a read just behind them: no block read-ahead beside the streams
+                # A read just behind the streams, or one the transfer budget had no room for now:
+                # just its bytes (no block read-ahead beside the streams, no memory beyond the budget).
+                if self._streams or self._refused:
                     return await self._read_range(offset, size)
                 return await self._read_blocks(offset, size)
             self._sequential_reads = 0
@@ -132,6 +134,7 @@ class ObjectReader:
     async def _read_stream(self, offset: int, size: int) -> bytes | memoryview | None:
         """The bytes from the reader's streams (started here when reads become a stream), or None."""
         streams = self._streams
+        self._refused = False
         # Streams a chunk behind the read are done (the slack: kernel reads overtake each other).
         while streams and streams[0].end + streams[0].chunk <= offset:
             self._passed(streams.popleft())
@@ -145,8 +148,9 @@ class ObjectReader:
                 return None
             self._round = _Round(trio.current_time(), self._window)
         self._stream_ahead(offset)
-        if not streams:
-            return None  # no room in the transfer budget now: this read goes without
+        self._refused = not streams  # no room in the transfer budget (or for a stream) now
+        if self._refused:
+            return None
         pieces = []
         position, end = offset, min(offset + size, self.size)
         while position < end:  # more than one piece only when a read spans two segments
