@@ -100,7 +100,7 @@ def write_back(mode: str, cache_dir) -> list[str]:
     return ["--write-back", "--cache-dir", str(cache_dir)] if mode == "write-back" else []
 
 
-SIZES = [PART - 1, PART + 1, 2 * PART, 3 * PART + 1, 5 * PART + 12_345]
+SIZES = [PART - 1, 2 * PART, 3 * PART + 1]  # one PutObject; parts that end the file; a tail of one byte
 
 
 @pytest.mark.parametrize("mode", ["default", "write-back"])
