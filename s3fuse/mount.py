@@ -58,6 +58,7 @@ def settings_of(opts: Config) -> ClientSettings:
         max_connections=opts.s3.max_connections,
         timeout=opts.s3.timeout,
         max_attempts=opts.s3.retries,
+        transfer_budget=opts.cache.transfer_budget,
         request=RequestOptions(
             requester_pays=opts.s3.requester_pays,
             sse_c_key=opts.s3.sse_c_key,

@@ -112,6 +112,7 @@ class CacheOptions:
     block_size: int
     cache_size: int
     read_ahead: int
+    transfer_budget: int
     kernel_read_ahead: int
     attr_ttl: float
     dir_ttl: float
@@ -449,8 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument(
         "--read-ahead",
         type=parse_size,
-        default=parse_size("32M"),
-        help="most bytes fetched ahead of a sequential reader (default: 32M)",
+        default=parse_size("64M"),
+        help="most bytes fetched ahead of one sequential reader, in parallel GETs of 8 MiB that start "
+        "at 4 and grow while the throughput grows (default: 64M)",
+    )
+    cache.add_argument(
+        "--transfer-budget",
+        type=parse_size,
+        default=parse_size("64M"),
+        help="most bytes in flight for all open files together, shared fairly among them: what "
+        "sequential readers hold read ahead, and the parts being uploaded (default: 64M, which keeps "
+        "the daemon under 150 MiB of memory)",
     )
     cache.add_argument(
         "--kernel-read-ahead",

@@ -1,9 +1,11 @@
 """Reading one open object: ranged GETs pinned to the ETag seen at open.
 
 Owns the access-pattern detection of one file handle. Sequential reads of objects
-over 1 MiB are served by streams (stream.py): GETs of segments that double from
-``block_size``, as many at a time as ``max_readahead`` covers, each served chunk by
-chunk as it arrives and let go of once read. Sequential reads of small objects, and what the streams
+over 1 MiB are served by streams (stream.py): parallel GETs of consecutive segments
+of ``SEGMENT`` bytes, each served chunk by chunk as it arrives and let go of once
+read. How many run at once (the window) starts at ``INITIAL_STREAMS`` and doubles
+while the throughput the reader gets grows with it, up to ``max_readahead`` and the
+reader's share of the mount's transfer budget. Sequential reads of small objects, and what the streams
 cannot serve, come from whole blocks in the shared block cache, with a read-ahead
 window of parallel GETs that doubles up to ``max_readahead``; random reads fetch
 just the bytes asked for. Every GET carries If-Match, so a replaced object fails
@@ -35,10 +37,18 @@ class ObjectReader:
     SMALL_OBJECT = 1 << 20
     STREAMING_FIRST_READ = 256 << 10
     SEQUENTIAL_SLACK = 4 << 20
-    # Bytes each stream reads ahead of its reader: 4 chunks of 1 MiB, the kernel's largest
-    # read. A cold 256 MiB read is as fast with 4 MiB as with 16 MiB (0.20 s on moto) and
-    # peaks 24 MiB lower, two streams running.
-    STREAM_WINDOW = 4 << 20
+    # Streamed segments: one GET each, read whole ahead of the reader (so the GETs after the
+    # one it reads from run at full speed rather than stall), then let go of. On an S3-like
+    # network (20 ms to the first byte, 100 MiB/s per connection) one GET of 8 MiB takes
+    # 100 ms, so 8 of them at once carry about 640 MiB/s, what raw boto3 gets with 8 threads.
+    SEGMENT = 8 << 20
+    # Streams at first: a reader that stops after its first read (head, file) wastes at most 32 MiB.
+    INITIAL_STREAMS = 4
+    # A round is a window's worth of segments read. The window doubles after a round in which
+    # the reader waited for bytes (the GETs, not the reader, were the bottleneck); when the round
+    # after a doubling was not this much faster, it goes back and stays. On 127.0.0.1 with two
+    # cores, 8 GETs at once are no faster than 4 (the server's CPU is the limit) and cost it CPU.
+    GROWTH = 1.25
 
     def __init__(
         self,
@@ -67,11 +77,16 @@ class ObjectReader:
         self._sequential_reads = 0
         self._contiguous_reads = 0  # each starting where the one before ended: streams start on these
         self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
-        # Segments of block_size streamed ahead of a sequential reader, as many as the read-ahead covers
+        # Segments streamed ahead of a sequential reader, as many as the window
         self._streams: deque[BodyStream] = deque()
-        self.max_streams = max(1, self.max_readahead_blocks)
-        self._segments = 0  # streamed since the reader's sequential run began
+        self.max_streams = max(1, max_readahead // self.SEGMENT)
+        self._window = min(self.INITIAL_STREAMS, self.max_streams)
+        self._growing = True  # until a larger window brought no more throughput
+        self._grown_from = 0  # the window before the last doubling (0: none since the last round)
+        self._round = _Round(0.0, self._window)  # started again when streams start
+        self._last_rate = 0.0  # bytes/s of the last round
         self._stream_failed = False  # after a failed stream, ranged GETs only (they retry and report)
+        self._refused = False  # the last read wanted streams and got none (no room in the budget)
 
     def close(self) -> None:
         """The handle is closed: stop streaming."""
@@ -104,7 +119,9 @@ class ObjectReader:
                 streamed = await self._read_stream(offset, size)
                 if streamed is not None:
                     return streamed
-                if self._streams:  # a read just behind them: no block read-ahead beside the streams
+                # A read just behind the streams, or one the transfer budget had no room for now:
+                # just its bytes (no block read-ahead beside the streams, no memory beyond the budget).
+                if self._streams or self._refused:
                     return await self._read_range(offset, size)
                 return await self._read_blocks(offset, size)
             self._sequential_reads = 0
@@ -117,9 +134,10 @@ class ObjectReader:
     async def _read_stream(self, offset: int, size: int) -> bytes | memoryview | None:
         """The bytes from the reader's streams (started here when reads become a stream), or None."""
         streams = self._streams
+        self._refused = False
         # Streams a chunk behind the read are done (the slack: kernel reads overtake each other).
         while streams and streams[0].end + streams[0].chunk <= offset:
-            streams.popleft().close()
+            self._passed(streams.popleft())
         if streams and not streams[0].start <= offset < streams[-1].end:
             self._close_streams()  # the reader went on elsewhere in the file
         if not streams:
@@ -128,13 +146,17 @@ class ObjectReader:
             streaming = self._contiguous_reads > 1 or size >= self.STREAMING_FIRST_READ
             if not streaming or self._stream_failed or self.size - offset <= self.SMALL_OBJECT:
                 return None
+            self._round = _Round(trio.current_time(), self._window)
         self._stream_ahead(offset)
+        self._refused = not streams  # no room in the transfer budget (or for a stream) now
+        if self._refused:
+            return None
         pieces = []
         position, end = offset, min(offset + size, self.size)
         while position < end:  # more than one piece only when a read spans two segments
             stream = next((s for s in streams if s.start <= position < s.end), None)
             data = await stream.read(position, end - position) if stream is not None else None
-            if data is None:  # a read behind the streams; or one broke off and they start again
+            if data is None:  # a read behind the streams; or one broke off (or went idle) and they start again
                 if stream is not None and stream.broke_off:
                     self._stream_failed = stream.failed  # then ranged GETs only: they retry and report errors
                     self._close_streams()
@@ -144,25 +166,44 @@ class ObjectReader:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _stream_ahead(self, offset: int) -> None:
-        """Start streams for the next segments, up to the read-ahead (and the mount's stream limit)."""
+        """Start streams for the next segments, up to the window (as far as the transfer budget
+        and the mount's stream limit let)."""
         start = self._streams[-1].end if self._streams else offset
-        while len(self._streams) < self.max_streams and start < self.size:
-            # Segments double from one block: a short read costs a short GET, a long one few GETs.
-            length = self.block_size << min(self._segments, 4)
-            end = min(start + length, self.size)
+        while len(self._streams) < self._window and start < self.size:
+            end = min(start + self.SEGMENT, self.size)
             stream = BodyStream.open(
-                self.nursery, self.s3, self.key, start, end, self.STREAM_WINDOW, **self._get_params()
+                self.nursery, self.s3, self.key, start, end, self.SEGMENT, owner=self, **self._get_params()
             )
             if stream is None:
                 return
             self._streams.append(stream)
-            self._segments += 1
             start = end
+
+    def _passed(self, stream: BodyStream) -> None:
+        """The reader is past this stream's segment: let it go; at the end of a round, double the
+        window if the GETs were the bottleneck and got faster, or take back a doubling that did not help."""
+        stream.close()
+        done = self._round
+        done.segments += 1
+        done.bytes += stream.end - stream.start
+        done.waited = done.waited or stream.waits > 0
+        if done.segments < done.length:
+            return
+        now = trio.current_time()
+        rate = done.bytes / max(now - done.started, 1e-6)
+        gained = rate >= self._last_rate * self.GROWTH
+        if self._grown_from and not gained:  # more GETs at once brought no more: back, and stay
+            self._window, self._growing = self._grown_from, False
+        self._grown_from = 0
+        if self._growing and done.waited and gained and self._window < self.max_streams:
+            self._grown_from, self._window = self._window, min(2 * self._window, self.max_streams)
+        self._last_rate = rate
+        self._round = _Round(now, self._window)
 
     def _close_streams(self) -> None:
         while self._streams:
             self._streams.popleft().close()
-        self._segments = 0
+        self.s3.transfer.leave(self)
 
     async def _read_blocks(self, offset: int, size: int) -> bytes | memoryview:
         bs = self.block_size
@@ -252,3 +293,16 @@ class ObjectReader:
             log.warning("reading %r failed: %s", self.key, exc)
         exc.logged = True
         return exc
+
+
+class _Round:
+    """One round of a reader's streams: ``length`` segments read, and how."""
+
+    __slots__ = ("bytes", "length", "segments", "started", "waited")
+
+    def __init__(self, started: float, length: int) -> None:
+        self.started = started
+        self.length = length
+        self.segments = 0
+        self.bytes = 0
+        self.waited = False  # the reader waited for bytes: the GETs were slower than it

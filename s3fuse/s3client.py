@@ -32,6 +32,7 @@ from . import direct
 from .direct import DirectRequests, parse_timestamp
 from .errors import S3Error
 from .metrics import METRICS
+from .transfer import TransferBudget
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class ClientSettings:
     max_connections: int = 32
     timeout: float = 30.0
     max_attempts: int = 4
+    transfer_budget: int = 64 << 20
     request: RequestOptions = RequestOptions()
 
 
@@ -276,8 +278,11 @@ class S3Client:
         # GetObject, HeadObject, PutObject and UploadPart, at a third of botocore's CPU per request
         self.direct = DirectRequests(client, bucket, settings.max_attempts)
         self.limiter = trio.CapacityLimiter(settings.max_connections)
-        # Streaming GETs (stream.py) hold a connection and a thread each while they last.
-        self.streams = trio.CapacityLimiter(max(1, settings.max_connections // 4))
+        # Streaming GETs (stream.py) hold a connection and a thread each while they last: at
+        # most half of them, so that the other requests of the mount always find some.
+        self.streams = trio.CapacityLimiter(max(1, settings.max_connections // 2))
+        # Bytes read ahead by streams and parts in flight, for all the files of the mount.
+        self.transfer = TransferBudget(settings.transfer_budget)
         # botocore's own timeouts bound each attempt; this bounds the whole call.
         self.deadline = settings.timeout * settings.max_attempts + 5.0
         self.max_attempts = settings.max_attempts

@@ -92,6 +92,7 @@ def render(summary: dict, mountpoint: str) -> str:
         f"{'':<16} holds {_size(g.get('block_cache_bytes', 0))} of blocks, "
         f"{int(g.get('metadata_cache_entries', 0))} metadata entries; the kernel holds {int(g.get('inodes', 0))} inodes"
     )
+    lines.append(f"{'transfers':<16} {_size(g.get('transfer_bytes', 0))} in flight (read ahead, parts being sent)")
     lines += [
         "",
         f"uploads in progress {int(g.get('uploads_in_progress', 0))}; files open for writing "

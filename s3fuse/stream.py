@@ -8,9 +8,11 @@ chunk is served as soon as it arrives, and each chunk is let go once the reader 
 past it. So segments can be long (each GET costs botocore and the server about as
 much CPU as a few MiB of body): the thread reads at most ``window`` bytes ahead of
 the reader, and drops the GET, freeing its connection, when the reader has not asked
-for more for ``IDLE_TIMEOUT`` seconds. A mount runs at most ``S3Client.streams``
-streams until their readers close them, so streamed bytes in memory stay under that
-many windows.
+for more for ``IDLE_TIMEOUT`` seconds. A stream's window is reserved from the mount's
+``TransferBudget`` (transfer.py) before its GET starts and given back when it is
+closed, or when its reader has not asked for anything for ``IDLE_TIMEOUT`` seconds
+(then its chunks go too), so streamed bytes in memory stay within the budget; and a
+mount runs at most ``S3Client.streams`` streams at once (each holds a connection).
 
 A stream only ever serves what it has: a read outside its segment, behind its chunks,
 or past where it failed is answered with ``None``, and the caller reads those bytes
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 import trio
@@ -37,9 +40,13 @@ class BodyStream:
     CHUNK = 4 << 20
     IDLE_TIMEOUT = 10.0
 
-    def __init__(self, s3: S3Client, key: str, start: int, end: int, window: int, params: dict[str, Any]) -> None:
-        """Bytes [start, end) of ``key``; params: GetObject's (IfMatch, VersionId) without Range."""
+    def __init__(
+        self, s3: S3Client, key: str, start: int, end: int, window: int, owner: Hashable | None, params: dict[str, Any]
+    ) -> None:
+        """Bytes [start, end) of ``key``, window's worth charged to ``owner`` in the transfer
+        budget (by default the stream itself); params: GetObject's (IfMatch, VersionId) without Range."""
         self.s3 = s3
+        self.owner = self if owner is None else owner
         self.key = key
         self.start = start
         self.end = end
@@ -52,27 +59,44 @@ class BodyStream:
         self.chunk = max(64 << 10, min(self.CHUNK, window // 4))
         self._capacity = max(4, window // self.chunk)
         self._free_chunks = threading.Semaphore(self._capacity)  # chunks the thread may read ahead
+        self.reserved = min(end - start, self._capacity * self.chunk)  # of the transfer budget
         self._closed = False
-        self._idle = False  # the reader stopped asking, so the thread dropped the GET
+        self._released = trio.Event()  # the chunks, the budget and the stream slot were let go of
+        self._idle = False  # the reader stopped asking, so the GET and the chunks were dropped
+        self._last_read = trio.current_time()
         self.ended = False  # no more chunks will come: the last arrived, or the GET failed or was closed
+        self.waits = 0  # reads that waited for bytes to arrive: the reader is faster than this GET
 
     @classmethod
     def open(
-        cls, nursery: trio.Nursery, s3: S3Client, key: str, start: int, end: int, window: int, **params: Any
+        cls,
+        nursery: trio.Nursery,
+        s3: S3Client,
+        key: str,
+        start: int,
+        end: int,
+        window: int,
+        owner: Hashable | None = None,
+        **params: Any,
     ) -> BodyStream | None:
-        """A running stream, or None when the mount's streams are all taken (each holds a connection)."""
-        stream = cls(s3, key, start, end, window, params)
+        """A running stream; None when the transfer budget has no room for its window (for
+        ``owner``, by default the stream itself) or the mount's streams are all taken."""
+        stream = cls(s3, key, start, end, window, owner, params)
+        if not s3.transfer.try_take(stream.owner, stream.reserved):
+            return None
         try:
             s3.streams.acquire_on_behalf_of_nowait(stream)
         except trio.WouldBlock:
+            s3.transfer.give_back(stream.owner, stream.reserved)
             return None
         nursery.start_soon(stream._run)
         return stream
 
     @property
     def broke_off(self) -> bool:
-        """It ended before its last byte, and not because it was closed."""
-        return self.ended and self._received < self.end and not self._closed
+        """It ended before its last byte, or let go of its chunks for an idle reader; and not
+        because it was closed."""
+        return self.ended and (self._received < self.end or self._idle) and not self._closed
 
     @property
     def failed(self) -> bool:
@@ -81,22 +105,30 @@ class BodyStream:
 
     def close(self) -> None:
         """Let go of the chunks; the thread drops the GET at its next chunk."""
-        if not self._closed:
-            self._closed = True
+        self._closed = True
+        self._let_go()
+
+    def _let_go(self) -> None:
+        if not self._released.is_set():
+            self._released.set()
             self._chunks.clear()
             self._free_chunks.release()  # wake the thread, if it waits for the reader
             self.s3.streams.release_on_behalf_of(self)
+            self.s3.transfer.give_back(self.owner, self.reserved)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview | None:
         """Bytes [offset, offset + size) clipped to the segment, once they arrived; None if it cannot give them."""
         end = min(offset + size, self.end)
         if not self.start <= offset < self.end:
             return None
+        self._last_read = trio.current_time()
         # One chunk behind the read is kept: the kernel's read-ahead requests may overtake each other.
         self._drop_before(offset - self.chunk)
         held_from = self._chunks[0][0] if self._chunks else self._received
         if offset < held_from or end > held_from + self._capacity * self.chunk:
             return None
+        if self._received < end:
+            self.waits += 1
         while self._received < end:
             if self.ended:
                 return None
@@ -118,7 +150,7 @@ class BodyStream:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _arrived(self, offset: int, data: bytes) -> None:
-        if not self._closed:
+        if not self._released.is_set():
             self._chunks.append((offset, data))
             self._received = offset + len(data)
             self._wake()
@@ -136,6 +168,14 @@ class BodyStream:
         finally:
             self.ended = True
             self._wake()
+        # The chunks of a reader that stopped reading go back to the budget: it may never read on.
+        while not self._released.is_set():
+            last = self._last_read
+            with trio.move_on_at(last + self.IDLE_TIMEOUT):
+                await self._released.wait()
+            if self._last_read == last and not self._released.is_set():
+                self._idle = True
+                self._let_go()
 
     def _pump(self, token: trio.lowlevel.TrioToken) -> None:
         body = self.s3.direct.get_object(**self._kwargs)["Body"]
@@ -145,7 +185,7 @@ class BodyStream:
                 if not self._free_chunks.acquire(timeout=self.IDLE_TIMEOUT):
                     self._idle = True
                     return
-                if self._closed:  # close() woke it, or closed it meanwhile
+                if self._released.is_set():  # close() woke it, or closed it meanwhile
                     return
                 data = body.read(min(self.chunk, self.end - offset))
                 if not data:

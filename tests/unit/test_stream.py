@@ -65,9 +65,10 @@ def test_reads_across_chunks_in_and_slightly_out_of_order(client, data):
 def test_the_mounts_streams_are_limited(client, data):
     async def main():
         async with trio.open_nursery() as nursery:
-            streams = [BodyStream.open(nursery, client, "obj", 0, MIB, window=MIB) for _ in range(2)]
-            assert streams[0] is not None and streams[1] is None  # max_connections 4: one stream
+            streams = [BodyStream.open(nursery, client, "obj", 0, MIB, window=MIB) for _ in range(3)]
+            assert None not in streams[:2] and streams[2] is None  # max_connections 4: two streams
             streams[0].close()
+            streams[1].close()
             again = BodyStream.open(nursery, client, "obj", 0, MIB, window=MIB)
             assert again is not None
             again.close()

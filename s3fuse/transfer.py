@@ -1,0 +1,73 @@
+"""The mount's budget of bytes in transfer, shared fairly by the files that move them.
+
+Owns how many bytes all open files together may have on their way between S3 and
+the daemon (``--transfer-budget``): the segments that streams read ahead of
+sequential readers (stream.py, held in memory until the reader passes them) and the
+parts of streamed uploads being sent (write/streaming.py). Bytes in flight are what
+throughput costs over a network with latency: one connection carries 50-100 MiB/s
+and each request waits 10-30 ms for its first byte, so a file needs several requests
+at once, and their bytes, to go faster than one connection.
+
+Fairness: a user (a reader or an upload) that holds nothing may always start, when
+the bytes are there; one that holds some may take more only up to an equal share of
+the budget among the users that hold bytes or were refused. A greedy reader thus
+shrinks to its share as it consumes what it holds, and a newcomer gets its first
+segment or part as soon as bytes come back. Readers that are refused read without
+streams meanwhile (they never wait here); uploads wait for bytes (``take``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import trio
+
+from .metrics import METRICS
+
+
+class TransferBudget:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._held: dict[Hashable, int] = {}
+        self._refused: set[Hashable] = set()  # counted in the share until they get bytes or leave
+        self._returned = trio.Event()  # set and replaced whenever bytes come back
+        METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        return {"s3fuse_transfer_bytes": self.used}
+
+    def share(self, user: Hashable) -> int:
+        """The bytes ``user`` may hold while the others that hold or want bytes hold theirs."""
+        others = (self._held.keys() | self._refused) - {user}
+        return self.limit // (len(others) + 1)
+
+    def try_take(self, user: Hashable, nbytes: int) -> bool:
+        """Take nbytes for user if the budget and its share allow (its first bytes need only the budget)."""
+        held = self._held.get(user, 0)
+        # Anything fits in an idle budget: a part larger than the whole budget must still go.
+        fits = self.used == 0 or self.used + nbytes <= self.limit
+        if not fits or (held and held + nbytes > self.share(user)):
+            self._refused.add(user)
+            return False
+        self._refused.discard(user)
+        self._held[user] = held + nbytes
+        self.used += nbytes
+        return True
+
+    async def take(self, user: Hashable, nbytes: int) -> None:
+        """Wait until try_take gives user nbytes."""
+        while not self.try_take(user, nbytes):
+            await self._returned.wait()
+
+    def give_back(self, user: Hashable, nbytes: int) -> None:
+        left = self._held.pop(user) - nbytes
+        if left:
+            self._held[user] = left
+        self.used -= nbytes
+        self._returned.set()
+        self._returned = trio.Event()
+
+    def leave(self, user: Hashable) -> None:
+        """user wants no more bytes for now (it stopped streaming, or closed)."""
+        self._refused.discard(user)
