@@ -324,6 +324,7 @@ class OpenFile:
             etag = await save_spill(
                 self.wb.s3,
                 self.wb.registry,
+                self.wb.zeros,
                 self.key,
                 spill,
                 headers,

@@ -39,6 +39,7 @@ from .queue import UploadQueue
 from .record import from_record, to_record
 from .spill import SpillFile
 from .upload import HeaderChanges, UploadRegistry
+from .zeros import ZeroObjects
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class WriteBack:
         self.nursery = nursery  # for streamed parts, reads of the old object and background uploads
         self.tree = tree
         self.registry = UploadRegistry(opts.write.cache_dir, opts.mount.bucket_name)
+        self.zeros = ZeroObjects(s3, opts.mount.prefix, self.registry)  # holes are copied from these
         self.write_back: bool = opts.write.write_back
         self.journal = Journal(opts.write.cache_dir, opts.mount.bucket_name)
         # Under --write-back spill files live in the journal, which records name them.
@@ -348,6 +350,7 @@ class WriteBack:
                 "with this cache dir, or 's3fuse recover %s', uploads them",
                 len(left), self.journal.directory, self.opts.write.cache_dir,
             )  # fmt: skip
+        await self.zeros.remove()
         self.journal.release()
         if not self.write_back:
             with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is

@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 from s3fuse.extents import Extents
 from s3fuse.s3client import ClientSettings, S3Client
 from s3fuse.write import upload
-from s3fuse.write.parts import MAX_FILE_SIZE, SINGLE_PUT_LIMIT, MiB, planned_part_size, rebuild_plan, streamed_part_size
+from s3fuse.write.parts import (
+    MAX_FILE_SIZE,
+    MAX_ZERO_PART,
+    SINGLE_PUT_LIMIT,
+    MiB,
+    Source,
+    planned_part_size,
+    rebuild_plan,
+    streamed_part_size,
+)
 from s3fuse.write.upload import FileRange, UploadRegistry, content_crc32, content_md5, copy_object, delete_keys
 
 
@@ -47,11 +56,13 @@ def test_a_rebuild_plan_tiles_the_file_within_s3_limits_and_copies_what_it_can(s
     assert all(e - s >= S3_MIN_PART for s, e, _ in plan[:-1])  # every part but the last
     assert all(e - s <= S3_MAX_PART for s, e, _ in plan)
     part = planned_part_size(size)
-    for s, e, copy in plan:
-        if copy:  # only unchanged bytes of the old object are copied ...
+    for s, e, source in plan:
+        if source is Source.COPY:  # only unchanged bytes of the old object are copied ...
             assert e <= base_limit and not written.intersects(s, e)
-        else:  # ... and every part that could be copied is
-            assert e - s <= part and (e > base_limit or written.intersects(s, e))
+        elif source is Source.ZERO:  # ... only holes are copied from zeros ...
+            assert s >= base_limit and not written.intersects(s, e) and e - s <= MAX_ZERO_PART
+        else:  # ... and every part that could be copied is: only parts with written bytes cost upload
+            assert e - s <= part and (s < base_limit < e or written.intersects(s, e))
 
 
 @pytest.fixture
