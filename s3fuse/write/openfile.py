@@ -289,7 +289,8 @@ class OpenFile:
         Processes that open, write and close one file by turns would otherwise each save
         the whole file, one after the other under its lock: in a random load of 4
         processes on moto (tests/randomload.py), the writes to the file they shared took
-        10 s each on average, a third of the run. fsync() still saves at once.
+        10 s each on average, a quarter of all the operations' time (249 s with
+        this rule, 565 s without). fsync() still saves at once.
         """
         return self.handles > 1
 
