@@ -96,7 +96,7 @@ class WriteBack:
         self.nursery = nursery  # for streamed parts, reads of the old object and background uploads
         self.tree = tree
         self.registry = UploadRegistry(opts.write.cache_dir, opts.mount.bucket_name)
-        self.zeros = ZeroObjects(s3, opts.mount.prefix, self.registry)  # holes are copied from these
+        self.zeros = ZeroObjects(s3, self.registry)  # holes are copied from these
         self.write_back: bool = opts.write.write_back
         self.journal = Journal(opts.write.cache_dir, opts.mount.bucket_name)
         # Under --write-back spill files live in the journal, which records name them.

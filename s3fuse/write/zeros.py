@@ -12,10 +12,11 @@ the first save of a 1 GiB file with three 64 KiB extents, these objects made on 
 took 32 s on moto and 44 s on SeaweedFS here (14 and 24 s sending the 1 GiB), and later
 saves of it 15-25 s on both, as before; it sends 32 MiB instead of 1 GiB.
 
-``ZeroObjects`` owns them: hidden keys under the control directory's reserved name
-(``.s3/zeros-ID-SIZE``, ID unique to the daemon, so no mount deletes another's),
-pinned by ETag (CopySourceIfMatch: a key changed by someone else is never copied as
-zeros), made again if they vanish, and deleted at unmount. A daemon that crashes
+``ZeroObjects`` owns them: keys ``.s3fuse/zeros/ID-SIZE`` under the bucket's reserved
+``.s3fuse/`` (hidden from the mount, as the attribute index of attrindex.py), ID unique
+to the daemon so that no mount deletes another's, pinned by ETag (CopySourceIfMatch: a
+key changed by someone else is never copied as zeros), made again if they vanish, and
+deleted at unmount. A daemon that crashes
 leaves them behind (``s3fuse cleanup`` does not know them; 8 MiB to 2 GiB in all).
 """
 
@@ -28,7 +29,7 @@ import uuid
 
 import trio
 
-from ..controldir import CONTROL_DIR
+from ..attrindex import INDEX_DIR
 from ..errors import FsError
 from ..s3client import S3Client
 from .parts import MAX_ZERO_PART, MIN_PART
@@ -42,9 +43,9 @@ HEADERS = ObjectHeaders("application/octet-stream")
 class ZeroObjects:
     """All-zero objects of ``MIN_PART`` doubled up to ``MAX_ZERO_PART`` bytes, made when first needed."""
 
-    def __init__(self, s3: S3Client, prefix: str, registry: UploadRegistry) -> None:
+    def __init__(self, s3: S3Client, registry: UploadRegistry) -> None:
         self.s3, self.registry = s3, registry
-        self.stem = f"{prefix}{CONTROL_DIR}/zeros-{uuid.uuid4().hex[:12]}-"
+        self.stem = f"{INDEX_DIR}/zeros/{uuid.uuid4().hex[:12]}-"
         self.made: dict[int, str] = {}  # size -> ETag, in increasing sizes
         self.lock = trio.Lock()  # each object is made once
 

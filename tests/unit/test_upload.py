@@ -136,7 +136,7 @@ def test_holes_are_copied_from_all_zero_objects_made_once_and_again_if_gone(s3, 
     """ZeroObjects: 8 MiB sent once, doubled inside S3 for longer holes; a vanished one is
     made again; all of them deleted at the end."""
     registry = UploadRegistry(str(tmp_path), bucket)
-    zeros = ZeroObjects(client, "pre/", registry)
+    zeros = ZeroObjects(client, registry)
     head = random.Random(2).randbytes(8 * MiB)
 
     async def upload_with_holes(key: str, lengths: list[int]) -> None:
@@ -148,7 +148,7 @@ def test_holes_are_copied_from_all_zero_objects_made_once_and_again_if_gone(s3, 
         await upload.complete()
 
     trio.run(upload_with_holes, "a", [20 * MiB, 8 * MiB, 3])
-    made = sorted(k for k in keys_of(s3, bucket) if k.startswith("pre/.s3/zeros-"))
+    made = sorted(k for k in keys_of(s3, bucket, internal=True) if k.startswith(".s3fuse/zeros/"))
     assert sorted(int(k.rsplit("-", 1)[1]) for k in made) == [8 * MiB, 16 * MiB, 32 * MiB]
     assert s3.get_object(Bucket=bucket, Key="a")["Body"].read() == head + bytes(28 * MiB + 3)
     for key in made:  # someone removes them: the next hole makes them again
