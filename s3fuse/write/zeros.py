@@ -29,7 +29,7 @@ import uuid
 
 import trio
 
-from ..attrindex import INDEX_DIR
+from .. import attrindex  # the module, not its name: attrindex imports write.upload, and so this package
 from ..errors import FsError
 from ..s3client import S3Client
 from .parts import MAX_ZERO_PART, MIN_PART
@@ -45,7 +45,7 @@ class ZeroObjects:
 
     def __init__(self, s3: S3Client, registry: UploadRegistry) -> None:
         self.s3, self.registry = s3, registry
-        self.stem = f"{INDEX_DIR}/zeros/{uuid.uuid4().hex[:12]}-"
+        self.stem = f"{attrindex.INDEX_DIR}/zeros/{uuid.uuid4().hex[:12]}-"
         self.made: dict[int, str] = {}  # size -> ETag, in increasing sizes
         self.lock = trio.Lock()  # each object is made once
 
