@@ -21,7 +21,8 @@ def test_a_random_load_of_four_processes_finishes_and_matches_a_local_tree(s3, b
     mnt = mount(bucket)
     started = time.monotonic()
     try:
-        slow = run_load(load, mnt, model, timeout=90)
+        # A stall detector, not a speed check: 20-26 s on an idle machine, 93 s under a load of 16
+        slow = run_load(load, mnt, model, timeout=150)
         took = time.monotonic() - started
         compare_trees(mnt, model)
         mount.check(mnt)
