@@ -81,7 +81,7 @@ class BucketFile:
             return
         if self.tree.opts.write.write_back:  # durable locally; uploaded in the background after the last close
             await self.tree.wb.acknowledge(self.writer)
-        elif not self.writer.only_emptied:
+        elif not (self.writer.only_emptied or self.writer.shared):
             await self.writer.save()
 
     async def fsync(self) -> None:

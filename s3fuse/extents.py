@@ -53,6 +53,14 @@ class Extents:
         i = bisect_right(self._ends, start)
         return i < len(self._starts) and self._starts[i] < end
 
+    def covers(self, start: int, end: int) -> bool:
+        """Whether every byte of [start, end) is in the set (adjacent intervals are merged,
+        so it is within one)."""
+        if start >= end:
+            return True
+        i = bisect_right(self._ends, start)
+        return i < len(self._starts) and self._starts[i] <= start and end <= self._ends[i]
+
     def segments(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
         """Split [start, end) into runs, each (start, end, inside the set)."""
         pos = start

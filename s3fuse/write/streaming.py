@@ -8,7 +8,9 @@ takes its size from it while it is sent, and an upload gets its fair share of it
 the upload created once (``starting``), each part holding its spill file open from
 when it is scheduled until it is sent, and a write or truncate below ``sent_end``
 breaking the stream, whose parts are then aborted at the next save, which uploads the
-file whole (save.py).
+file whole (save.py). A write that leaves a hole behind it (far past the end) breaks
+it too: a sparse file is saved by a plan that copies its holes; a hole in the tail (a
+growing truncate) is copied from an all-zero object (zeros.py) at ``finish``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..errors import FsError
-from .parts import SINGLE_PUT_LIMIT, streamed_part_size
+from .parts import MAX_ZERO_PART, SINGLE_PUT_LIMIT, streamed_part_size
 from .spill import SpillFile
 from .upload import FileRange, MultipartUpload, ObjectHeaders, copy_object
 
@@ -66,7 +68,13 @@ class StreamingUpload:
         # A part goes as soon as the writer reaches its end, so a file that ends on a part
         # boundary has nothing left to send at close; up to SINGLE_PUT_LIMIT it is one PutObject.
         while end >= self.sent_end + streamed_part_size(self.parts) and end > SINGLE_PUT_LIMIT:
-            self._send_next(self.sent_end + streamed_part_size(self.parts), spill)
+            part_end = self.sent_end + streamed_part_size(self.parts)
+            if not spill.written.covers(self.sent_end, part_end):
+                # The writer left a hole behind (a write far past the end): a sparse file, saved
+                # by a plan that copies its holes (zeros.py) instead of streaming them as zeros.
+                self.broken = True
+                return
+            self._send_next(part_end, spill)
 
     def _send_next(self, end: int, spill: SpillFile) -> None:
         """Send [sent_end, end) as the next part, in the background.
@@ -80,14 +88,18 @@ class StreamingUpload:
         self.idle = trio.Event() if self.in_flight == 1 else self.idle
         held = contextlib.ExitStack()
         held.enter_context(spill.in_use())
-        self.nursery.start_soon(self._send, self.parts, self.sent_end, end, spill, held)
+        # Only the tail (finish) can be all hole: after a growing truncate.
+        zero = end - self.sent_end <= MAX_ZERO_PART and not spill.written.intersects(self.sent_end, end)
+        self.nursery.start_soon(self._send, self.parts, self.sent_end, end, spill, held, zero)
         self.sent_end = end
 
     def truncated(self, size: int) -> None:
         if size < self.sent_end:
             self.broken = True
 
-    async def _send(self, number: int, start: int, end: int, spill: SpillFile, held: contextlib.ExitStack) -> None:
+    async def _send(
+        self, number: int, start: int, end: int, spill: SpillFile, held: contextlib.ExitStack, zero: bool
+    ) -> None:
         budget = self.of.wb.s3.transfer
         try:
             # Parts in flight are what a sequential write's speed takes over a network with latency:
@@ -102,7 +114,10 @@ class StreamingUpload:
                     return
                 await self._start()
                 assert self.upload is not None
-                await self.upload.send_part(number, FileRange(spill.fd, start, end))
+                if zero:
+                    await self.of.wb.zeros.copy_part(self.upload, number, end - start)
+                else:
+                    await self.upload.send_part(number, FileRange(spill.fd, start, end))
             finally:
                 budget.give_back(self, end - start)
         except FsError as exc:

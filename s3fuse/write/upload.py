@@ -184,7 +184,7 @@ def quoted_etag(etag: str) -> str:
     return etag if etag.startswith('"') else f'"{etag}"'
 
 
-async def put_object(s3: S3Client, key: str, data: bytes, headers: ObjectHeaders) -> str:
+async def put_object(s3: S3Client, key: str, data: bytes | FileRange, headers: ObjectHeaders) -> str:
     """PutObject with Content-MD5, hashed in the worker thread; returns the new ETag."""
     return (await put_object_answer(s3, key, data, headers))["ETag"]
 

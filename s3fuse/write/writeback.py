@@ -40,6 +40,7 @@ from .queue import UploadQueue
 from .record import from_record, to_record
 from .spill import SpillFile
 from .upload import HeaderChanges, ObjectHeaders, UploadRegistry
+from .zeros import ZeroObjects
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class WriteBack:
         self._recent: TTLCache[str, tuple[str, ObjectHeaders]] = TTLCache(maxsize=4096, ttl=RECENT_SAVE)
         self.tree = tree
         self.registry = UploadRegistry(opts.write.cache_dir, opts.mount.bucket_name)
+        self.zeros = ZeroObjects(s3, self.registry)  # holes are copied from these
         self.write_back: bool = opts.write.write_back
         self.journal = Journal(opts.write.cache_dir, opts.mount.bucket_name)
         # Under --write-back spill files live in the journal, which records name them.
@@ -389,6 +391,7 @@ class WriteBack:
                 "with this cache dir, or 's3fuse recover %s', uploads them",
                 len(left), self.journal.directory, self.opts.write.cache_dir,
             )  # fmt: skip
+        await self.zeros.remove()
         self.journal.release()
         if not self.write_back:
             with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is

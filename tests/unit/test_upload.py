@@ -16,8 +16,27 @@ from hypothesis import strategies as st
 from s3fuse.extents import Extents
 from s3fuse.s3client import ClientSettings, S3Client
 from s3fuse.write import upload
-from s3fuse.write.parts import MAX_FILE_SIZE, SINGLE_PUT_LIMIT, MiB, planned_part_size, rebuild_plan, streamed_part_size
-from s3fuse.write.upload import FileRange, UploadRegistry, content_crc32, content_md5, copy_object, delete_keys
+from s3fuse.write.parts import (
+    MAX_FILE_SIZE,
+    MAX_ZERO_PART,
+    SINGLE_PUT_LIMIT,
+    MiB,
+    Source,
+    planned_part_size,
+    rebuild_plan,
+    streamed_part_size,
+)
+from s3fuse.write.upload import (
+    FileRange,
+    MultipartUpload,
+    ObjectHeaders,
+    UploadRegistry,
+    content_crc32,
+    content_md5,
+    copy_object,
+    delete_keys,
+)
+from s3fuse.write.zeros import ZeroObjects
 
 
 def test_part_sizes_reach_five_tib_within_10000_parts():
@@ -47,11 +66,13 @@ def test_a_rebuild_plan_tiles_the_file_within_s3_limits_and_copies_what_it_can(s
     assert all(e - s >= S3_MIN_PART for s, e, _ in plan[:-1])  # every part but the last
     assert all(e - s <= S3_MAX_PART for s, e, _ in plan)
     part = planned_part_size(size)
-    for s, e, copy in plan:
-        if copy:  # only unchanged bytes of the old object are copied ...
+    for s, e, source in plan:
+        if source is Source.COPY:  # only unchanged bytes of the old object are copied ...
             assert e <= base_limit and not written.intersects(s, e)
-        else:  # ... and every part that could be copied is
-            assert e - s <= part and (e > base_limit or written.intersects(s, e))
+        elif source is Source.ZERO:  # ... only holes are copied from zeros ...
+            assert s >= base_limit and not written.intersects(s, e) and e - s <= MAX_ZERO_PART
+        else:  # ... and every part that could be copied is: only parts with written bytes cost upload
+            assert e - s <= part and (s < base_limit < e or written.intersects(s, e))
 
 
 @pytest.fixture
@@ -109,3 +130,31 @@ def test_delete_keys_in_batches_of_1000(s3, bucket, client, monkeypatch):
     monkeypatch.setattr(upload, "DELETE_BATCH", 10)  # 3 batches
     trio.run(delete_keys, client, keys[:-1])
     assert list(keys_of(s3, bucket)) == keys[-1:]
+
+
+def test_holes_are_copied_from_all_zero_objects_made_once_and_again_if_gone(s3, bucket, client, tmp_path):
+    """ZeroObjects: 8 MiB sent once, doubled inside S3 for longer holes; a vanished one is
+    made again; all of them deleted at the end."""
+    registry = UploadRegistry(str(tmp_path), bucket)
+    zeros = ZeroObjects(client, registry)
+    head = random.Random(2).randbytes(8 * MiB)
+
+    async def upload_with_holes(key: str, lengths: list[int]) -> None:
+        upload = MultipartUpload(client, key, ObjectHeaders("application/octet-stream"), registry)
+        await upload.start()
+        await upload.send_part(1, head)
+        for number, length in enumerate(lengths, 2):
+            await zeros.copy_part(upload, number, length)
+        await upload.complete()
+
+    trio.run(upload_with_holes, "a", [20 * MiB, 8 * MiB, 3])
+    made = sorted(k for k in keys_of(s3, bucket, internal=True) if k.startswith(".s3fuse/zeros/"))
+    assert sorted(int(k.rsplit("-", 1)[1]) for k in made) == [8 * MiB, 16 * MiB, 32 * MiB]
+    assert s3.get_object(Bucket=bucket, Key="a")["Body"].read() == head + bytes(28 * MiB + 3)
+    for key in made:  # someone removes them: the next hole makes them again
+        s3.delete_object(Bucket=bucket, Key=key)
+    trio.run(upload_with_holes, "b", [5 * MiB])
+    assert s3.get_object(Bucket=bucket, Key="b")["Body"].read() == head + bytes(5 * MiB)
+    trio.run(zeros.remove)
+    assert sorted(keys_of(s3, bucket)) == ["a", "b"]
+    assert registry.entries() == {}
