@@ -78,6 +78,8 @@ FORMAT = 1
 # rewrites all of it). It must exceed the imprecision of ``until`` (1 s of Date rounding plus a
 # round trip) by enough that a version written after the index write is dated after ``until``.
 AGE = 2.5
+FLUSH_INTERVAL = 1.0  # at most one write of a directory's index a second, however busy it is
+SELF = "."  # the name under which a directory's index records the directory itself (the mount's root)
 WRITE_ATTEMPTS = 5  # conditional writes that lost a race to another mount, then give up
 FLUSH_FAILURES = 3  # failed flushes of one directory's changes before they are dropped
 PARALLEL_HEADS = 16
@@ -404,7 +406,7 @@ class AttributeIndex:
                 self._pending.setdefault(dir_path, {})[name] = (entry, when)
         if dir_path in self._pending:
             later = min(when for _, when in self._pending[dir_path].values()) + AGE
-            self._due[dir_path] = max(later, now + 0.1)
+            self._due[dir_path] = max(later, now + FLUSH_INTERVAL)
             self._wake.set()
         return ready
 

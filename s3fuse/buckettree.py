@@ -149,9 +149,8 @@ class BucketTree(ObjectTree):
         await self.ns.index.prepare(parent.path)
 
     async def _changing_entry(self, node: Node) -> None:
-        """Before a change of the entry node (its parent directory's index records it)."""
-        if node.path:
-            await self.ns.index.prepare(split(node.path)[0])
+        """Before a change of the entry node (its parent directory's index records it; the root's own)."""
+        await self.ns.index.prepare(split(node.path)[0] if node.path else "")
 
     # ---- names and attributes
 
@@ -336,12 +335,20 @@ class BucketTree(ObjectTree):
         if writer is not None:
             await change(writer)
             return
-        writer = self.wb.open(await self._revalidate(node), exists=True)
+        fresh = await self._revalidate(node)
+        writer = self.wb.open(fresh, exists=True)
+        parked = False
         try:
             await change(writer)
-            await writer.save()
+            just_saved = self.wb.recently_saved(file_key(self.opts.mount.prefix, fresh.path), fresh.info.etag)
+            if touches_data or just_saved is None:
+                await writer.save()
+            else:  # saved here moments ago (rsync, cp -p, tar): the next change or a rename joins it
+                self.wb.park(writer)
+                parked = True
         finally:
-            await self.wb.release(writer)
+            if not parked:
+                await self.wb.release(writer)
 
     async def _change_headers(self, node: Node, changes: HeaderChanges) -> None:
         await self._changing_entry(node)

@@ -146,13 +146,16 @@ class Mutations:
 
     async def _rename_file(self, node: Node, new_path: str) -> str:
         of = self.wb.files.get(node.inode)
-        if of is not None:
-            await of.save()  # the copy must carry the bytes written so far
         old_key, new_key = file_key(self.prefix, node.path), file_key(self.prefix, new_path)
         with self.ns.writing(new_path):
-            etag = await copy_object(
-                self.s3, old_key, new_key, node.info.size, self.wb.registry, if_match=node.info.etag
-            )
+            # attribute changes alone (rsync's pattern) go with the copy; else it carries what was saved
+            etag = await of.copy_to(new_key) if of is not None else None
+            if etag is None:
+                if of is not None:
+                    await of.save()  # the copy must carry the bytes written so far
+                etag = await copy_object(
+                    self.s3, old_key, new_key, node.info.size, self.wb.registry, if_match=node.info.etag
+                )
         await self.s3.call("delete_object", Key=old_key)
         return etag
 

@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 from cachetools import LRUCache
 
-from .attrindex import INDEX_DIR, PARALLEL_HEADS, AttributeIndex
+from .attrindex import INDEX_DIR, PARALLEL_HEADS, SELF, AttributeIndex
 from .dirhandle import DirHandle
 from .errors import FsError
 from .inodes import InodeTable, Node
@@ -71,6 +71,7 @@ class Namespace:
         # Exact attributes for what s3fuse wrote, without a HEAD per entry (attrindex.py). Not for
         # --at: the index says what the objects are now, not then.
         readable = opts.mount.attribute_index and opts.mount.at is None
+        self._root_read = False
         self.index = AttributeIndex(
             s3, self.root_prefix, readable, not opts.mount.read_only, opts.cache.metadata_cache_entries
         )
@@ -286,6 +287,10 @@ class Namespace:
 
         A file unlinked or replaced here keeps its last attributes: no name leads to it in
         S3 any more, and whatever now has its old name is another file."""
+        if node.path == "" and not self._root_read:
+            self._root_read = True  # the root has no parent to list it: its own index records it
+            await self.index.read("")
+            node.info = self.index.vouch("", SELF, node.info) or node.info
         if (
             node.info.is_dir
             or node.writers
@@ -315,8 +320,7 @@ class Namespace:
         self._meta.put(path, info)
         self._meta.remember_headers(path, info)
         self._update_listing(path, info)
-        if path:
-            self.index.record(*split(path), info)
+        self.index.record(*split(path), info) if path else self.index.record("", SELF, info)
         return self._inodes.resolve(path, info)
 
     def writing(self, path: str) -> contextlib.AbstractContextManager[None]:

@@ -70,7 +70,7 @@ class OpenFile:
         self.never_saved = not exists  # created here: must reach S3 even if left empty
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
-        self.written_headers: dict[str, str] | None = None  # the POSIX headers of the last save (with_attributes)
+        self.written: ObjectHeaders | None = None  # the headers of the last save (with_attributes)
         self.changed: set[str] = set()  # attributes set here since the last save
         self.header_changes = HeaderChanges()  # xattrs set here since the last save
         self.wrote = False  # write() was called since it was opened
@@ -305,7 +305,7 @@ class OpenFile:
             self.failure = None
 
     async def _save(self) -> None:
-        self.written_headers = None  # set by with_attributes for the headers this save writes
+        self.written = None  # set by with_attributes for the headers this save writes
         if self.spill is None and not self.never_saved:  # attributes only: copy onto itself
             assert self.base is not None
             headers = await self.object_headers(needs_base=True)
@@ -341,6 +341,10 @@ class OpenFile:
         """
         headers = ObjectHeaders(guess_content_type(self.key))
         if self.base is not None and self.base.etag is not None:
+            if self.wb.opts.write.on_conflict != "fail":
+                known = self.wb.recently_saved(self.key, self.base.etag)
+                if known is not None:  # saved here a moment ago: its headers are known, no HEAD
+                    return self.with_attributes(known)
             try:
                 current = await self.wb.s3.call("head_object", Key=self.key)
             except FsError as exc:
@@ -369,9 +373,15 @@ class OpenFile:
         rewrite_mtime = self.mtime_set or (META_MTIME in headers.metadata and self.spill is not None)
         posix = self.node.info.posix_headers(with_mtime=rewrite_mtime)
         final = self.header_changes.applied_to(dataclasses.replace(headers, metadata={**headers.metadata, **posix}))
-        # what the saved object's headers say of its attributes: the attribute index records it
-        self.written_headers = {name: final.metadata[name] for name in POSIX_HEADERS if name in final.metadata}
+        self.written = final
         return final
+
+    @property
+    def written_headers(self) -> dict[str, str] | None:
+        """What the last save's headers say of the file's attributes: the attribute index records it."""
+        if self.written is None:
+            return None
+        return {name: self.written.metadata[name] for name in POSIX_HEADERS if name in self.written.metadata}
 
     def _conflict(self, needs_base: bool) -> None:
         what = f"{self.key!r} changed in S3 since it was opened here"
@@ -391,13 +401,50 @@ class OpenFile:
             self.spill.close()
         self.spill, self.stream, self.base = None, None, info
         self.never_saved = False
+        self._attributes_saved()
+        if self.written is not None:
+            self.wb.remember_saved(self.key, etag, self.written)
+        self.node.kernel_etag = etag  # the kernel's pages hold exactly what was written
+        self.wb.lost.kept.pop(self.node.path, None)
+        self.wb.tree.added(self.node.path, info)
+
+    def _attributes_saved(self) -> None:
         if self.attribute_edits == self._edits_saved:
             self.attributes_changed = False
             self.changed.clear()
             self.header_changes = HeaderChanges()
-        self.node.kernel_etag = etag  # the kernel's pages hold exactly what was written
-        self.wb.lost.kept.pop(self.node.path, None)
-        self.wb.tree.added(self.node.path, info)
+
+    @property
+    def only_attributes(self) -> bool:
+        """Saved before, and changed since only in attributes (chmod, chown, utimens, setfattr)."""
+        return (
+            self.attributes_changed
+            and self.spill is None
+            and self.stream is None
+            and not self.never_saved
+            and not self.unlinked
+            and self.record is None
+            and self.base is not None
+        )
+
+    async def copy_to(self, new_key: str) -> str | None:
+        """Renaming a file whose only unsaved changes are attributes (rsync: close, utimens, chown,
+        chmod, rename): one CopyObject to the new name carries them, instead of a copy onto itself
+        first. Returns the new object's ETag; None if the file is no longer such a file."""
+        async with self.lock:
+            if not self.only_attributes:
+                return None
+            assert self.base is not None
+            self._edits_saved = self.attribute_edits
+            headers = await self.object_headers(needs_base=True)
+            etag = await copy_object(
+                self.wb.s3, self.key, new_key, self.base.size, self.wb.registry, headers, if_match=self.base.etag
+            )
+            self._attributes_saved()
+            self.node.info = dataclasses.replace(self.node.info, etag=etag, headers=self.written_headers)
+            self.base = self.node.info
+            self.wb.remember_saved(new_key, etag, headers)
+            return etag
 
     async def _drop_stream(self) -> None:
         if self.stream is not None:

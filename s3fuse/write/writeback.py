@@ -23,6 +23,7 @@ import os
 from typing import Any, Protocol
 
 import trio
+from cachetools import TTLCache
 
 from ..blockcache import BlockCache
 from ..errors import FsError
@@ -38,7 +39,7 @@ from .openfile import OpenFile
 from .queue import UploadQueue
 from .record import from_record, to_record
 from .spill import SpillFile
-from .upload import HeaderChanges, UploadRegistry
+from .upload import HeaderChanges, ObjectHeaders, UploadRegistry
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,13 @@ class Detached:
         return contextlib.nullcontext()
 
 
+# An attribute change of a file this mount saved moments ago waits this long for the next
+# change (rsync: close, then utimens, chown, chmod, rename within milliseconds), so that they
+# go to S3 together: in the rename's CopyObject, or one copy onto itself.
+ATTRIBUTE_FOLD = 0.5
+RECENT_SAVE = 2.0  # seconds: a save this recent is "moments ago", and its headers are known (no HEAD)
+
+
 class WriteBack:
     """Every file open for writing, by inode, and the places their data may go. Made by ``create``."""
 
@@ -93,6 +101,8 @@ class WriteBack:
         self.blocks = blocks
         self.opts = opts
         self.nursery = nursery  # for streamed parts, reads of the old object and background uploads
+        # key -> (ETag, headers) of what this mount saved moments ago
+        self._recent: TTLCache[str, tuple[str, ObjectHeaders]] = TTLCache(maxsize=4096, ttl=RECENT_SAVE)
         self.tree = tree
         self.registry = UploadRegistry(opts.write.cache_dir, opts.mount.bucket_name)
         self.write_back: bool = opts.write.write_back
@@ -251,6 +261,25 @@ class WriteBack:
         of.handles += 1
         of.node.writers += 1
         return of
+
+    def remember_saved(self, key: str, etag: str, headers: ObjectHeaders) -> None:
+        self._recent[key] = (etag, headers)
+
+    def recently_saved(self, key: str, etag: str | None) -> ObjectHeaders | None:
+        """The headers of the object version ``etag`` of key, if this mount saved it moments ago."""
+        known = self._recent.get(key)
+        return known[1] if known is not None and known[0] == etag else None
+
+    def park(self, of: OpenFile) -> None:
+        """Hold an attribute change (and the writable handle it came with) for ``ATTRIBUTE_FOLD``:
+        later changes join it, a rename carries it (OpenFile.copy_to); then the handle is released,
+        which saves what is left."""
+
+        async def release_later() -> None:
+            await trio.sleep(ATTRIBUTE_FOLD)
+            await self.release(of)
+
+        self.nursery.start_soon(release_later)
 
     def local_entries(self, directory: str) -> list[tuple[str, EntryInfo]]:
         """The files of a directory that were created here and are not in S3 yet."""
