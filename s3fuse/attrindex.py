@@ -26,8 +26,8 @@ The rules that keep the object's own headers the truth:
   directory listing HEADs just those (``needs_head``) and records what it learnt. A
   directory with no index (written by other tools only) is listed as before: defaults
   until a HEAD, or ``--posix-metadata``.
-- An entry is written into the index only once it is ``AGE`` old and no write of its object
-  is in flight (``writing``). So any later version of the object, whose own entry a crash
+- An entry is written into the index only once it is ``AGE`` old (or at unmount) and no
+  write of its object is in flight (``writing``). So any later version of the object, whose own entry a crash
   may lose, is dated after the written entry's ``until``: two versions with the same ETag
   and size in one second cannot be taken for each other.
 - Changes are batched per directory and written with ``If-Match``
@@ -383,24 +383,21 @@ class AttributeIndex:
             await self.flush(dir_path)
 
     async def flush_all(self) -> None:
-        """Unmounting: write every pending change, once old enough (at most ``AGE`` from now)."""
-        while self._pending:
-            youngest = max(when for changes in self._pending.values() for _, when in changes.values())
-            await trio.sleep(max(0.0, youngest + AGE - time.monotonic()))
-            async with trio.open_nursery() as nursery:
-                for path in list(self._pending):
-                    nursery.start_soon(self.flush, path)
-            if self._writing:
-                break  # a write that never ended (the mount is going): its entries stay out
+        """Unmounting: write every pending change now, however young: this mount writes no later
+        version that the age rule would keep apart (waiting up to ``AGE`` would delay every unmount)."""
+        async with trio.open_nursery() as nursery:
+            for path in list(self._pending):
+                nursery.start_soon(self.flush, path, True)
 
-    def _take_due(self, dir_path: str) -> dict[str, Entry | None]:
-        """The directory's pending changes that may be written now; the others stay pending."""
+    def _take_due(self, dir_path: str, final: bool) -> dict[str, Entry | None]:
+        """The directory's pending changes that may be written now (``final``: all but those whose
+        object is being written); the others stay pending."""
         pending = self._pending.pop(dir_path, {})
         self._due.pop(dir_path, None)
         now = time.monotonic()
         ready = {}
         for name, (entry, when) in pending.items():
-            if entry is None or (when + AGE <= now and (dir_path, name) not in self._writing):
+            if entry is None or ((final or when + AGE <= now) and (dir_path, name) not in self._writing):
                 ready[name] = entry
             else:
                 self._pending.setdefault(dir_path, {})[name] = (entry, when)
@@ -410,9 +407,9 @@ class AttributeIndex:
             self._wake.set()
         return ready
 
-    async def flush(self, dir_path: str) -> None:
+    async def flush(self, dir_path: str, final: bool = False) -> None:
         """Write the directory's due changes into its index (merged into what S3 has)."""
-        changes = self._take_due(dir_path)
+        changes = self._take_due(dir_path, final)
         if not changes:
             return
         try:
