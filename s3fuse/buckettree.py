@@ -336,6 +336,8 @@ class BucketTree(ObjectTree):
         writer = self.wb.files.get(node.inode)
         if writer is not None:
             await change(writer)
+            if touches_data and writer.handles == writer.parked:
+                await writer.save()  # held by WriteBack.park only: no process's close will save it
             return
         fresh = await self._revalidate(node)
         writer = self.wb.open(fresh, exists=True)

@@ -291,8 +291,10 @@ class WriteBack:
 
         async def release_later() -> None:
             await trio.sleep(ATTRIBUTE_FOLD)
+            of.parked -= 1
             await self.release(of)
 
+        of.parked += 1
         self.nursery.start_soon(release_later)
 
     def local_entries(self, directory: str) -> list[tuple[str, EntryInfo]]:
