@@ -26,6 +26,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from .attrindex import INDEX_DIR
 from .blockcache import BlockCache
 from .errors import FsError
 from .inodes import Node
@@ -38,6 +39,7 @@ from .router import BucketRouter, no_such_inode
 from .s3client import ClientSettings, S3Client, boto_session, make_boto_client, region_of
 from .tree import AttrChanges, DirEntries, OpenedFile, Tree, refused
 from .write.journal import JournalInUse
+from .write.upload import delete_keys
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +244,29 @@ class BucketTable:
         if router.bucket is not None and router.bucket.wb.files:
             raise refuse(errno.ENOTEMPTY, "bucket %r has files open for writing", bucket.name)
         with self._retired_if_gone(bucket):
-            await router.s3.call("delete_bucket")
+            try:
+                await router.s3.call("delete_bucket")
+            except FsError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                await self._delete_own_keys(router)  # else ENOTEMPTY: the bucket holds files
+                await router.s3.call("delete_bucket")
         self._retire(bucket)
+
+    @staticmethod
+    async def _delete_own_keys(router: BucketRouter) -> None:
+        """A bucket that holds nothing but the mount's own keys (``.s3fuse/``: attribute indexes,
+        the probe, zero objects) is empty to its user: those go, so that it can be deleted."""
+        await router.ns.index.flush_all()  # nothing written after the listing below
+        page = await router.s3.list_page(MaxKeys=1000)
+        keys = [obj["Key"] for obj in page.get("Contents", ())]
+        if (
+            page.get("IsTruncated")
+            or page.get("CommonPrefixes")
+            or any(not key.startswith(INDEX_DIR + "/") for key in keys)
+        ):
+            raise refuse(errno.ENOTEMPTY, "bucket %r is not empty", router.s3.bucket)
+        await delete_keys(router.s3, keys)
 
 
 class BucketsListing:
