@@ -20,7 +20,7 @@ The rules that keep the object's own headers the truth:
   without conditional writes) keeps older ``until`` stamps. Either way the entry is not
   used and the object's headers decide.
 - An index object exists for a directory before s3fuse changes anything in it
-  (``prepare``; ``mkdir`` writes the new directory's beside its marker). So an entry the
+  (``prepare``; ``mkdir`` writes the new directory's after its marker). So an entry the
   index does not vouch for, in a directory that has one, is something written after the
   index last was (a crash before the batched write, another mount, another tool): the
   directory listing HEADs just those (``needs_head``) and records what it learnt. A
@@ -199,7 +199,7 @@ class AttributeIndex:
         reading = self._reading[dir_path] = trio.Event()
         try:
             index = await self._get(dir_path)
-        except FsError as exc:
+        except Exception as exc:  # any failure is no index: the listing goes on without it
             log.warning("the attribute index of %r could not be read (%s); its entries are listed without it",
                         dir_path or "/", exc)  # fmt: skip
             return None
@@ -341,8 +341,8 @@ class AttributeIndex:
         async def move(old_key: str, new_key: str) -> None:
             try:
                 _, body = await self.s3.get_bytes(index_key(old_key))
-            except FsError as exc:
-                if exc.errno != errno.ENOENT:
+            except Exception as exc:  # none moved: its entries are HEADed at the new name
+                if not (isinstance(exc, FsError) and exc.errno == errno.ENOENT):
                     log.warning("the attribute index of %r could not be moved (%s)", old_key, exc)
                 return
             new_path = paths.get(new_key, new_key[len(self.root_prefix) :].rstrip("/"))
@@ -438,6 +438,8 @@ class AttributeIndex:
             raise FsError(errno.EBUSY, "IndexContended", f"lost {WRITE_ATTEMPTS} races to other mounts")
         except FsError as exc:
             self._retry_later(dir_path, changes, exc)
+        except Exception as exc:  # a background task: anything else is a failed write too
+            self._retry_later(dir_path, changes, FsError(errno.EIO, type(exc).__name__, str(exc)))
 
     def _retry_later(self, dir_path: str, changes: dict[str, Entry | None], exc: FsError) -> None:
         failures = self._failures[dir_path] = self._failures.get(dir_path, 0) + 1

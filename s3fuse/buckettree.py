@@ -262,8 +262,6 @@ class BucketTree(ObjectTree):
         if new_path == node.path:
             return
         await self._changing(new_parent, new_name)
-        if await self.mut.rename_journaled(node, new_path, target):
-            return
         await self.wb.settled(node)
         await self.mut.rename(node, new_path, target)
 
@@ -336,23 +334,13 @@ class BucketTree(ObjectTree):
         writer = self.wb.files.get(node.inode)
         if writer is not None:
             await change(writer)
-            if touches_data and writer.handles == writer.parked:
-                await writer.save()  # held by WriteBack.park only: no process's close will save it
             return
-        fresh = await self._revalidate(node)
-        writer = self.wb.open(fresh, exists=True)
-        parked = False
+        writer = self.wb.open(await self._revalidate(node), exists=True)
         try:
             await change(writer)
-            just_saved = self.wb.recently_saved(file_key(self.opts.mount.prefix, fresh.path), fresh.info.etag)
-            if touches_data or just_saved is None:
-                await writer.save()
-            else:  # saved here moments ago (rsync, cp -p, tar): the next change or a rename joins it
-                self.wb.park(writer)
-                parked = True
+            await writer.save()
         finally:
-            if not parked:
-                await self.wb.release(writer)
+            await self.wb.release(writer)
 
     async def _change_headers(self, node: Node, changes: HeaderChanges) -> None:
         await self._changing_entry(node)

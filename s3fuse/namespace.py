@@ -207,9 +207,9 @@ class Namespace:
         """Ask S3 whether parent/name exists, caching the siblings the answer carries."""
         prefix = dir_prefix(self.root_prefix, parent_path)
         key = prefix + name
-        async with trio.open_nursery() as nursery:
-            self.index.start_reading(parent_path, nursery)  # beside the LIST
-            window = await lookup_window(self.s3, prefix, name, self.opts.cache.lookup_window)
+        self.index.start_reading(parent_path, self.nursery)  # beside the LIST
+        window = await lookup_window(self.s3, prefix, name, self.opts.cache.lookup_window)
+        await self.index.read(parent_path)  # done by now, usually
         found = next((info for sibling, info in window.entries + window.uncertain if sibling == name), None)
         current = not self.changed_since(parent_path, asked_at)  # else S3 may predate a change made here
         for sibling, info in window.entries if current else ():

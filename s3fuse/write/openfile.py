@@ -70,7 +70,6 @@ class OpenFile:
         self.never_saved = not exists  # created here: must reach S3 even if left empty
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
-        self.parked = 0  # handles held by WriteBack.park: no process's, so a close does not wait for them
         self.written: ObjectHeaders | None = None  # the headers of the last save (with_attributes)
         self.changed: set[str] = set()  # attributes set here since the last save
         self.header_changes = HeaderChanges()  # xattrs set here since the last save
@@ -293,7 +292,7 @@ class OpenFile:
         10 s each on average, a quarter of all the operations' time (249 s with
         this rule, 565 s without). fsync() still saves at once.
         """
-        return self.handles - self.parked > 1
+        return self.handles > 1
 
     async def save(self) -> None:
         """Make S3 hold this file as it is now; FsError if that failed (the data stays here)."""

@@ -87,10 +87,6 @@ class Detached:
         return contextlib.nullcontext()
 
 
-# An attribute change of a file this mount saved moments ago waits this long for the next
-# change (rsync: close, then utimens, chown, chmod, rename within milliseconds), so that they
-# go to S3 together: in the rename's CopyObject, or one copy onto itself.
-ATTRIBUTE_FOLD = 0.5
 RECENT_SAVE = 2.0  # seconds: a save this recent is "moments ago", and its headers are known (no HEAD)
 
 
@@ -233,18 +229,6 @@ class WriteBack:
             await self.queue.wait_for_space(of.key)
         await self.queue.hold_back(of)
 
-    async def journal_renamed(self, of: OpenFile, new_key: str) -> None:
-        """A journaled file that was never uploaded is about to be renamed to new_key: its record is
-        journaled anew under that key first (the caller holds ``of.lock``), so a crash uploads it
-        there or, before this returns, where it was."""
-        record, fd = to_record(of), of.spill.fd if of.spill is not None else None
-        record["key"] = new_key
-        try:
-            name = await trio.to_thread.run_sync(self.journal.write, record, fd)
-        except OSError as exc:
-            raise FsError(exc.errno or errno.EIO, "Journal", f"journaling {new_key!r}: {exc}") from exc
-        of.replace_record(name)
-
     def _upload_later(self, of: OpenFile) -> None:
         if of.queued:
             return  # the upload running now sees the new state when its save ends
@@ -283,19 +267,6 @@ class WriteBack:
         """The headers of the object version ``etag`` of key, if this mount saved it moments ago."""
         known = self._recent.get(key)
         return known[1] if known is not None and known[0] == etag else None
-
-    def park(self, of: OpenFile) -> None:
-        """Hold an attribute change (and the writable handle it came with) for ``ATTRIBUTE_FOLD``:
-        later changes join it, a rename carries it (OpenFile.copy_to); then the handle is released,
-        which saves what is left."""
-
-        async def release_later() -> None:
-            await trio.sleep(ATTRIBUTE_FOLD)
-            of.parked -= 1
-            await self.release(of)
-
-        of.parked += 1
-        self.nursery.start_soon(release_later)
 
     def local_entries(self, directory: str) -> list[tuple[str, EntryInfo]]:
         """The files of a directory that were created here and are not in S3 yet."""

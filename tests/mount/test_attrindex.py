@@ -312,29 +312,3 @@ def test_kill_9_during_attribute_changes_then_every_attribute_equals_the_headers
             else:
                 assert int(st.st_mtime) == int(head["LastModified"].timestamp()), (key, head["LastModified"])
         mount.check(check)
-
-
-@pytest.mark.parametrize("mode", ["default", "write-back"])
-def test_rsync_costs_three_requests_a_file_or_one_with_write_back(mount, bucket, moto, tmp_path, have_rsync, mode):
-    """rsync's temporary file: PutObject, CopyObject, DeleteObject in the default mode (its utimens,
-    chown and chmod folded into the rename's copy); with --write-back one PutObject at the final name."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(20):
-        (src / f"f{i}").write_bytes(os.urandom(3000))
-        (src / f"f{i}").chmod(0o640)
-        os.utime(src / f"f{i}", (OLD + i, OLD + i))
-    args = ("--write-back", "--cache-dir", str(tmp_path / "wb")) if mode == "write-back" else ()
-    mnt = mount(bucket, *args)
-    mark = moto.mark()
-    run(["rsync", "-a", f"{src}/", f"{mnt}/"])
-    mount.check(mnt)  # unmounting waits for the uploads
-    writes = [(r.method, r.key) for r in moto.requests(mark, bucket) if r.method in ("PUT", "POST", "DELETE")]
-    puts = [key for method, key in writes if method == "PUT"]
-    assert sorted(k for k in puts if not k.startswith(".f")) == sorted(f"f{i}" for i in range(20)), writes
-    if mode == "write-back":
-        assert len(writes) == 20, writes  # one PutObject each, at its final name
-    else:
-        assert len(writes) == 60, writes  # PutObject of the temporary, CopyObject to the name, DeleteObject
-    other = mount(bucket, "--cache-dir", str(tmp_path / "elsewhere"))
-    assert rsync_changes(src, other) == []
