@@ -179,7 +179,12 @@ class OpenFile:
     def set_attributes(self, **changes: int) -> None:
         """chmod/chown/utimens on an open file: folded into its next upload."""
         self.node.info = dataclasses.replace(self.node.info, **changes)
-        if set(changes) == {"mtime_ns"} and self.spill is not None and changes["mtime_ns"] >= self.opened_ns - 10**9:
+        if (
+            set(changes) == {"mtime_ns"}
+            and self.spill is not None
+            and changes["mtime_ns"] >= self.opened_ns - 10**9
+            and changes["mtime_ns"] % 10**9  # a whole second is tar setting the archive's time
+        ):
             # The kernel stamping the time of writes it sends (writeback cache), not a
             # chosen time: the upload's LastModified says as much, no header needed.
             return

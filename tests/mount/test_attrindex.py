@@ -63,6 +63,11 @@ def make_tree(root: Path) -> None:
     os.symlink("private", root / "link")
     os.symlink("../tool", root / "sub/uplink")
     os.symlink("/nowhere/at/all", root / "sub/deeper/dangling")
+    # Old times everywhere: a time within a second of the write could also be the kernel's own
+    # stamp of it, which s3fuse keeps in memory only (docs/semantics.md, utimes on files).
+    os.utime(root / "sub/deeper/big", (OLD + 50, OLD + 50))
+    for link in ("link", "sub/uplink", "sub/deeper/dangling"):
+        os.utime(root / link, (OLD + 60, OLD + 60), follow_symlinks=False)
     os.chmod(root / "sub/deeper", 0o750)
     for path in (root / "sub/deeper", root / "sub"):
         os.utime(path, (OLD - 100, OLD - 100))
