@@ -295,7 +295,7 @@ def test_kill_9_during_attribute_changes_then_every_attribute_equals_the_headers
     rng = random.Random(7)
     script = tmp_path / "workload.py"
     script.write_text(WORKLOAD)
-    for round_ in range(int(os.environ.get("S3FUSE_INDEX_CRASH_ROUNDS", "4"))):
+    for round_ in range(int(os.environ.get("S3FUSE_INDEX_CRASH_ROUNDS", "3"))):
         mnt = mount(bucket, "--cache-dir", str(tmp_path / f"c{round_}"))
         worker = subprocess.Popen([sys.executable, str(script), str(mnt), str(round_)])
         time.sleep(rng.uniform(0.5, 3.0))

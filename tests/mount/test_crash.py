@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, base_env, fusermount_u, is_mounted, wait_until
 
-CRASH_POINTS = int(os.environ.get("S3FUSE_CRASH_POINTS", "20"))  # CI: 20 (~75 s a mode); by hand: 500
+CRASH_POINTS = int(os.environ.get("S3FUSE_CRASH_POINTS", "12"))  # CI: 12 (~45 s a mode); by hand: 500
 
 # Writes files of varied sizes (9 MiB ones are multipart uploads streamed while written), some
 # with fsync before close, one in five a rewrite of an earlier file. Before opening a file it logs
