@@ -101,7 +101,6 @@ class DirIndex:
 
     entries: dict[str, Entry]
     etag: str | None
-    read_at: float  # monotonic
 
     @property
     def exists(self) -> bool:
@@ -179,11 +178,8 @@ class AttributeIndex:
 
     def start_reading(self, dir_path: str, nursery: trio.Nursery | None) -> None:
         """Read the directory's index in the background (beside its first listing page)."""
-        if self.readable and nursery is not None and self._fresh(dir_path) is None:
+        if self.readable and nursery is not None and dir_path not in self._read:
             nursery.start_soon(self.read, dir_path)
-
-    def _fresh(self, dir_path: str) -> DirIndex | None:
-        return self._read.get(dir_path)
 
     async def read(self, dir_path: str, again: bool = False) -> DirIndex | None:
         """The directory's index (read from S3 unless held, or ``again``); None: it could not be read."""
@@ -216,10 +212,10 @@ class AttributeIndex:
             resp, body = await self.s3.get_bytes(index_key(dir_key))
         except FsError as exc:
             if exc.errno == errno.ENOENT:
-                return DirIndex({}, None, time.monotonic())
+                return DirIndex({}, None)
             raise
         self._observe(resp, sent)
-        return DirIndex(parse_index(body, dir_key), resp.get("ETag") or '""', time.monotonic())
+        return DirIndex(parse_index(body, dir_key), resp.get("ETag") or '""')
 
     def _observe(self, resp: dict[str, Any], sent: float) -> None:
         """Learn the server's clock from an answer's Date (whole seconds, at or after it was sent)."""
@@ -469,7 +465,7 @@ class AttributeIndex:
             self.s3, index_key(dir_key), render_index(entries, dir_key), ObjectHeaders("application/json"), conditions
         )
         self._observe(resp, sent)
-        self._read[dir_path] = DirIndex(entries, resp["ETag"], time.monotonic())
+        self._read[dir_path] = DirIndex(entries, resp["ETag"])
 
     async def _honours_conditions(self) -> bool:
         """Whether the server refuses a PutObject with If-None-Match: * over an object (once per mount,

@@ -446,8 +446,8 @@ class OpenFile:
         )
 
     async def copy_to(self, new_key: str) -> str | None:
-        """Renaming a file whose only unsaved changes are attributes (rsync: close, utimens, chown,
-        chmod, rename): one CopyObject to the new name carries them, instead of a copy onto itself
+        """Renaming a file whose only unsaved changes are attributes (one open for writing that was
+        chmod'ed, say): one CopyObject to the new name carries them, instead of a copy onto itself
         first. Returns the new object's ETag; None if the file is no longer such a file."""
         async with self.lock:
             if not self.only_attributes:
