@@ -65,13 +65,13 @@ from .errors import FsError
 from .metadata import EntryInfo, apply_posix_metadata
 from .names import dir_prefix
 from .s3client import S3Client
-from .write.upload import ObjectHeaders, put_object, put_object_answer
+from .write.conditions import PUT, Guard, refused
+from .write.upload import ObjectHeaders, put_object_answer
 
 log = logging.getLogger(__name__)
 
 INDEX_DIR = ".s3fuse"  # the reserved name at the bucket's root
 INDEX_PREFIX = INDEX_DIR + "/index/"
-PROBE_KEY = INDEX_DIR + "/probe"  # where the mount checks that the server honours If-None-Match
 FORMAT = 1
 # An entry is written this long after it was recorded, with the others of its directory then
 # due (rsync or tar write a directory's entries within a few seconds, and each write of the index
@@ -142,11 +142,6 @@ def render_index(entries: dict[str, Entry], dir_key: str) -> bytes:
     ).encode()
 
 
-def _precondition_failed(exc: FsError) -> bool:
-    # 412 PreconditionFailed; S3 answers 409 ConditionalRequestConflict to a race of two.
-    return exc.code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-
-
 class AttributeIndex:
     """The attribute index of one bucket's tree (under the mount's prefix)."""
 
@@ -168,7 +163,6 @@ class AttributeIndex:
         self._failures: dict[str, int] = {}
         self._wake = trio.Event()
         self._offset: float | None = None  # the server's clock minus ours, rounded up
-        self._conditional: bool | None = None  # whether the server honours If-None-Match (probed)
         self._full_logged = False
 
     # ---- reading
@@ -269,7 +263,7 @@ class AttributeIndex:
         try:
             await self._write(dir_path, {}, None)
         except FsError as exc:
-            if not _precondition_failed(exc):
+            if not refused(exc):
                 self._write_failed(dir_path, exc)
             return
 
@@ -426,7 +420,7 @@ class AttributeIndex:
                 try:
                     await self._write(dir_path, entries, index.etag)
                 except FsError as exc:
-                    if _precondition_failed(exc):
+                    if refused(exc):
                         continue  # another mount wrote it meanwhile: merge into its version
                     raise
                 self._failures.pop(dir_path, None)
@@ -457,29 +451,10 @@ class AttributeIndex:
     async def _write(self, dir_path: str, entries: dict[str, Entry], etag: str | None) -> None:
         """Put the index object, if it is still the version ``etag`` (None: if there is none)."""
         dir_key = self._dir_key(dir_path)
-        conditions = {}
-        if await self._honours_conditions():
-            conditions = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        conditions = await Guard(self.s3, etag).params(PUT)
         sent = time.time()
         resp = await put_object_answer(
             self.s3, index_key(dir_key), render_index(entries, dir_key), ObjectHeaders("application/json"), conditions
         )
         self._observe(resp, sent)
         self._read[dir_path] = DirIndex(entries, resp["ETag"])
-
-    async def _honours_conditions(self) -> bool:
-        """Whether the server refuses a PutObject with If-None-Match: * over an object (once per mount,
-        on an object of the mount's own)."""
-        if self._conditional is None:
-            headers = ObjectHeaders("text/plain")
-            await put_object(self.s3, PROBE_KEY, b"probe", headers)
-            try:
-                await put_object_answer(self.s3, PROBE_KEY, b"probe", headers, {"IfNoneMatch": "*"})
-                self._conditional = False
-                log.warning("the server ignores If-None-Match on PutObject: two mounts changing one directory "
-                            "at the same time may lose attribute index entries (then read with HEAD)")  # fmt: skip
-            except FsError as exc:
-                if not _precondition_failed(exc):
-                    raise
-                self._conditional = True
-        return self._conditional

@@ -234,8 +234,12 @@ class BucketTree(ObjectTree):
 
     async def create(self, parent: Node, name: str, info: EntryInfo, flags: int) -> tuple[Opened, Node]:
         await self._changing(parent, name)
-        node = self.ns.added(join(parent.path, name), info)
-        opened = BucketFile(self, node, writer=self.wb.open(node, exists=False))
+        path = join(parent.path, name)
+        if flags & os.O_EXCL and self.mut.exclusive:
+            node = await self.mut.claim(path, info)  # in S3 now: exclusive across mounts
+        else:
+            node = self.ns.added(path, info)  # reaches S3 at its first save
+        opened = BucketFile(self, node, writer=self.wb.open(node, exists=node.info.etag is not None))
         node.opened += 1
         return Opened(opened), node
 

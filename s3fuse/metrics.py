@@ -32,6 +32,7 @@ HELP = {
     "s3fuse_cache_hits_total": "lookups answered from a cache, by cache",
     "s3fuse_cache_misses_total": "lookups a cache could not answer, by cache",
     "s3fuse_files_kept_total": "files that could not be saved and were kept in lost+found",
+    "s3fuse_write_conflicts_total": "saves S3 refused on their If-Match / If-None-Match: another writer was first",
     "s3fuse_uploads_in_progress": "saves of files to S3 running now",
     "s3fuse_files_open_for_writing": "files open for writing",
     "s3fuse_dirty_files": "files with writes not yet in S3",

@@ -26,7 +26,17 @@ from .options import Config
 from .pager import Pager
 from .s3client import S3Client
 from .write import WriteBack
-from .write.upload import PARALLEL_COPIES, ObjectHeaders, copy_object, delete_keys, gather, put_object
+from .write.conditions import PUT, Guard, refused
+from .write.upload import (
+    PARALLEL_COPIES,
+    ObjectHeaders,
+    copy_object,
+    delete_keys,
+    gather,
+    guess_content_type,
+    put_object,
+    put_object_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,7 @@ class Mutations:
         self.wb = wb
         self.blocks = blocks
         self.prefix: str = opts.mount.prefix
+        self.exclusive = opts.write.on_conflict == "fail"  # creates are exclusive across mounts
 
     def _marker_key(self, path: str) -> str:
         return dir_prefix(self.prefix, path)
@@ -71,12 +82,29 @@ class Mutations:
         """A FIFO, socket or device node: an empty object whose headers say what it is."""
         return await self._put_entry(path, b"", info)
 
-    async def _put_entry(self, path: str, content: bytes, info: EntryInfo) -> Node:
-        """An object that is all its headers say (and, for a symlink, its target)."""
-        headers = ObjectHeaders("application/octet-stream", info.posix_headers(with_mtime=True))
+    async def claim(self, path: str, info: EntryInfo) -> Node:
+        """An O_EXCL create under --on-conflict fail: the new file's empty object, put now with
+        If-None-Match: *, so that of two mounts creating one name only one succeeds (EEXIST for
+        the other). Other creates reach S3 at the file's first save, with one PutObject."""
+        return await self._put_entry(path, b"", info, guess_content_type(path))
+
+    async def _put_entry(
+        self, path: str, content: bytes, info: EntryInfo, content_type: str = "application/octet-stream"
+    ) -> Node:
+        """An object that is all its headers say (and, for a symlink, its target); under
+        --on-conflict fail put only if the name is free in S3 (EEXIST if it is not)."""
+        headers = ObjectHeaders(content_type, info.posix_headers(with_mtime=True))
         key = file_key(self.prefix, path)
+        guard = Guard(self.s3 if self.exclusive else None, None)
         with self.ns.writing(path):
-            info.etag = await put_object(self.s3, key, content, headers)
+            try:
+                answer = await put_object_answer(self.s3, key, content, headers, await guard.params(PUT))
+            except FsError as exc:
+                if not (guard.sent and refused(exc)):
+                    raise
+                self.ns.unsure(path)
+                raise refuse(errno.EEXIST, "%r was created in S3 by another writer", key) from exc
+        info.etag = answer["ETag"]
         info.headers = dict(headers.metadata)  # what the attribute index records of it
         if content:
             self.blocks.put((key, info.etag, 0), content)  # readlink needs no GET

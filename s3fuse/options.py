@@ -377,9 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--on-conflict",
         choices=["overwrite", "fail"],
         default="overwrite",
-        help="when a file changed in S3 since it was opened here and is saved: overwrite it (with a "
-        "warning in the log), or fail close()/fsync() with ESTALE and keep the local copy "
-        "(default: %(default)s)",
+        help="when a file changed in S3 since it was opened here (or another writer created its name) and "
+        "is saved: overwrite it (with a warning in the log), or fail close()/fsync() with ESTALE (EEXIST) "
+        "and keep the local copy in lost+found; 'fail' also makes O_EXCL creates exclusive across "
+        "mounts, at one PutObject each when they open (default: %(default)s)",
     )
 
     fs.add_argument(

@@ -288,6 +288,9 @@ class S3Client:
         self.max_attempts = settings.max_attempts
         self.request = settings.request
         self._options: dict[str, dict[str, Any]] = {}  # boto3 method name -> its request options
+        # Which conditional writes the server honours, by kind, and the lock of their probe (write/conditions.py).
+        self.honours: dict[str, bool] = {}
+        self.probing = trio.Lock()
 
     def params(self, operation: str, **params: Any) -> dict[str, Any]:
         """The parameters of one call of ``operation`` (a boto3 method name, like "put_object"):

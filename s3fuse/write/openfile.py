@@ -30,6 +30,7 @@ from ..metadata import META_MTIME, POSIX_FIELDS, POSIX_HEADERS, EntryInfo, from_
 from ..metrics import METRICS
 from ..names import file_key
 from ..reader import ObjectReader
+from .conditions import UNGUARDED, Guard, refused
 from .parts import check_file_size
 from .save import save_spill
 from .spill import SpillFile
@@ -71,6 +72,9 @@ class OpenFile:
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
         self.written: ObjectHeaders | None = None  # the headers of the last save (with_attributes)
+        self.headers: ObjectHeaders | None = None  # the headers the save running now writes
+        # What the save running now may replace (object_headers): the ETag it checked, None: no object.
+        self.replacing: str | None = None
         self.changed: set[str] = set()  # attributes set here since the last save
         self.header_changes = HeaderChanges()  # xattrs set here since the last save
         self.wrote = False  # write() was called since it was opened
@@ -333,23 +337,47 @@ class OpenFile:
             return
         spill = self._spill()
         size = spill.size
-        if self.stream is not None and self.stream.usable:
-            etag = await self.stream.finish(size)
-        else:
+        if self.stream is None or not self.stream.usable:
             await self._drop_stream()
-            headers = await self.object_headers(needs_base=spill.needs_base(0, size))
-            etag = await save_spill(
-                self.wb.s3,
-                self.wb.registry,
-                self.wb.zeros,
-                self.key,
-                spill,
-                headers,
-                self.base,
-                self._fetch_base,
-                self.wb.opts.cache.block_size,
-            )
+            self.headers = await self.object_headers(needs_base=spill.needs_base(0, size))
+        guard = Guard(self.wb.s3, self.replacing)
+        try:
+            etag = await self._upload(spill, guard)
+        except FsError as exc:
+            if not (guard.sent and refused(exc)):
+                raise
+            self._lost_race()
+            etag = await self._upload(spill, UNGUARDED)
         self._saved(etag, size)
+
+    async def _upload(self, spill: SpillFile, guard: Guard) -> str:
+        if self.stream is not None and self.stream.usable:
+            return await self.stream.finish(spill.size, guard)
+        assert self.headers is not None
+        return await save_spill(
+            self.wb.s3,
+            self.wb.registry,
+            self.wb.zeros,
+            self.key,
+            spill,
+            self.headers,
+            self.base,
+            self._fetch_base,
+            self.wb.opts.cache.block_size,
+            guard,
+        )
+
+    def _lost_race(self) -> None:
+        """A save's guard was refused: another writer created, replaced or deleted the object since this
+        save checked it. ESTALE (EEXIST for a name created here) under --on-conflict fail, and the
+        data stays here (lost+found at the last close); else this save replaces it, reported."""
+        METRICS.count("s3fuse_write_conflicts_total")
+        created = self.replacing is None
+        change = "created" if created else "replaced or deleted"
+        what = f"{self.key!r} was {change} in S3 by another writer during this save"
+        if self.wb.opts.write.on_conflict == "fail":
+            raise FsError(errno.EEXIST if created else errno.ESTALE, "Conflict", f"{what} (--on-conflict fail)")
+        log.warning("%s; overwriting it (--on-conflict overwrite)", what)
 
     async def object_headers(self, needs_base: bool) -> ObjectHeaders:
         """Headers for the new object: the current object's, with this file's POSIX attributes.
@@ -358,6 +386,7 @@ class OpenFile:
         since it was opened here.
         """
         headers = ObjectHeaders(guess_content_type(self.key))
+        self.replacing = self.base.etag if self.base is not None else None
         if self.base is not None and self.base.etag is not None:
             if self.wb.opts.write.on_conflict != "fail":
                 known = self.wb.recently_saved(self.key, self.base.etag)
@@ -371,6 +400,7 @@ class OpenFile:
                 current = None
             if current is None or current.get("ETag") != self.base.etag:
                 self._conflict(needs_base)
+                self.replacing = None if current is None else current["ETag"]  # decided: overwrite that one
             if current is not None:
                 headers = ObjectHeaders.from_head(current)
                 self._adopt_stored_attributes(current)

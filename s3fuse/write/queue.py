@@ -28,7 +28,16 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAY_MAX = 60.0  # seconds between attempts of a journaled file's upload, at most
 # Failures that no retry mends: the file goes to lost+found instead of being retried.
-FINAL_ERRORS = {errno.ESTALE, errno.EACCES, errno.EPERM, errno.EINVAL, errno.EFBIG, errno.ENAMETOOLONG, errno.EROFS}
+FINAL_ERRORS = {
+    errno.ESTALE,
+    errno.EEXIST,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EINVAL,
+    errno.EFBIG,
+    errno.ENAMETOOLONG,
+    errno.EROFS,
+}
 
 
 class UploadQueue:

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 
 from ..metadata import EntryInfo
 from ..s3client import S3Client
+from .conditions import COMPLETE, PUT, Guard
 from .parts import PARTS_IN_FLIGHT, SINGLE_PUT_LIMIT, Source, rebuild_plan
 from .spill import FetchBase, SpillFile
-from .upload import FileRange, MultipartUpload, ObjectHeaders, UploadRegistry, gather, put_object
+from .upload import FileRange, MultipartUpload, ObjectHeaders, UploadRegistry, gather, put_object_answer
 from .zeros import ZeroObjects
 
 
@@ -31,17 +32,19 @@ async def save_spill(
     base: EntryInfo | None,
     fetch_base: FetchBase,
     block_size: int,
+    guard: Guard,
 ) -> str:
     """Upload the file ``spill`` holds (``base``: the object it changes, None if new); returns the new ETag.
 
-    ``fetch_base`` reads the bytes of ``base`` nobody wrote here, ``block_size`` at a time.
+    ``fetch_base`` reads the bytes of ``base`` nobody wrote here, ``block_size`` at a time;
+    ``guard``: what the new object may replace.
     """
     size = spill.size
     if size <= SINGLE_PUT_LIMIT:
         data = await spill.read(0, size, fetch_base)
         # Not kept in the block cache: the kernel's page cache holds what was written
         # (its pages stay valid, see kernel_etag), and the daemon's memory stays small.
-        return await put_object(s3, key, data, headers)
+        return (await put_object_answer(s3, key, data, headers, await guard.params(PUT)))["ETag"]
     # A multipart upload: unchanged ranges and holes copied, changed ranges sent.
     plan = rebuild_plan(size, spill.base_limit if base is not None else 0, spill.written)
     upload = MultipartUpload(s3, key, headers, registry)
@@ -65,7 +68,7 @@ async def save_spill(
     jobs = [job(n, s, e, source) for n, (s, e, source) in enumerate(plan, 1)]
     try:
         await gather(jobs, PARTS_IN_FLIGHT)
-        return await upload.complete()
+        return await upload.complete(await guard.params(COMPLETE))
     except BaseException:
         await upload.abort()
         raise

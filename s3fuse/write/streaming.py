@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..errors import FsError
+from .conditions import COMPLETE, Guard
 from .parts import MAX_ZERO_PART, SINGLE_PUT_LIMIT, streamed_part_size
 from .spill import SpillFile
 from .upload import FileRange, MultipartUpload, ObjectHeaders, copy_object
@@ -142,8 +143,9 @@ class StreamingUpload:
                 await upload.start()
                 self.upload = upload
 
-    async def finish(self, size: int) -> str:
-        """Send the tail alongside the parts still in flight, complete the upload; returns the new ETag."""
+    async def finish(self, size: int, guard: Guard) -> str:
+        """Send the tail alongside the parts still in flight, complete the upload (``guard``: what it may
+        replace); returns the new ETag. Refused on its guard, it may be called again."""
         assert self.of.spill is not None
         while self.sent_end < size:  # the tail: usually less than one part
             self._send_next(min(size, self.sent_end + streamed_part_size(self.parts)), self.of.spill)
@@ -151,7 +153,7 @@ class StreamingUpload:
         if self.error is not None:
             raise self.error
         assert self.upload is not None and self.headers is not None
-        etag = await self.upload.complete()
+        etag = await self.upload.complete(await guard.params(COMPLETE))
         final = self.of.with_attributes(self.headers)
         if final.metadata != self.headers.metadata:
             # attributes changed after the upload began (tar sets mtime last): one copy onto itself

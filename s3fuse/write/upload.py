@@ -331,11 +331,17 @@ class MultipartUpload:
         # at completion; moto has none to give.
         self.parts[number] = {k: result[k] for k in ("ETag", "ChecksumCRC32") if k in result}
 
-    async def complete(self) -> str:
-        """Complete the upload; returns the new object's ETag."""
+    async def complete(self, conditions: dict[str, str] | None = None) -> str:
+        """Complete the upload (``conditions``: IfMatch=, IfNoneMatch=); returns the new object's ETag.
+
+        A completion refused on its conditions leaves the upload open: it may be completed again."""
         parts = [{"PartNumber": n, **part} for n, part in sorted(self.parts.items())]
         resp = await self.s3.call(
-            "complete_multipart_upload", Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+            "complete_multipart_upload",
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": parts},
+            **(conditions or {}),
         )
         assert self.upload_id is not None
         self.registry.forget(self.upload_id)

@@ -1,0 +1,132 @@
+"""Conditional writes: which ones the server honours, and the guard a save puts on the object it replaces.
+
+S3 refuses (412) a PutObject or CompleteMultipartUpload whose ``If-Match`` names another
+ETag than the object's (404 when there is no object), or whose ``If-None-Match: *``
+finds one (AWS since 2024). Every save of a file carries one (``Guard``): ``If-Match``
+of the version it checked it may replace, or ``If-None-Match: *`` for a name created
+here, so that a save racing another mount's can never replace that mount's version
+unnoticed (what then happens is the file's business: ``OpenFile``, by ``--on-conflict``).
+
+Servers differ. Measured with the test suite's servers (moto 5.2.6, SeaweedFS 4.48):
+moto honours both headers on PutObject, only ``If-None-Match`` on
+CompleteMultipartUpload and none of them on CopyObject; SeaweedFS honours them all.
+So each kind of write is probed once per bucket connection, lazily, on the mount's
+own probe key (never by writing user data): where the server ignores the headers,
+saves send none and rely on the check before the write (a HeadObject), which is
+logged once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from ..errors import FsError
+from ..s3client import S3Client
+from .upload import PART_CHECKSUM, ObjectHeaders, content_crc32, put_object, put_object_answer
+
+log = logging.getLogger(__name__)
+
+PROBE_KEY = ".s3fuse/probe"  # the mount's own key (attrindex.INDEX_DIR), deleted after each probe
+# An ETag no object has (an MD5 of 32 zeros would need bytes hashing to it).
+NO_SUCH_ETAG = '"00000000000000000000000000000000"'
+PUT = "PutObject"
+COMPLETE = "CompleteMultipartUpload"
+
+
+def refused(exc: FsError) -> bool:
+    """Whether a conditional write failed on its condition: 412; 409 ConditionalRequestConflict (S3's
+    answer to two conditional writes racing); 404 to an If-Match of an object that is gone."""
+    return exc.code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404")
+
+
+async def honoured(s3: S3Client, kind: str) -> bool:
+    """Whether the server honours If-Match and If-None-Match on ``kind`` (PUT or COMPLETE) writes."""
+    if kind not in s3.honours:
+        async with s3.probing:
+            if kind not in s3.honours:
+                try:
+                    s3.honours[kind] = await (_probe_put(s3) if kind == PUT else _probe_complete(s3))
+                except FsError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        # The network or the server failing: this write goes unguarded (the HEAD
+                        # before it is the check), the next one asks again.
+                        log.info("could not check how the server treats conditional %s: %s", kind, exc)
+                        return False
+                    s3.honours[kind] = False  # no right to write the probe key: never
+                if not s3.honours[kind]:
+                    log.warning("the server ignores If-Match/If-None-Match on %s (or s3fuse may not write "
+                                "%s to check): a save checks the object with HeadObject before it instead, "
+                                "and two mounts saving one file at the same moment can both succeed (the "
+                                "later one wins)", kind, PROBE_KEY)  # fmt: skip
+    return s3.honours[kind]
+
+
+async def _refuses(attempt: Awaitable[Any]) -> bool:
+    try:
+        await attempt
+    except FsError as exc:
+        if refused(exc):
+            return True
+        raise
+    return False
+
+
+async def _probe_put(s3: S3Client) -> bool:
+    headers = ObjectHeaders("text/plain")
+    await put_object(s3, PROBE_KEY, b"probe", headers)
+    try:
+        exclusive = await _refuses(put_object_answer(s3, PROBE_KEY, b"probe", headers, {"IfNoneMatch": "*"}))
+        matching = await _refuses(put_object_answer(s3, PROBE_KEY, b"probe", headers, {"IfMatch": NO_SUCH_ETAG}))
+    finally:
+        await s3.call("delete_object", Key=PROBE_KEY)
+    return exclusive and matching
+
+
+async def _probe_complete(s3: S3Client) -> bool:
+    # With a checksum, as every upload of s3fuse's.
+    upload_id = (await s3.call("create_multipart_upload", Key=PROBE_KEY, ChecksumAlgorithm=PART_CHECKSUM))["UploadId"]
+    try:
+        part = {"PartNumber": 1, "ChecksumCRC32": content_crc32(b"probe")}
+        answer = await s3.call("upload_part", Key=PROBE_KEY, UploadId=upload_id, Body=b"probe", **part)
+        parts = {"Parts": [{**part, "ETag": answer["ETag"]}]}
+        if await _refuses(
+            s3.call(
+                "complete_multipart_upload",
+                Key=PROBE_KEY,
+                UploadId=upload_id,
+                MultipartUpload=parts,
+                IfMatch=NO_SUCH_ETAG,
+            )
+        ):
+            return True
+        upload_id = None  # completed: ignored the condition
+        await s3.call("delete_object", Key=PROBE_KEY)
+        return False
+    finally:
+        if upload_id is not None:
+            await s3.call("abort_multipart_upload", Key=PROBE_KEY, UploadId=upload_id)
+
+
+class Guard:
+    """The condition one save puts on what it replaces: the version ``etag``, or no object (``etag`` None).
+
+    ``params`` gives the request's headers (none where the server ignores them, or for
+    an unguarded save); ``sent`` tells whether any were, so that a refusal means a race.
+    """
+
+    def __init__(self, s3: S3Client | None, etag: str | None) -> None:
+        self.s3 = s3
+        self.etag = etag
+        self.sent = False
+
+    async def params(self, kind: str) -> dict[str, str]:
+        if self.s3 is None or not await honoured(self.s3, kind):
+            return {}
+        self.sent = True
+        return {"IfMatch": self.etag} if self.etag is not None else {"IfNoneMatch": "*"}
+
+
+UNGUARDED = Guard(None, None)  # a save that replaces whatever is there (the conflict is decided)
