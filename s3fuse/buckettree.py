@@ -266,6 +266,8 @@ class BucketTree(ObjectTree):
         if new_path == node.path:
             return
         await self._changing(new_parent, new_name)
+        if await self.mut.rename_journaled(node, new_path, target):
+            return
         await self.wb.settled(node)
         await self.mut.rename(node, new_path, target)
 

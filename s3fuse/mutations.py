@@ -172,6 +172,21 @@ class Mutations:
             for of in self.wb.under(target.path):
                 of.unlink()  # replaced: its pending data must not reach the new object
 
+    async def rename_journaled(self, node: Node, new_path: str, target: Node | None) -> bool:
+        """--write-back: a file journaled and never in S3 yet is renamed without a request (rsync's
+        temporary file): its record is journaled anew under the new name, where its upload then goes.
+        False (nothing done) for any other file."""
+        of = self.wb.files.get(node.inode)
+        if of is None or node.info.is_dir or not (of.waits_for_upload and of.never_saved):
+            return False
+        async with of.lock:  # its upload holds it while it saves
+            if not (of.waits_for_upload and of.never_saved and of.dirty and not of.unlinked):
+                return False
+            await self._replacing(target)
+            await self.wb.journal_renamed(of, file_key(self.prefix, new_path))
+            self.ns.moved(node.path, new_path, node.info)
+        return True
+
     async def _rename_file(self, node: Node, new_path: str) -> str:
         of = self.wb.files.get(node.inode)
         old_key, new_key = file_key(self.prefix, node.path), file_key(self.prefix, new_path)

@@ -115,10 +115,12 @@ class Journal:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("unreadable write-back record %s: %s; left in place", os.path.join(self.directory, name), exc)
                 continue
-            older = newest.get(key)
-            if older is not None:
-                log.info("write-back record %s supersedes %s of %r", name, older["name"], key)
-                self._drop_superseded(older, record)
+            # A renamed file's record supersedes the older ones of its old key too ("moved_from").
+            for superseded in (key, record.get("moved_from")):
+                older = newest.pop(superseded, None) if superseded is not None else None
+                if older is not None:
+                    log.info("write-back record %s supersedes %s of %r", name, older["name"], superseded)
+                    self._drop_superseded(older, record)
             newest[key] = record
         return sorted(newest.values(), key=lambda record: record["seq"])
 

@@ -40,6 +40,9 @@ FINAL_ERRORS = {
 }
 
 
+START_DELAY = 0.5  # seconds between a close and the start of its background upload
+
+
 class UploadQueue:
     """Background uploads in a nursery; ``ended(of)`` is called as each one ends, however it ended."""
 
@@ -100,6 +103,9 @@ class UploadQueue:
 
     async def _upload(self, of: OpenFile) -> None:
         try:
+            # A moment for what follows a close: rsync's utimens, chown, chmod and the rename of its
+            # temporary file join the upload (Mutations.rename_journaled), which then sends one PutObject.
+            await trio.sleep(START_DELAY)
             async with self.slots:
                 await self._until_saved(of)
         except Exception:  # a background task: anything uncaught would end the daemon

@@ -229,6 +229,18 @@ class WriteBack:
             await self.queue.wait_for_space(of.key)
         await self.queue.hold_back(of)
 
+    async def journal_renamed(self, of: OpenFile, new_key: str) -> None:
+        """A journaled file that was never uploaded is about to be renamed to new_key: its record is
+        journaled anew under that key first (the caller holds ``of.lock``), so a crash uploads it
+        there or, before this returns, where it was; never at both."""
+        record, fd = to_record(of), of.spill.fd if of.spill is not None else None
+        record.update(key=new_key, moved_from=record["key"])  # a crash before the old record goes: not both
+        try:
+            name = await trio.to_thread.run_sync(self.journal.write, record, fd)
+        except OSError as exc:
+            raise FsError(exc.errno or errno.EIO, "Journal", f"journaling {new_key!r}: {exc}") from exc
+        of.replace_record(name)
+
     def _upload_later(self, of: OpenFile) -> None:
         if of.queued:
             return  # the upload running now sees the new state when its save ends

@@ -317,3 +317,28 @@ def test_kill_9_during_attribute_changes_then_every_attribute_equals_the_headers
             else:
                 assert int(st.st_mtime) == int(head["LastModified"].timestamp()), (key, head["LastModified"])
         mount.check(check)
+
+
+@pytest.mark.parametrize("mode", ["default", "write-back"])
+def test_rsync_request_counts(mount, bucket, moto, tmp_path, have_rsync, mode):
+    """rsync's temporary file (create, write, close, utimens, chmod, rename). By default each call is in
+    S3 when it returns: PutObject, CopyObject (utimens), CopyObject (chmod), CopyObject to the name and
+    DeleteObject. With --write-back all of it joins the journaled upload, which starts 0.5 s after the
+    close: one PutObject at the final name."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(3000))
+        (src / f"f{i}").chmod(0o640)
+        os.utime(src / f"f{i}", (OLD + i, OLD + i))
+    args = ("--write-back", "--cache-dir", str(tmp_path / "wb")) if mode == "write-back" else ()
+    mnt = mount(bucket, *args)
+    mark = moto.mark()
+    run(["rsync", "-a", f"{src}/", f"{mnt}/"])
+    mount.check(mnt)  # unmounting waits for the uploads
+    writes = [(r.method, r.key) for r in moto.requests(mark, bucket) if r.method in ("PUT", "POST", "DELETE")]
+    puts = [key for method, key in writes if method == "PUT"]
+    assert sorted(k for k in puts if not k.startswith(".f")) == sorted(f"f{i}" for i in range(20)), writes
+    assert len(writes) == (20 if mode == "write-back" else 100), writes
+    other = mount(bucket, "--cache-dir", str(tmp_path / "elsewhere"))
+    assert rsync_changes(src, other) == []
