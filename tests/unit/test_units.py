@@ -1017,6 +1017,17 @@ def test_journal_replays_the_newest_record_of_each_key_oldest_first(tmp_path):
     assert journal.connection() == {"bucket": "bucket/with:odd chars", "endpoint_url": "http://127.0.0.1:1"}
 
 
+def test_journal_record_of_a_renamed_file_supersedes_the_old_name(tmp_path):
+    """A crash between journaling a renamed file under its new key and removing the old record: the
+    file is uploaded under the new name only; a later file under the old name is its own."""
+    journal = Journal(str(tmp_path), "bucket")
+    journal.acquire({"endpoint_url": "http://127.0.0.1:1"})
+    journal.write({"key": ".f.tmp", "spill": "spill-1"}, None)
+    moved = journal.write({"key": "f", "spill": "spill-1", "moved_from": ".f.tmp"}, None)
+    again = journal.write({"key": ".f.tmp", "spill": "spill-2"}, None)  # a new file at the old name
+    assert [(r["key"], r["name"]) for r in journal.records()] == [("f", moved), (".f.tmp", again)]
+
+
 def test_journal_has_one_owner(tmp_path):
     journal = Journal(str(tmp_path), "b")
     journal.acquire({})
