@@ -183,7 +183,8 @@ class Mutations:
             if not (of.waits_for_upload and of.never_saved and of.dirty and not of.unlinked):
                 return False
             await self._replacing(target)
-            await self.wb.journal_renamed(of, file_key(self.prefix, new_path))
+            replaces = target.info.etag if target is not None else None
+            await self.wb.journal_renamed(of, file_key(self.prefix, new_path), replaces)
             self.ns.moved(node.path, new_path, node.info)
         return True
 

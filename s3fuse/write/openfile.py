@@ -69,6 +69,9 @@ class OpenFile:
         self.base: EntryInfo | None = node.info if exists else None
         self.spill: SpillFile | None = None
         self.never_saved = not exists  # created here: must reach S3 even if left empty
+        # Never saved, and renamed onto an object (--write-back, Mutations.rename_journaled): the ETag
+        # that its first save replaces (else it expects no object there).
+        self.replaces: str | None = None
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
         self.written: ObjectHeaders | None = None  # the headers of the last save (with_attributes)
@@ -386,7 +389,7 @@ class OpenFile:
         since it was opened here.
         """
         headers = ObjectHeaders(guess_content_type(self.key))
-        self.replacing = self.base.etag if self.base is not None else None
+        self.replacing = self.base.etag if self.base is not None else self.replaces
         if self.base is not None and self.base.etag is not None:
             if self.wb.opts.write.on_conflict != "fail":
                 known = self.wb.recently_saved(self.key, self.base.etag)

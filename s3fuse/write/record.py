@@ -40,6 +40,7 @@ def to_record(of: OpenFile) -> dict[str, Any]:
         if base is None
         else {"etag": base.etag, "size": base.size, "limit": spill.base_limit if spill else base.size},
         "never_saved": of.never_saved,
+        "replaces": of.replaces,
         "attributes_changed": of.attributes_changed,
         "mtime_set": of.mtime_set,
         "changed": sorted(of.changed),
@@ -65,6 +66,7 @@ def from_record(wb: WriteBack, path: str, record: dict[str, Any]) -> OpenFile:
         of.base = dataclasses.replace(node.info, size=base["size"])
     of.spill = spill
     of.never_saved = record["never_saved"]
+    of.replaces = record.get("replaces")  # records of earlier versions have none
     of.attributes_changed = record["attributes_changed"]
     of.mtime_set = record["mtime_set"]
     of.changed = set(record["changed"])

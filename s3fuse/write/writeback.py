@@ -229,16 +229,19 @@ class WriteBack:
             await self.queue.wait_for_space(of.key)
         await self.queue.hold_back(of)
 
-    async def journal_renamed(self, of: OpenFile, new_key: str) -> None:
-        """A journaled file that was never uploaded is about to be renamed to new_key: its record is
-        journaled anew under that key first (the caller holds ``of.lock``), so a crash uploads it
-        there or, before this returns, where it was; never at both."""
+    async def journal_renamed(self, of: OpenFile, new_key: str, replaces: str | None) -> None:
+        """A journaled file that was never uploaded is about to be renamed to new_key, where it replaces
+        the object ``replaces`` (an ETag; None: none): its record is journaled anew under that key
+        first (the caller holds ``of.lock``), so a crash uploads it there or, before this returns,
+        where it was; never at both."""
         record, fd = to_record(of), of.spill.fd if of.spill is not None else None
-        record.update(key=new_key, moved_from=record["key"])  # a crash before the old record goes: not both
+        # moved_from: a crash before the old record goes uploads it at one of the two names only
+        record.update(key=new_key, moved_from=record["key"], replaces=replaces)
         try:
             name = await trio.to_thread.run_sync(self.journal.write, record, fd)
         except OSError as exc:
             raise FsError(exc.errno or errno.EIO, "Journal", f"journaling {new_key!r}: {exc}") from exc
+        of.replaces = replaces
         of.replace_record(name)
 
     def _upload_later(self, of: OpenFile) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import boto_client, keys_of, run
+from conftest import boto_client, keys_of, run, wait_until
 
 from s3fuse.metadata import parse_seconds_ns
 
@@ -320,7 +320,7 @@ def test_kill_9_during_attribute_changes_then_every_attribute_equals_the_headers
 
 
 @pytest.mark.parametrize("mode", ["default", "write-back"])
-def test_rsync_request_counts(mount, bucket, moto, tmp_path, have_rsync, mode):
+def test_rsync_request_counts(mount, s3, bucket, moto, tmp_path, have_rsync, mode):
     """rsync's temporary file (create, write, close, utimens, chmod, rename). By default each call is in
     S3 when it returns: PutObject, CopyObject (utimens), CopyObject (chmod), CopyObject to the name and
     DeleteObject. With --write-back all of it joins the journaled upload, which starts 0.5 s after the
@@ -335,10 +335,16 @@ def test_rsync_request_counts(mount, bucket, moto, tmp_path, have_rsync, mode):
     mnt = mount(bucket, *args)
     mark = moto.mark()
     run(["rsync", "-a", f"{src}/", f"{mnt}/"])
-    mount.check(mnt)  # unmounting waits for the uploads
+    if mode == "write-back":
+        assert wait_until(lambda: keys_of(s3, bucket).keys() >= {f"f{i}" for i in range(20)}, 30)
     writes = [(r.method, r.key) for r in moto.requests(mark, bucket) if r.method in ("PUT", "POST", "DELETE")]
     puts = [key for method, key in writes if method == "PUT"]
     assert sorted(k for k in puts if not k.startswith(".f")) == sorted(f"f{i}" for i in range(20)), writes
     assert len(writes) == (20 if mode == "write-back" else 100), writes
+    for i in range(0, 20, 4):  # the next run replaces these: its temporary files are renamed onto them
+        (src / f"f{i}").write_bytes(os.urandom(2000))
+    run(["rsync", "-a", f"{src}/", f"{mnt}/"])
+    mount.check(mnt)  # unmounting waits for the uploads
+    assert "another writer" not in mount.log_text(mnt)  # a renamed file's upload expects what it replaces
     other = mount(bucket, "--cache-dir", str(tmp_path / "elsewhere"))
     assert rsync_changes(src, other) == []
