@@ -111,6 +111,7 @@ class CacheOptions:
 
     block_size: int
     cache_size: int
+    disk_cache_size: int  # 0: no disk cache (diskcache.py)
     read_ahead: int
     transfer_budget: int
     kernel_read_ahead: int
@@ -446,6 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument(
         "--cache-size", type=parse_size, default=parse_size("64M"), help="memory for cached blocks (default: 64M)"
+    )
+    cache.add_argument(
+        "--disk-cache-size",
+        type=parse_size,
+        default=0,
+        metavar="SIZE",
+        help="keep blocks read in CACHE_DIR/blocks/, up to SIZE bytes, least recently used evicted; kept across "
+        "remounts and shared by the mounts of one cache dir, each checked against its checksum and ETag when "
+        "read. Objects up to half of SIZE are read by blocks and a random read fetches the rest in the "
+        "background; not with --sse-c-key-file. Off by default because it keeps copies of objects on local disk, "
+        "outside S3's access control, and costs disk space and writes that read-once workloads gain nothing "
+        "from; 's3fuse cleanup --disk-cache 0' empties it (default: 0, no disk cache)",
     )
     cache.add_argument(
         "--read-ahead",

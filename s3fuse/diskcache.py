@@ -1,0 +1,218 @@
+"""The local disk cache of object blocks (``--disk-cache-size``): the second tier under BlockCache.
+
+Owns the files under ``CACHE_DIR/blocks/``: one file a block, named by a hash of the
+block's identity (endpoint, bucket, key, ETag, version, byte range), so a block of
+another version of an object, or of another server's bucket of the same name, can
+never be found under a name asked for. A file is a header (magic, length, the
+identity's hash, a BLAKE2b checksum of the data) and the data; a file whose header or
+checksum does not match, torn by a crash or corrupted on disk, is a miss and is
+deleted, never served.
+
+Several mounts (and ``s3fuse cleanup``) may share the directory: a file is written to a
+temporary name and renamed into place, so a reader sees a whole file or none; a file
+that vanishes under a reader (another mount evicted it) is a miss. Eviction is least
+recently used across all of them: a hit touches the file's mtime, and a trim deletes
+the oldest files until the directory is under the cap. The cache keeps no index in
+memory, only its estimate of the directory's size, corrected by the scan of each
+trim; a trim runs when the estimate passes the cap and at least every
+``RESCAN_SECONDS`` a mount writes (to count what other mounts wrote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+import trio
+
+from .metrics import METRICS
+
+if TYPE_CHECKING:
+    from .options import Config
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"s3fblk1\n"
+_HEADER = struct.Struct("<8sQ32s32s")  # magic, data length, identity hash, BLAKE2b-256 of the data
+HEADER_SIZE = _HEADER.size
+TMP_SUFFIX = ".tmp"
+
+
+def _checksum(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+class DiskCache:
+    # A trim deletes down to this share of the cap, so that writes do not trim one file at a time.
+    LOW_WATER = 0.9
+    RESCAN_SECONDS = 60.0
+    # A temporary file this old is a writer's that died (a crash between write and rename).
+    STALE_TMP_SECONDS = 3600.0
+
+    def __init__(self, directory: str, max_bytes: int, origin: str = "") -> None:
+        """directory: the blocks' own (CACHE_DIR/blocks); origin: the endpoint, part of every identity."""
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.origin = origin
+        self._used = 0  # the estimate of the directory's bytes: exact after a trim, plus what this mount wrote since
+        self._scanned = float("-inf")  # so the first write scans what earlier mounts left
+        self._written = 0  # bytes this mount stored, ever: what a trim's scan may have missed is the growth
+        self._trimming = trio.Lock()
+        METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        return {"s3fuse_disk_cache_bytes": self._used}
+
+    def holds(self, size: int) -> bool:
+        """Whether an object of size bytes is worth keeping on disk: it fits in half the cap, so that
+        reading it whole does not evict what was read just before it."""
+        return 0 < size <= self.max_bytes // 2
+
+    def path_of(self, name: Hashable) -> tuple[str, bytes]:
+        """The file of a block's identity, and the identity's hash that its header repeats."""
+        # JSON of the parts: unambiguous whatever a key contains (a plain join would not be)
+        identity = hashlib.sha256(json.dumps([self.origin, *name]).encode()).digest()
+        hexname = identity.hex()
+        return os.path.join(self.directory, hexname[:2], hexname), identity
+
+    # ---- from the event loop: the file work runs in a worker thread
+
+    async def read(self, name: Hashable) -> bytes | None:
+        """The block's bytes if a whole, intact file of exactly this identity is there, else None."""
+        data = await trio.to_thread.run_sync(self.load, name)
+        METRICS.lookup("disk", data is not None)
+        return data
+
+    async def write(self, name: Hashable, data: bytes) -> None:
+        """Keep the block (a failure to is logged, never raised: the cache is an optimisation);
+        then trim if the directory may be over the cap."""
+        if len(data) + HEADER_SIZE > self.max_bytes:
+            return
+        try:
+            stored = await trio.to_thread.run_sync(self.store, name, data)
+        except OSError as exc:
+            log.warning("cannot write to the disk cache %s: %s", self.directory, exc)
+            return
+        self._used += stored
+        self._written += stored
+        if self._used <= self.max_bytes and time.monotonic() - self._scanned <= self.RESCAN_SECONDS:
+            return
+        if self._trimming.locked():
+            return  # the trim under way counts this file, or trims again for it
+        async with self._trimming:
+            while True:
+                written = self._written
+                _, held = await trio.to_thread.run_sync(self.trim, int(self.max_bytes * self.LOW_WATER))
+                self._scanned = time.monotonic()
+                # What was written during the scan may have been missed by it: counted (perhaps twice)
+                self._used = held + self._written - written
+                if self._used <= self.max_bytes:
+                    return
+
+    # ---- blocking: in a worker thread (or s3fuse cleanup)
+
+    def has(self, name: Hashable) -> bool:
+        """Whether a file of the block is there (it may still fail its checksum when read)."""
+        return os.path.exists(self.path_of(name)[0])
+
+    def load(self, name: Hashable) -> bytes | None:
+        path, identity = self.path_of(name)
+        try:
+            with open(path, "rb") as f:
+                header = f.read(HEADER_SIZE)
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read %s of the disk cache: %s", path, exc)
+            return None
+        if len(header) == HEADER_SIZE:
+            magic, length, stored_identity, checksum = _HEADER.unpack(header)
+            if magic == MAGIC and length == len(data) and stored_identity == identity and checksum == _checksum(data):
+                with contextlib.suppress(OSError):  # evicted meanwhile: the bytes read are still right
+                    os.utime(path)  # recently used: the last to be evicted
+                return data
+        log.warning("%s of the disk cache is torn or corrupted: deleted, the block is fetched again", path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+
+    def store(self, name: Hashable, data: bytes) -> int:
+        """Write the block's file whole under a temporary name, then rename it into place; the bytes it takes."""
+        path, identity = self.path_of(name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}{TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_HEADER.pack(MAGIC, len(data), identity, _checksum(data)))
+                f.write(data)
+            # No fsync: a file torn by a crash fails its checksum and is a miss.
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return HEADER_SIZE + len(data)
+
+    def trim(self, target: int) -> tuple[int, int]:
+        """If the directory holds more than the cap, delete the least recently used files until it
+        holds at most target bytes (0 empties it); the bytes it held before, and holds now."""
+        files = []
+        total = 0
+        now = time.time()
+        for sub in _scandir(self.directory):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for entry in _scandir(sub.path):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # evicted by another mount meanwhile
+                if entry.name.endswith(TMP_SUFFIX):
+                    if now - st.st_mtime > self.STALE_TMP_SECONDS:
+                        _unlink(entry.path)
+                    continue
+                files.append((st.st_mtime, st.st_size, entry.path))
+                total += st.st_size
+        held = total
+        if total <= self.max_bytes and target > 0:
+            return held, total
+        files.sort()
+        for _, size, path in files:
+            if total <= target:
+                break
+            _unlink(path)
+            total -= size
+        return held, total
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):  # another mount evicted it first
+        os.unlink(path)
+
+
+def blocks_dir(cache_dir: str) -> str:
+    return os.path.join(cache_dir, "blocks")
+
+
+def disk_cache_of(opts: Config) -> DiskCache | None:
+    """The mount's disk cache; None when --disk-cache-size is 0, or with SSE-C (the cache would keep the
+    objects decrypted on local disk, which customer-provided keys are meant to prevent)."""
+    if opts.cache.disk_cache_size <= 0 or opts.s3.sse_c_key is not None:
+        return None
+    return DiskCache(blocks_dir(opts.write.cache_dir), opts.cache.disk_cache_size, opts.s3.endpoint_url or "")
