@@ -4,9 +4,10 @@ Owns the files under ``CACHE_DIR/blocks/``: one file a block, named by a hash of
 block's identity (endpoint, bucket, key, ETag, version, byte range), so a block of
 another version of an object, or of another server's bucket of the same name, can
 never be found under a name asked for. A file is a header (magic, length, the
-identity's hash, a BLAKE2b checksum of the data) and the data; a file whose header or
-checksum does not match, torn by a crash or corrupted on disk, is a miss and is
-deleted, never served.
+identity's hash, the checksum of the table), a table of SHA-256 checksums, one per
+64 KiB chunk, and the data; a read, whole or of a range (a random read reads and
+checks only its chunks), whose header or checksums do not match, torn by a crash or
+corrupted on disk, is a miss and deletes the file, never serves it.
 
 Several mounts (and ``s3fuse cleanup``) may share the directory: a file is written to a
 temporary name and renamed into place, so a reader sees a whole file or none; a file
@@ -28,7 +29,7 @@ import os
 import struct
 import time
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import trio
 
@@ -39,14 +40,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"s3fblk1\n"
-_HEADER = struct.Struct("<8sQ32s32s")  # magic, data length, identity hash, BLAKE2b-256 of the data
+MAGIC = b"s3fblk2\n"
+# magic, data length, identity hash, SHA-256 of the table; then the table: the SHA-256 of each CHUNK
+# of the data, so that a random read checks only the chunks it reads.
+_HEADER = struct.Struct("<8sQ32s32s")
 HEADER_SIZE = _HEADER.size
+CHUNK = 64 << 10
+DIGEST = 32  # SHA-256: with the CPU's SHA instructions, faster than BLAKE2b
 TMP_SUFFIX = ".tmp"
 
 
-def _checksum(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=32).digest()
+def _digest(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _chunks(length: int) -> int:
+    return (length + CHUNK - 1) // CHUNK
+
+
+def file_size(length: int) -> int:
+    """The bytes the file of a block of length bytes takes."""
+    return HEADER_SIZE + _chunks(length) * DIGEST + length
 
 
 class DiskCache:
@@ -65,6 +79,7 @@ class DiskCache:
         self._scanned = float("-inf")  # so the first write scans what earlier mounts left
         self._written = 0  # bytes this mount stored, ever: what a trim's scan may have missed is the growth
         self._trimming = trio.Lock()
+        self._write_failed = False
         METRICS.add_gauges(self.gauges)
 
     def gauges(self) -> dict[str, float]:
@@ -90,15 +105,23 @@ class DiskCache:
         METRICS.lookup("disk", data is not None)
         return data
 
+    async def read_range(self, name: Hashable, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) of the block, reading and checking only the chunks they lie in, or None."""
+        data = await trio.to_thread.run_sync(self.load_range, name, start, end)
+        METRICS.lookup("disk", data is not None)
+        return data
+
     async def write(self, name: Hashable, data: bytes) -> None:
         """Keep the block (a failure to is logged, never raised: the cache is an optimisation);
         then trim if the directory may be over the cap."""
-        if len(data) + HEADER_SIZE > self.max_bytes:
+        if file_size(len(data)) > self.max_bytes:
             return
         try:
             stored = await trio.to_thread.run_sync(self.store, name, data)
         except OSError as exc:
-            log.warning("cannot write to the disk cache %s: %s", self.directory, exc)
+            # once a full disk is reported, each block after it would say the same
+            (log.debug if self._write_failed else log.warning)("cannot write to the disk cache: %s", exc)
+            self._write_failed = True
             return
         self._used += stored
         self._written += stored
@@ -123,43 +146,47 @@ class DiskCache:
         return os.path.exists(self.path_of(name)[0])
 
     def load(self, name: Hashable) -> bytes | None:
+        """The whole block, or None."""
+        return self.load_range(name, 0, None)
+
+    def load_range(self, name: Hashable, start: int, end: int | None) -> bytes | None:
+        """Bytes [start, end) of the block (end None: to its end), checked chunk by chunk; None if
+        the file is missing, or damaged where it was read (then it is deleted)."""
         path, identity = self.path_of(name)
         try:
             with open(path, "rb") as f:
-                header = f.read(HEADER_SIZE)
-                data = f.read()
+                data = _read_checked(f, identity, start, end)
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.warning("cannot read %s of the disk cache: %s", path, exc)
             return None
-        if len(header) == HEADER_SIZE:
-            magic, length, stored_identity, checksum = _HEADER.unpack(header)
-            if magic == MAGIC and length == len(data) and stored_identity == identity and checksum == _checksum(data):
-                with contextlib.suppress(OSError):  # evicted meanwhile: the bytes read are still right
-                    os.utime(path)  # recently used: the last to be evicted
-                return data
-        log.warning("%s of the disk cache is torn or corrupted: deleted, the block is fetched again", path)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        return None
+        if data is None:
+            log.warning("%s of the disk cache is torn or corrupted: deleted, the block is fetched again", path)
+            _unlink(path)
+            return None
+        with contextlib.suppress(OSError):  # evicted meanwhile: the bytes read are still right
+            os.utime(path)  # recently used: the last to be evicted
+        return data
 
     def store(self, name: Hashable, data: bytes) -> int:
         """Write the block's file whole under a temporary name, then rename it into place; the bytes it takes."""
         path, identity = self.path_of(name)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        view = memoryview(data)
+        table = b"".join(_digest(view[i : i + CHUNK]) for i in range(0, len(data), CHUNK))
         tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}{TMP_SUFFIX}"
         try:
             with open(tmp, "wb") as f:
-                f.write(_HEADER.pack(MAGIC, len(data), identity, _checksum(data)))
+                f.write(_HEADER.pack(MAGIC, len(data), identity, _digest(table)) + table)
                 f.write(data)
-            # No fsync: a file torn by a crash fails its checksum and is a miss.
+            # No fsync: a file torn by a crash fails its checks and is a miss.
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return HEADER_SIZE + len(data)
+        return file_size(len(data))
 
     def trim(self, target: int) -> tuple[int, int]:
         """If the directory holds more than the cap, delete the least recently used files until it
@@ -191,6 +218,37 @@ class DiskCache:
             _unlink(path)
             total -= size
         return held, total
+
+
+def _read_checked(f: BinaryIO, identity: bytes, start: int, end: int | None) -> bytes | None:
+    """Bytes [start, end) of an open block file if its header is this identity's and the chunks
+    they lie in match their checksums; None if not (or if the file is shorter than it says)."""
+    header = f.read(HEADER_SIZE)
+    if len(header) != HEADER_SIZE:
+        return None
+    magic, length, stored_identity, table_digest = _HEADER.unpack(header)
+    if magic != MAGIC or stored_identity != identity:
+        return None
+    table = f.read(_chunks(length) * DIGEST)
+    if _digest(table) != table_digest:
+        return None
+    end = length if end is None else min(end, length)
+    if start >= end:
+        return b""
+    first, last = start // CHUNK, (end - 1) // CHUNK
+    data_start = HEADER_SIZE + len(table)
+    f.seek(data_start + first * CHUNK)
+    want = min(length, (last + 1) * CHUNK) - first * CHUNK
+    data = f.read(want)
+    if len(data) != want or (end == length and f.read(1)):  # torn, or longer than it says
+        return None
+    view = memoryview(data)
+    for n in range(first, last + 1):
+        offset = (n - first) * CHUNK
+        if _digest(view[offset : offset + CHUNK]) != table[n * DIGEST : (n + 1) * DIGEST]:
+            return None
+    begin = start - first * CHUNK
+    return data if begin == 0 and want == end - start else bytes(view[begin : begin + end - start])
 
 
 def _scandir(path: str) -> list[os.DirEntry[str]]:

@@ -127,11 +127,14 @@ class ObjectReader:
         self._expected_offset = offset + size
         try:
             if self.on_disk:
-                if not sequential and not self._fetching_rest:
+                if sequential:
+                    self._sequential_reads += 1
+                    return await self._read_blocks(offset, size)
+                self._sequential_reads = 0
+                if not self._fetching_rest:
                     self._fetching_rest = True
                     self.nursery.start_soon(self._fetch_rest)
-                self._sequential_reads = self._sequential_reads + 1 if sequential else 0
-                return await self._read_blocks(offset, size)
+                return await self._read_random_on_disk(offset, size)
             # A small read near the last one but not next to it, in an object of many blocks,
             # is likely a random one: it gets just its bytes, not a block.
             if sequential and (contiguous or size >= self.STREAMING_FIRST_READ or self.size <= self.block_size):
@@ -254,6 +257,28 @@ class ObjectReader:
         except Exception:  # a background task: anything uncaught would end the daemon
             log.exception("read-ahead of %r block %d failed", self.key, index)
 
+    async def _read_random_on_disk(self, offset: int, size: int) -> bytes | memoryview:
+        """A random read of an object kept on disk: from memory, else just its chunks from the disk
+        cache (not the whole block into memory), else its whole blocks fetched (and kept)."""
+        disk = self.cache.disk
+        assert disk is not None
+        pieces: list[bytes | memoryview] = []
+        position, end = offset, offset + size
+        while position < end:
+            index = position // self.block_size
+            base = index * self.block_size
+            stop = min(base + self.block_size, end)
+            key = self._cache_key(index)
+            cached = self.cache.peek(key)
+            piece = memoryview(cached)[position - base : stop - base] if cached is not None else None
+            if piece is None and key not in self.cache:  # not being fetched either
+                piece = await disk.read_range(self._disk_name(index), position - base, stop - base)
+            if piece is None:
+                piece = memoryview(await self._block(index))[position - base : stop - base]
+            pieces.append(piece)
+            position = stop
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
     async def _fetch_rest(self) -> None:
         """Fetch every block of the object not yet cached, a few at a time, each with bytes of the
         mount's transfer budget (as a streamed segment takes), until all are or the handle closes."""
@@ -272,6 +297,9 @@ class ObjectReader:
                     if await trio.to_thread.run_sync(disk.has, self._disk_name(index)):
                         continue  # read from disk when asked for, not into memory now
                     await budget.take(user, self.block_size)
+                    if self._closed:  # while it waited for bytes
+                        budget.give_back(user, self.block_size)
+                        return
                     try:
                         await self._block(index)
                     finally:

@@ -9,7 +9,7 @@ import time
 import trio
 
 from s3fuse.blockcache import BlockCache
-from s3fuse.diskcache import HEADER_SIZE, DiskCache
+from s3fuse.diskcache import CHUNK, HEADER_SIZE, DiskCache, file_size
 
 KIB = 1024
 NAME = ("bucket", "key", '"etag-1"', None, 0, 4 * KIB)
@@ -26,7 +26,7 @@ def bytes_of(cache: DiskCache) -> int:
 def test_a_stored_block_is_loaded_only_under_its_own_identity(tmp_path):
     cache = DiskCache(str(tmp_path / "blocks"), 1 << 20, origin="http://s3.example")
     data = os.urandom(4 * KIB)
-    assert cache.store(NAME, data) == HEADER_SIZE + len(data)
+    assert cache.store(NAME, data) == file_size(len(data)) == os.path.getsize(cache.path_of(NAME)[0])
     assert cache.load(NAME) == data
     assert cache.has(NAME)
     other_etag = ("bucket", "key", '"etag-2"', None, 0, 4 * KIB)
@@ -53,12 +53,17 @@ def test_a_corrupted_torn_or_misplaced_file_is_a_miss_and_deleted(tmp_path):
         assert cache.load(NAME) is None
         assert not os.path.exists(path)
 
-    def flip(raw: bytearray) -> bytes:
-        raw[HEADER_SIZE + 100] ^= 1
-        return bytes(raw)
+    def flip(at: int):
+        def change(raw: bytearray) -> bytes:
+            raw[at] ^= 1
+            return bytes(raw)
 
-    damaged(flip)  # one bit of the data
-    damaged(lambda raw: bytes(raw[: HEADER_SIZE + 1000]))  # torn: the data cut short
+        return change
+
+    damaged(flip(-100))  # one bit of the data
+    damaged(flip(HEADER_SIZE + 3))  # of the checksums
+    damaged(flip(20))  # of the header
+    damaged(lambda raw: bytes(raw[:-1000]))  # torn: the data cut short
     damaged(lambda raw: bytes(raw[:10]))  # torn inside the header
     damaged(lambda raw: b"")
     damaged(lambda raw: bytes(raw) + b"x")
@@ -69,17 +74,33 @@ def test_a_corrupted_torn_or_misplaced_file_is_a_miss_and_deleted(tmp_path):
     assert cache.load(NAME) is None
 
 
+def test_a_range_is_read_and_checked_chunk_by_chunk(tmp_path):
+    cache = DiskCache(str(tmp_path / "blocks"), 1 << 20)
+    name = ("bucket", "key", '"etag-1"', None, 0, 5 * CHUNK + 17)
+    data = os.urandom(5 * CHUNK + 17)
+    cache.store(name, data)
+    for start, end in [(0, 1), (CHUNK - 3, CHUNK + 5), (100, 4 * CHUNK), (5 * CHUNK, len(data)), (7, len(data))]:
+        assert cache.load_range(name, start, end) == data[start:end]
+    path, _ = cache.path_of(name)
+    with open(path, "r+b") as f:  # damage the third chunk: the others still read, then not it
+        f.seek(file_size(len(data)) - len(data) + 2 * CHUNK + 9)
+        f.write(b"\0" if data[2 * CHUNK + 9] else b"\1")
+    assert cache.load_range(name, 0, 2 * CHUNK) == data[: 2 * CHUNK]
+    assert cache.load_range(name, 2 * CHUNK + 100, 2 * CHUNK + 200) is None
+    assert not os.path.exists(path)
+
+
 def test_trim_evicts_the_least_recently_used_and_loading_touches(tmp_path):
     block = 64 * KIB
-    cache = DiskCache(str(tmp_path / "blocks"), 3 * (block + HEADER_SIZE))
+    cache = DiskCache(str(tmp_path / "blocks"), 3 * file_size(block))
     names = [("b", f"k{i}", '"e"', None, 0, block) for i in range(4)]
     for age, name in zip((40, 30, 20, 10), names, strict=True):
         cache.store(name, os.urandom(block))
         past = time.time() - age
         os.utime(cache.path_of(name)[0], (past, past))
     assert cache.load(names[0]) is not None  # the oldest, used now: the newest
-    held, holds = cache.trim(2 * (block + HEADER_SIZE))
-    assert held == 4 * (block + HEADER_SIZE) and holds == 2 * (block + HEADER_SIZE)
+    held, holds = cache.trim(2 * file_size(block))
+    assert held == 4 * file_size(block) and holds == 2 * file_size(block)
     assert [cache.has(n) for n in names] == [True, False, False, True]
     assert cache.trim(cache.max_bytes) == (holds, holds)  # under the cap: nothing deleted
     assert cache.trim(0) == (holds, 0)  # 0 empties it
@@ -97,13 +118,13 @@ def test_trim_deletes_stale_temporary_files_and_tolerates_a_missing_directory(tm
             f.write(b"partial")
     past = time.time() - 2 * DiskCache.STALE_TMP_SECONDS
     os.utime(stale, (past, past))
-    assert cache.trim(cache.max_bytes) == (HEADER_SIZE + 100, HEADER_SIZE + 100)
+    assert cache.trim(cache.max_bytes) == (file_size(100), file_size(100))
     assert not os.path.exists(stale) and os.path.exists(fresh)  # a writer may still rename it
 
 
 def test_writes_keep_the_directory_under_the_cap(tmp_path):
     block = 64 * KIB
-    cap = 5 * (block + HEADER_SIZE)
+    cap = 5 * file_size(block)
     cache = DiskCache(str(tmp_path / "blocks"), cap)
 
     async def main() -> None:
