@@ -90,7 +90,7 @@ class BucketTable:
         self.settings = settings
         self.opts = opts
         # shared: --cache-size bounds the whole mount, --disk-cache-size its disk cache
-        self.blocks = BlockCache(opts.cache.cache_size, disk_cache_of(opts))
+        self.blocks = BlockCache(opts.cache.cache_size, disk_cache_of(opts, nursery))
         self.by_name: dict[str, Bucket] = {}
         self.by_number: dict[int, Bucket] = {}
         self._numbers = count(ROOT_RANGE + 1)

@@ -94,7 +94,7 @@ class BlockCache:
                 del self._inflight[key]
                 pending.done.set()
             if disk is not None and not from_disk:
-                await disk.write(disk_name, pending.data)  # after the waiters have their bytes
+                disk.keep(disk_name, pending.data)
             return pending.data
         await pending.done.wait()
         if isinstance(pending.error, trio.Cancelled):

@@ -17,7 +17,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from .diskcache import DiskCache, blocks_dir
+from .diskcache import blocks_dir, trim_dir
 from .options import default_cache_dir, parse_duration, parse_size
 from .pager import pages_sync
 from .progress import Progress
@@ -118,7 +118,7 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
 def trim_disk_cache(cache_dir: str, size: int) -> None:
     """Trim the disk cache in cache_dir to size bytes; prints what it held and holds."""
     directory = blocks_dir(cache_dir)
-    before, after = DiskCache(directory, size).trim(size)
+    before, after = trim_dir(directory, size, size)
     print(f"disk cache {directory}: held {before / MiB:.1f} MiB, holds {after / MiB:.1f} MiB")
 
 

@@ -48,6 +48,8 @@ HEADER_SIZE = _HEADER.size
 CHUNK = 64 << 10
 DIGEST = 32  # SHA-256: with the CPU's SHA instructions, faster than BLAKE2b
 TMP_SUFFIX = ".tmp"
+# A temporary file this old is a writer's that died (a crash between write and rename).
+STALE_TMP_SECONDS = 3600.0
 
 
 def _digest(data: bytes | memoryview) -> bytes:
@@ -67,14 +69,14 @@ class DiskCache:
     # A trim deletes down to this share of the cap, so that writes do not trim one file at a time.
     LOW_WATER = 0.9
     RESCAN_SECONDS = 60.0
-    # A temporary file this old is a writer's that died (a crash between write and rename).
-    STALE_TMP_SECONDS = 3600.0
 
-    def __init__(self, directory: str, max_bytes: int, origin: str = "") -> None:
-        """directory: the blocks' own (CACHE_DIR/blocks); origin: the endpoint, part of every identity."""
+    def __init__(self, directory: str, max_bytes: int, origin: str, nursery: trio.Nursery) -> None:
+        """directory: the blocks' own (CACHE_DIR/blocks); origin: the endpoint, part of every identity;
+        nursery: where blocks are written (the mount's: it waits for them at unmount)."""
         self.directory = directory
         self.max_bytes = max_bytes
         self.origin = origin
+        self.nursery = nursery
         self._used = 0  # the estimate of the directory's bytes: exact after a trim, plus what this mount wrote since
         self._scanned = float("-inf")  # so the first write scans what earlier mounts left
         self._written = 0  # bytes this mount stored, ever: what a trim's scan may have missed is the growth
@@ -111,11 +113,19 @@ class DiskCache:
         METRICS.lookup("disk", data is not None)
         return data
 
+    def keep(self, name: Hashable, data: bytes) -> None:
+        """Write the block in the background: the reader that fetched it does not wait for the disk."""
+        self.nursery.start_soon(self.write, name, data)
+
     async def write(self, name: Hashable, data: bytes) -> None:
         """Keep the block (a failure to is logged, never raised: the cache is an optimisation);
         then trim if the directory may be over the cap."""
         if file_size(len(data)) > self.max_bytes:
             return
+        with trio.CancelScope(shield=True):  # an unmount lets it finish: what was read stays read
+            await self._write(name, data)
+
+    async def _write(self, name: Hashable, data: bytes) -> None:
         try:
             stored = await trio.to_thread.run_sync(self.store, name, data)
         except OSError as exc:
@@ -132,7 +142,8 @@ class DiskCache:
         async with self._trimming:
             while True:
                 written = self._written
-                _, held = await trio.to_thread.run_sync(self.trim, int(self.max_bytes * self.LOW_WATER))
+                target = int(self.max_bytes * self.LOW_WATER)
+                _, held = await trio.to_thread.run_sync(trim_dir, self.directory, self.max_bytes, target)
                 self._scanned = time.monotonic()
                 # What was written during the scan may have been missed by it: counted (perhaps twice)
                 self._used = held + self._written - written
@@ -188,37 +199,6 @@ class DiskCache:
             raise
         return file_size(len(data))
 
-    def trim(self, target: int) -> tuple[int, int]:
-        """If the directory holds more than the cap, delete the least recently used files until it
-        holds at most target bytes (0 empties it); the bytes it held before, and holds now."""
-        files = []
-        total = 0
-        now = time.time()
-        for sub in _scandir(self.directory):
-            if not sub.is_dir(follow_symlinks=False):
-                continue
-            for entry in _scandir(sub.path):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # evicted by another mount meanwhile
-                if entry.name.endswith(TMP_SUFFIX):
-                    if now - st.st_mtime > self.STALE_TMP_SECONDS:
-                        _unlink(entry.path)
-                    continue
-                files.append((st.st_mtime, st.st_size, entry.path))
-                total += st.st_size
-        held = total
-        if total <= self.max_bytes and target > 0:
-            return held, total
-        files.sort()
-        for _, size, path in files:
-            if total <= target:
-                break
-            _unlink(path)
-            total -= size
-        return held, total
-
 
 def _read_checked(f: BinaryIO, identity: bytes, start: int, end: int | None) -> bytes | None:
     """Bytes [start, end) of an open block file if its header is this identity's and the chunks
@@ -251,6 +231,38 @@ def _read_checked(f: BinaryIO, identity: bytes, start: int, end: int | None) -> 
     return data if begin == 0 and want == end - start else bytes(view[begin : begin + end - start])
 
 
+def trim_dir(directory: str, limit: int, target: int) -> tuple[int, int]:
+    """If the disk cache in directory holds more than limit bytes, delete the least recently used
+    files until it holds at most target bytes (0 empties it); the bytes it held before, and holds now."""
+    files = []
+    total = 0
+    now = time.time()
+    for sub in _scandir(directory):
+        if not sub.is_dir(follow_symlinks=False):
+            continue
+        for entry in _scandir(sub.path):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # evicted by another mount meanwhile
+            if entry.name.endswith(TMP_SUFFIX):
+                if now - st.st_mtime > STALE_TMP_SECONDS:
+                    _unlink(entry.path)
+                continue
+            files.append((st.st_mtime, st.st_size, entry.path))
+            total += st.st_size
+    held = total
+    if total <= limit and target > 0:
+        return held, total
+    files.sort()
+    for _, size, path in files:
+        if total <= target:
+            break
+        _unlink(path)
+        total -= size
+    return held, total
+
+
 def _scandir(path: str) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(path) as entries:
@@ -268,9 +280,9 @@ def blocks_dir(cache_dir: str) -> str:
     return os.path.join(cache_dir, "blocks")
 
 
-def disk_cache_of(opts: Config) -> DiskCache | None:
+def disk_cache_of(opts: Config, nursery: trio.Nursery) -> DiskCache | None:
     """The mount's disk cache; None when --disk-cache-size is 0, or with SSE-C (the cache would keep the
     objects decrypted on local disk, which customer-provided keys are meant to prevent)."""
     if opts.cache.disk_cache_size <= 0 or opts.s3.sse_c_key is not None:
         return None
-    return DiskCache(blocks_dir(opts.write.cache_dir), opts.cache.disk_cache_size, opts.s3.endpoint_url or "")
+    return DiskCache(blocks_dir(opts.write.cache_dir), opts.cache.disk_cache_size, opts.s3.endpoint_url or "", nursery)

@@ -321,7 +321,7 @@ async def make_router(s3: S3Client, opts: Config, invalidate: Callable[[int], No
     """The mount's trees: one bucket's, or with --all-buckets the account's."""
     if opts.mount.all_buckets:
         return AllBucketsRouter(BucketTable(s3, settings_of(opts), opts, invalidate, nursery))
-    blocks = BlockCache(opts.cache.cache_size, disk_cache_of(opts))
+    blocks = BlockCache(opts.cache.cache_size, disk_cache_of(opts, nursery))
     return await BucketRouter.make(s3, opts, invalidate, blocks, nursery)
 
 

@@ -9,10 +9,15 @@ import time
 import trio
 
 from s3fuse.blockcache import BlockCache
-from s3fuse.diskcache import CHUNK, HEADER_SIZE, DiskCache, file_size
+from s3fuse.diskcache import CHUNK, HEADER_SIZE, STALE_TMP_SECONDS, DiskCache, file_size, trim_dir
 
 KIB = 1024
 NAME = ("bucket", "key", '"etag-1"', None, 0, 4 * KIB)
+
+
+def cache_at(directory: str, cap: int, origin: str = "", nursery: trio.Nursery | None = None) -> DiskCache:
+    """A disk cache; without a nursery, for the blocking methods only."""
+    return DiskCache(directory, cap, origin, nursery)  # type: ignore[arg-type]
 
 
 def files_of(cache: DiskCache) -> list[str]:
@@ -24,7 +29,7 @@ def bytes_of(cache: DiskCache) -> int:
 
 
 def test_a_stored_block_is_loaded_only_under_its_own_identity(tmp_path):
-    cache = DiskCache(str(tmp_path / "blocks"), 1 << 20, origin="http://s3.example")
+    cache = cache_at(str(tmp_path / "blocks"), 1 << 20, origin="http://s3.example")
     data = os.urandom(4 * KIB)
     assert cache.store(NAME, data) == file_size(len(data)) == os.path.getsize(cache.path_of(NAME)[0])
     assert cache.load(NAME) == data
@@ -35,11 +40,11 @@ def test_a_stored_block_is_loaded_only_under_its_own_identity(tmp_path):
     for name in (other_etag, other_bucket, other_range):
         assert cache.load(name) is None
     # the same bucket name on another server is another bucket
-    assert DiskCache(cache.directory, 1 << 20, origin="http://other").load(NAME) is None
+    assert cache_at(cache.directory, 1 << 20, origin="http://other").load(NAME) is None
 
 
 def test_a_corrupted_torn_or_misplaced_file_is_a_miss_and_deleted(tmp_path):
-    cache = DiskCache(str(tmp_path / "blocks"), 1 << 20)
+    cache = cache_at(str(tmp_path / "blocks"), 1 << 20)
     data = os.urandom(4 * KIB)
     path, _ = cache.path_of(NAME)
 
@@ -75,7 +80,7 @@ def test_a_corrupted_torn_or_misplaced_file_is_a_miss_and_deleted(tmp_path):
 
 
 def test_a_range_is_read_and_checked_chunk_by_chunk(tmp_path):
-    cache = DiskCache(str(tmp_path / "blocks"), 1 << 20)
+    cache = cache_at(str(tmp_path / "blocks"), 1 << 20)
     name = ("bucket", "key", '"etag-1"', None, 0, 5 * CHUNK + 17)
     data = os.urandom(5 * CHUNK + 17)
     cache.store(name, data)
@@ -92,40 +97,41 @@ def test_a_range_is_read_and_checked_chunk_by_chunk(tmp_path):
 
 def test_trim_evicts_the_least_recently_used_and_loading_touches(tmp_path):
     block = 64 * KIB
-    cache = DiskCache(str(tmp_path / "blocks"), 3 * file_size(block))
+    cache = cache_at(str(tmp_path / "blocks"), 3 * file_size(block))
     names = [("b", f"k{i}", '"e"', None, 0, block) for i in range(4)]
     for age, name in zip((40, 30, 20, 10), names, strict=True):
         cache.store(name, os.urandom(block))
         past = time.time() - age
         os.utime(cache.path_of(name)[0], (past, past))
     assert cache.load(names[0]) is not None  # the oldest, used now: the newest
-    held, holds = cache.trim(2 * file_size(block))
+    held, holds = trim_dir(cache.directory, cache.max_bytes, 2 * file_size(block))
     assert held == 4 * file_size(block) and holds == 2 * file_size(block)
     assert [cache.has(n) for n in names] == [True, False, False, True]
-    assert cache.trim(cache.max_bytes) == (holds, holds)  # under the cap: nothing deleted
-    assert cache.trim(0) == (holds, 0)  # 0 empties it
+    # under the cap: nothing deleted
+    assert trim_dir(cache.directory, cache.max_bytes, cache.max_bytes) == (holds, holds)
+    assert trim_dir(cache.directory, cache.max_bytes, 0) == (holds, 0)  # 0 empties it
     assert files_of(cache) == []
 
 
 def test_trim_deletes_stale_temporary_files_and_tolerates_a_missing_directory(tmp_path):
-    assert DiskCache(str(tmp_path / "none"), 1 << 20).trim(0) == (0, 0)
-    cache = DiskCache(str(tmp_path / "blocks"), 1 << 20)
+    assert trim_dir(str(tmp_path / "none"), 1 << 20, 0) == (0, 0)
+    cache = cache_at(str(tmp_path / "blocks"), 1 << 20)
     cache.store(NAME, b"x" * 100)
     path, _ = cache.path_of(NAME)
     stale, fresh = path + ".1.aa.tmp", path + ".2.bb.tmp"
     for tmp in (stale, fresh):
         with open(tmp, "wb") as f:
             f.write(b"partial")
-    past = time.time() - 2 * DiskCache.STALE_TMP_SECONDS
+    past = time.time() - 2 * STALE_TMP_SECONDS
     os.utime(stale, (past, past))
-    assert cache.trim(cache.max_bytes) == (file_size(100), file_size(100))
+    assert trim_dir(cache.directory, cache.max_bytes, cache.max_bytes) == (file_size(100), file_size(100))
     assert not os.path.exists(stale) and os.path.exists(fresh)  # a writer may still rename it
 
 
 def test_writes_keep_the_directory_under_the_cap(tmp_path):
     block = 64 * KIB
     cap = 5 * file_size(block)
-    cache = DiskCache(str(tmp_path / "blocks"), cap)
+    cache = cache_at(str(tmp_path / "blocks"), cap)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:  # at once, as readers' read-ahead writes them
@@ -148,15 +154,17 @@ def test_block_cache_looks_on_disk_before_fetching(tmp_path):
         return data
 
     async def main() -> None:
-        first = BlockCache(1 << 20, DiskCache(directory, 1 << 20))
-        assert await first.get(("key", '"etag-1"', 0), fetch, NAME) == data
+        async with trio.open_nursery() as nursery:  # at its end, the blocks kept in the background are written
+            first = BlockCache(1 << 20, cache_at(directory, 1 << 20, nursery=nursery))
+            assert await first.get(("key", '"etag-1"', 0), fetch, NAME) == data
         assert len(fetches) == 1
-        again = BlockCache(1 << 20, DiskCache(directory, 1 << 20))  # a remount: memory empty
-        assert await again.get(("key", '"etag-1"', 0), fetch, NAME) == data
-        assert len(fetches) == 1
-        # No disk name (a block that must not be kept on disk): fetched, never stored.
-        other = ("bucket", "other", '"etag-1"', None, 0, 4 * KIB)
-        assert await again.get(("other", '"etag-1"', 0), fetch) == data
-        assert len(fetches) == 2 and not DiskCache(directory, 1 << 20).has(other)
+        async with trio.open_nursery() as nursery:
+            again = BlockCache(1 << 20, cache_at(directory, 1 << 20, nursery=nursery))  # a remount: memory empty
+            assert await again.get(("key", '"etag-1"', 0), fetch, NAME) == data
+            assert len(fetches) == 1
+            # No disk name (a block that must not be kept on disk): fetched, never stored.
+            other = ("bucket", "other", '"etag-1"', None, 0, 4 * KIB)
+            assert await again.get(("other", '"etag-1"', 0), fetch) == data
+        assert len(fetches) == 2 and not cache_at(directory, 1 << 20).has(other)
 
     trio.run(main)
