@@ -4,9 +4,11 @@ cap holds, and ``s3fuse cleanup --disk-cache`` trims it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,16 @@ def disk_args(cache: Path, size: str = "64M") -> list[str]:
 
 
 def block_files(cache: Path) -> list[Path]:
-    return [p for p in (cache / "blocks").rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
+    return [p for p in (cache / "blocks").rglob("*") if not p.name.endswith(".tmp") and p.is_file()]
+
+
+def cached_bytes(cache: Path) -> int:
+    """The bytes of the block files (a file the daemon evicts meanwhile counts 0)."""
+    total = 0
+    for path in block_files(cache):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
 
 
 def gets(moto, mark: int, bucket: str) -> list[str]:
@@ -141,7 +152,7 @@ def test_the_cap_holds_and_cleanup_empties_the_cache(s3, bucket, mount, tmp_path
     for key, body in objects.items():
         assert read_direct(mnt / key) == body
         # over for a moment at most: while a read-ahead's block is written and before the trim it starts
-        assert wait_until(lambda: sum(p.stat().st_size for p in block_files(cache)) <= cap, 10)
+        assert wait_until(lambda: cached_bytes(cache) <= cap, 10)
     mount.check(mnt)
     files = block_files(cache)
     assert files and sum(p.stat().st_size for p in files) <= cap
@@ -154,3 +165,41 @@ def test_the_cap_holds_and_cleanup_empties_the_cache(s3, bucket, mount, tmp_path
     )
     assert "holds 0.0 MiB" in res.stdout
     assert block_files(cache) == []
+
+
+def test_two_mounts_share_the_disk_cache(s3, bucket, mount, moto, tmp_path):
+    rng = random.Random(31)
+    objects = {f"f{i}": rng.randbytes(MIB + MIB // 2) for i in range(5)}  # 7.5 MiB, over the cap
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    cache = tmp_path / "cache"
+    cap = 4 * MIB
+    a = mount(bucket, *disk_args(cache, "4M"))
+    b = mount(bucket, *disk_args(cache, "4M"))
+    assert read_direct(a / "f0") == objects["f0"]
+    assert wait_until(lambda: len(block_files(cache)) == 2, 10)
+    mark = moto.mark()
+    assert read_direct(b / "f0") == objects["f0"]  # what a kept
+    assert gets(moto, mark, bucket) == []
+
+    # Both read everything at once, again and again: each writes, evicts the other's blocks, and
+    # finds files vanish under it; every byte stays right.
+    failures = []
+
+    def reader(mnt: Path, order: list[str]) -> None:
+        try:
+            for _ in range(3):
+                for key in order:
+                    assert read_direct(mnt / key) == objects[key], key
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures.append(exc)
+
+    keys = list(objects)
+    threads = [threading.Thread(target=reader, args=(a, keys)), threading.Thread(target=reader, args=(b, keys[::-1]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures
+    # Each mount trims when what it wrote since its last scan passes the cap: two hold at most twice it.
+    assert cached_bytes(cache) <= 2 * cap
