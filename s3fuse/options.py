@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="s3fuse",
         description="Mount an S3 bucket (or a prefix of it), or every bucket of the account, as a directory.",
         epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server; "
-        "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished; "
+        "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished ('--disk-cache SIZE' trims "
+        "the disk cache); "
         "'s3fuse recover CACHE_DIR' uploads what --write-back mounts journaled and did not upload; "
         "'s3fuse stats MOUNTPOINT' shows a mount's S3 requests, errors and cache hit rates. "
         "Credentials come from boto3's usual chain: environment, ~/.aws profiles, SSO, instance metadata.",
@@ -437,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         default=default_cache_dir(),
         help="directory for logs, unsaved writes (spill files), the write-back journal, the record of "
-        "multipart uploads in progress and lost+found (default: $XDG_CACHE_HOME/s3fuse, else ~/.cache/s3fuse)",
+        "multipart uploads in progress, lost+found and the disk cache (blocks/, with --disk-cache-size) "
+        "(default: $XDG_CACHE_HOME/s3fuse, else ~/.cache/s3fuse)",
     )
     cache.add_argument(
         "--block-size",
