@@ -10,6 +10,7 @@ import trio
 
 from s3fuse.blockcache import BlockCache
 from s3fuse.diskcache import CHUNK, HEADER_SIZE, STALE_TMP_SECONDS, DiskCache, file_size, trim_dir
+from s3fuse.reader import ObjectReader
 
 KIB = 1024
 NAME = ("bucket", "key", '"etag-1"', None, 0, 4 * KIB)
@@ -168,3 +169,17 @@ def test_block_cache_looks_on_disk_before_fetching(tmp_path):
         assert len(fetches) == 2 and not cache_at(directory, 1 << 20).has(other)
 
     trio.run(main)
+
+
+def test_only_objects_with_an_etag_that_fit_in_half_the_cap_are_read_onto_disk(tmp_path):
+    cache = BlockCache(1 << 20, cache_at(str(tmp_path / "blocks"), 64 << 20))
+
+    def reader(size: int, etag: str | None) -> ObjectReader:
+        return ObjectReader(None, cache, None, "k", size, etag, 1 << 20, 0, lambda: None)  # type: ignore[arg-type]
+
+    assert reader(32 << 20, '"e"').on_disk
+    assert not reader(32 << 20, None).on_disk  # nothing would tell its versions apart
+    assert not reader(32 << 20, "").on_disk
+    assert not reader((32 << 20) + 1, '"e"').on_disk  # streamed, not kept
+    assert not reader(0, '"e"').on_disk
+    assert not ObjectReader(None, BlockCache(1 << 20), None, "k", 5, '"e"', 1 << 20, 0, lambda: None).on_disk  # type: ignore[arg-type]
