@@ -125,22 +125,22 @@ class DiskCache:
         if file_size(len(data)) > self.max_bytes:
             return
         with trio.CancelScope(shield=True):  # an unmount lets it finish: what was read stays read
-            await self._write(name, data)
+            try:
+                stored = await trio.to_thread.run_sync(self.store, name, data)
+            except OSError as exc:
+                # once a full disk is reported, each block after it would say the same
+                (log.debug if self._write_failed else log.warning)("cannot write to the disk cache: %s", exc)
+                self._write_failed = True
+                return
+            self._used += stored
+            self._written += stored
+            if self._used > self.max_bytes or time.monotonic() - self._scanned > self.RESCAN_SECONDS:
+                await self._trim()
 
-    async def _write(self, name: Hashable, data: bytes) -> None:
-        try:
-            stored = await trio.to_thread.run_sync(self.store, name, data)
-        except OSError as exc:
-            # once a full disk is reported, each block after it would say the same
-            (log.debug if self._write_failed else log.warning)("cannot write to the disk cache: %s", exc)
-            self._write_failed = True
-            return
-        self._used += stored
-        self._written += stored
-        if self._used <= self.max_bytes and time.monotonic() - self._scanned <= self.RESCAN_SECONDS:
-            return
+    async def _trim(self) -> None:
+        """Scan the directory and delete the oldest files down to LOW_WATER of the cap, if over it."""
         if self._trimming.locked():
-            return  # the trim under way counts this file, or trims again for it
+            return  # the trim under way counts the new file, or trims again for it
         async with self._trimming:
             while True:
                 written = self._written
