@@ -32,6 +32,11 @@ def big_object(s3, tmp_path_factory):
 BLOCK_VARIANTS = {
     "default-blocks": (8 * MIB, []),
     "1M-blocks": (MIB, ["--block-size", "1M", "--read-ahead", "4M", "--cache-size", "16M"]),
+    # read by blocks only, each kept on disk; a random read fetches the rest in the background
+    "disk-cache": (
+        MIB,
+        ["--block-size", "1M", "--read-ahead", "4M", "--cache-size", "16M", "--disk-cache-size", "256M"],
+    ),
 }
 
 
