@@ -28,6 +28,7 @@ import trio
 
 from .attrindex import INDEX_DIR
 from .blockcache import BlockCache
+from .diskcache import disk_cache_of
 from .errors import FsError
 from .inodes import Node
 from .metadata import EntryInfo
@@ -88,7 +89,8 @@ class BucketTable:
         self.s3 = s3  # in the mount's region, for ListBuckets, CreateBucket and GetBucketLocation
         self.settings = settings
         self.opts = opts
-        self.blocks = BlockCache(opts.cache.cache_size)  # shared: --cache-size bounds the whole mount
+        # shared: --cache-size bounds the whole mount, --disk-cache-size its disk cache
+        self.blocks = BlockCache(opts.cache.cache_size, disk_cache_of(opts, nursery))
         self.by_name: dict[str, Bucket] = {}
         self.by_number: dict[int, Bucket] = {}
         self._numbers = count(ROOT_RANGE + 1)

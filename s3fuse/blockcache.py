@@ -4,6 +4,8 @@ Owns the cached bytes and the fetches in flight: two readers that want the same
 block wait for one GET. Blocks are keyed by (key, ETag, index), so a new version of
 an object can never be served from an old version's blocks; the buckets of an
 all-buckets mount share one cache through ``scoped`` views, whose keys never meet.
+With a disk cache (diskcache.py), a block not in memory is looked for on disk
+before it is fetched, and a fetched block is kept on disk too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 import trio
 from cachetools import LRUCache
 
+from .diskcache import DiskCache
 from .metrics import METRICS
 
 
@@ -27,7 +30,8 @@ class _Fetch:
 
 
 class BlockCache:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, disk: DiskCache | None = None) -> None:
+        self.disk = disk
         self._lru: LRUCache[Hashable, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
         self._inflight: dict[Hashable, _Fetch] = {}
         self._scope: Hashable = None
@@ -56,8 +60,13 @@ class BlockCache:
         if len(data) <= self._lru.maxsize:
             self._lru[(self._scope, key)] = data
 
-    async def get(self, block: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The block's bytes, from the cache, from a fetch already in flight, or fetched now."""
+    async def get(
+        self, block: Hashable, fetch: Callable[[], Awaitable[bytes]], disk_name: Hashable | None = None
+    ) -> bytes:
+        """The block's bytes, from the cache, from a fetch already in flight, or fetched now.
+
+        disk_name: the block's identity on disk (DiskCache.path_of), for a block that may be kept there.
+        """
         key = (self._scope, block)
         data = self._lru.get(key)
         if data is not None:
@@ -69,8 +78,13 @@ class BlockCache:
         if pending is None:
             pending = _Fetch()
             self._inflight[key] = pending
+            disk = self.disk if disk_name is not None else None
+            from_disk = False
             try:
-                pending.data = await fetch()
+                pending.data = await disk.read(disk_name) if disk is not None else None
+                from_disk = pending.data is not None
+                if pending.data is None:
+                    pending.data = await fetch()
                 if len(pending.data) <= self._lru.maxsize:
                     self._lru[key] = pending.data
             except BaseException as exc:
@@ -79,6 +93,8 @@ class BlockCache:
             finally:
                 del self._inflight[key]
                 pending.done.set()
+            if disk is not None and not from_disk:
+                disk.keep(disk_name, pending.data)
             return pending.data
         await pending.done.wait()
         if isinstance(pending.error, trio.Cancelled):

@@ -1,8 +1,10 @@
-"""``s3fuse cleanup BUCKET``: abort the multipart uploads s3fuse started and never finished.
+"""``s3fuse cleanup BUCKET``: abort the multipart uploads s3fuse started and never finished;
+``--disk-cache SIZE``: trim the disk cache of blocks (diskcache.py) to SIZE.
 
 An upload is s3fuse's when this machine's upload registry (in the cache dir) recorded
 it; S3 cannot tell whose an upload is, so any other upload in the bucket is listed
-and left alone. Uploads of a daemon that is still running are left alone too.
+and left alone. Uploads of a daemon that is still running are left alone too. The
+disk cache may be trimmed while mounts use it: they take a deleted block for a miss.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 import botocore.exceptions
 
-from .options import default_cache_dir, parse_duration
+from .diskcache import blocks_dir, trim_dir
+from .options import default_cache_dir, parse_duration, parse_size
 from .pager import pages_sync
 from .progress import Progress
 from .s3client import ClientSettings, make_boto_client
@@ -29,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Abort the multipart uploads that s3fuse started in BUCKET and never finished "
         "(after a crash or a lost connection). Uploads started by other programs are never touched.",
     )
-    p.add_argument("bucket", metavar="BUCKET")
+    p.add_argument("bucket", metavar="BUCKET", nargs="?", help="the bucket whose uploads to abort")
+    p.add_argument(
+        "--disk-cache",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="also trim the disk cache of blocks (--disk-cache-size) in the cache dir to SIZE bytes, the least "
+        "recently used first; 0 empties it. Without BUCKET, only this",
+    )
     p.add_argument(
         "--older-than",
         type=parse_duration,
@@ -104,8 +115,22 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
     return 0
 
 
+def trim_disk_cache(cache_dir: str, size: int) -> None:
+    """Trim the disk cache in cache_dir to size bytes; prints what it held and holds."""
+    directory = blocks_dir(cache_dir)
+    before, after = trim_dir(directory, size, size)
+    print(f"disk cache {directory}: held {before / MiB:.1f} MiB, holds {after / MiB:.1f} MiB")
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.bucket is None and args.disk_cache is None:
+        parser.error("give BUCKET (uploads to abort), --disk-cache SIZE, or both")
+    if args.disk_cache is not None:
+        trim_disk_cache(os.path.abspath(args.cache_dir), args.disk_cache)
+    if args.bucket is None:
+        return 0
     style = args.addressing_style or ("path" if args.endpoint_url else "auto")
     settings = ClientSettings(
         endpoint_url=args.endpoint_url, region=args.region, profile=args.profile, addressing_style=style

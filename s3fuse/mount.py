@@ -28,6 +28,7 @@ import trio
 
 from .allbuckets import AllBucketsRouter, BucketTable
 from .blockcache import BlockCache
+from .diskcache import disk_cache_of
 from .localserver import DEMO_BUCKET, DEMO_CREDENTIALS, start_demo_server
 from .operations import FuseOperations, page_cache_invalidation
 from .options import ALL_BUCKETS, Config, parse_args
@@ -320,7 +321,8 @@ async def make_router(s3: S3Client, opts: Config, invalidate: Callable[[int], No
     """The mount's trees: one bucket's, or with --all-buckets the account's."""
     if opts.mount.all_buckets:
         return AllBucketsRouter(BucketTable(s3, settings_of(opts), opts, invalidate, nursery))
-    return await BucketRouter.make(s3, opts, invalidate, BlockCache(opts.cache.cache_size), nursery)
+    blocks = BlockCache(opts.cache.cache_size, disk_cache_of(opts, nursery))
+    return await BucketRouter.make(s3, opts, invalidate, blocks, nursery)
 
 
 def open_metrics_listener(address: str | None) -> socket.socket | None:

@@ -111,6 +111,7 @@ class CacheOptions:
 
     block_size: int
     cache_size: int
+    disk_cache_size: int  # 0: no disk cache (diskcache.py)
     read_ahead: int
     transfer_budget: int
     kernel_read_ahead: int
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="s3fuse",
         description="Mount an S3 bucket (or a prefix of it), or every bucket of the account, as a directory.",
         epilog="Also: 's3fuse demo MOUNTPOINT' mounts a demo bucket served by an embedded local S3 server; "
-        "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished; "
+        "'s3fuse cleanup BUCKET' aborts multipart uploads s3fuse left unfinished ('--disk-cache SIZE' trims "
+        "the disk cache); "
         "'s3fuse recover CACHE_DIR' uploads what --write-back mounts journaled and did not upload; "
         "'s3fuse stats MOUNTPOINT' shows a mount's S3 requests, errors and cache hit rates. "
         "Credentials come from boto3's usual chain: environment, ~/.aws profiles, SSO, instance metadata.",
@@ -437,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         default=default_cache_dir(),
         help="directory for logs, unsaved writes (spill files), the write-back journal, the record of "
-        "multipart uploads in progress and lost+found (default: $XDG_CACHE_HOME/s3fuse, else ~/.cache/s3fuse)",
+        "multipart uploads in progress, lost+found and the disk cache (blocks/, with --disk-cache-size) "
+        "(default: $XDG_CACHE_HOME/s3fuse, else ~/.cache/s3fuse)",
     )
     cache.add_argument(
         "--block-size",
@@ -447,6 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument(
         "--cache-size", type=parse_size, default=parse_size("64M"), help="memory for cached blocks (default: 64M)"
+    )
+    cache.add_argument(
+        "--disk-cache-size",
+        type=parse_size,
+        default=0,
+        metavar="SIZE",
+        help="keep blocks read in CACHE_DIR/blocks/, up to SIZE bytes, least recently used evicted; kept across "
+        "remounts and shared by the mounts of one cache dir, each checked against its checksum and ETag when "
+        "read. Objects up to half of SIZE are read by blocks and a random read fetches the rest in the "
+        "background; not with --sse-c-key-file. Off by default because it keeps copies of objects on local disk, "
+        "outside S3's access control, and costs disk space and writes that read-once workloads gain nothing "
+        "from; 's3fuse cleanup --disk-cache 0' empties it (default: 0, no disk cache)",
     )
     cache.add_argument(
         "--read-ahead",

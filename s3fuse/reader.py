@@ -11,6 +11,12 @@ window of parallel GETs that doubles up to ``max_readahead``; random reads fetch
 just the bytes asked for. Every GET carries If-Match, so a replaced object fails
 the read (EIO) instead of mixing two versions. A reader given a ``version_id``
 reads that version of the object (GetObject VersionId, for ``.versions/``).
+
+With a disk cache (diskcache.py), an object that fits in it is read by blocks only,
+never by streams, so every byte read is kept on disk: sequential reads with the
+read-ahead window, and a random read fetches its blocks and starts fetching the rest
+of the object in the background (as s3fs-fuse does), after which reads run at local
+disk speed.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class ObjectReader:
     # after a doubling was not this much faster, it goes back and stays. On 127.0.0.1 with two
     # cores, 8 GETs at once are no faster than 4 (the server's CPU is the limit) and cost it CPU.
     GROWTH = 1.25
+    # Blocks fetched at once in the background fetch of a randomly read object kept on disk.
+    REST_WORKERS = 2
 
     def __init__(
         self,
@@ -87,9 +95,15 @@ class ObjectReader:
         self._last_rate = 0.0  # bytes/s of the last round
         self._stream_failed = False  # after a failed stream, ranged GETs only (they retry and report)
         self._refused = False  # the last read wanted streams and got none (no room in the budget)
+        # Read by blocks, each kept on disk; never without an ETag, which is what tells versions apart there.
+        disk = cache.disk
+        self.on_disk = disk is not None and bool(etag) and disk.holds(size)
+        self._fetching_rest = False  # the background fetch of the whole object has started
+        self._closed = False
 
     def close(self) -> None:
-        """The handle is closed: stop streaming."""
+        """The handle is closed: stop streaming (and fetching the rest of the object)."""
+        self._closed = True
         self._close_streams()
 
     def prefetch_small_object(self) -> None:
@@ -112,6 +126,15 @@ class ObjectReader:
         self._contiguous_reads = self._contiguous_reads + 1 if contiguous else 0
         self._expected_offset = offset + size
         try:
+            if self.on_disk:
+                if sequential:
+                    self._sequential_reads += 1
+                    return await self._read_blocks(offset, size)
+                self._sequential_reads = 0
+                if not self._fetching_rest:
+                    self._fetching_rest = True
+                    self.nursery.start_soon(self._fetch_rest)
+                return await self._read_random_on_disk(offset, size)
             # A small read near the last one but not next to it, in an object of many blocks,
             # is likely a random one: it gets just its bytes, not a block.
             if sequential and (contiguous or size >= self.STREAMING_FIRST_READ or self.size <= self.block_size):
@@ -234,6 +257,64 @@ class ObjectReader:
         except Exception:  # a background task: anything uncaught would end the daemon
             log.exception("read-ahead of %r block %d failed", self.key, index)
 
+    async def _read_random_on_disk(self, offset: int, size: int) -> bytes | memoryview:
+        """A random read of an object kept on disk: from memory, else just its chunks from the disk
+        cache (not the whole block into memory), else its whole blocks fetched (and kept)."""
+        disk = self.cache.disk
+        assert disk is not None
+        pieces: list[bytes | memoryview] = []
+        position, end = offset, offset + size
+        while position < end:
+            index = position // self.block_size
+            base = index * self.block_size
+            stop = min(base + self.block_size, end)
+            key = self._cache_key(index)
+            cached = self.cache.peek(key)
+            piece = memoryview(cached)[position - base : stop - base] if cached is not None else None
+            if piece is None and key not in self.cache:  # not being fetched either
+                piece = await disk.read_range(self._disk_name(index), position - base, stop - base)
+            if piece is None:
+                piece = memoryview(await self._block(index))[position - base : stop - base]
+            pieces.append(piece)
+            position = stop
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _fetch_rest(self) -> None:
+        """Fetch every block of the object not yet cached, a few at a time, each with bytes of the
+        mount's transfer budget (as a streamed segment takes), until all are or the handle closes."""
+        budget = self.s3.transfer
+        disk = self.cache.disk
+        assert disk is not None
+        indexes = iter(range((self.size + self.block_size - 1) // self.block_size))
+
+        async def worker(user: object) -> None:
+            try:
+                for index in indexes:
+                    if self._closed:
+                        return
+                    if self._cache_key(index) in self.cache:
+                        continue
+                    if await trio.to_thread.run_sync(disk.has, self._disk_name(index)):
+                        continue  # read from disk when asked for, not into memory now
+                    await budget.take(user, self.block_size)
+                    if self._closed:  # while it waited for bytes
+                        budget.give_back(user, self.block_size)
+                        return
+                    try:
+                        await self._block(index)
+                    finally:
+                        budget.give_back(user, self.block_size)
+            except FsError as exc:  # a read of the block will see the error itself
+                log.debug("background fetch of %r failed: %s", self.key, exc)
+            except Exception:  # a background task: anything uncaught would end the daemon
+                log.exception("background fetch of %r failed", self.key)
+            finally:
+                budget.leave(user)
+
+        async with trio.open_nursery() as workers:
+            for _ in range(self.REST_WORKERS):
+                workers.start_soon(worker, object())  # each its own user of the budget: one block, one share
+
     def _cache_key(self, index: int) -> Hashable:
         if self.version_id is None:
             return (self.key, self.etag, index)  # the form writeback.py and mutations.py fill in too
@@ -243,7 +324,14 @@ class ObjectReader:
     async def _block(self, index: int) -> bytes:
         start = index * self.block_size
         end = min(start + self.block_size, self.size)
-        return await self.cache.get(self._cache_key(index), lambda: self._get(start, end))
+        disk_name = self._disk_name(index) if self.on_disk else None
+        return await self.cache.get(self._cache_key(index), lambda: self._get(start, end), disk_name)
+
+    def _disk_name(self, index: int) -> Hashable:
+        """The block's identity in the disk cache: its byte range, so mounts of other block sizes never meet."""
+        start = index * self.block_size
+        end = min(start + self.block_size, self.size)
+        return (self.s3.bucket, self.key, self.etag, self.version_id, start, end)
 
     async def _read_range(self, offset: int, size: int) -> bytes | memoryview:
         cached = self._cached_slice(offset, size)

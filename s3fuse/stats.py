@@ -89,7 +89,8 @@ def render(summary: dict, mountpoint: str) -> str:
         rate = f"{100 * hits / (hits + misses):.0f}%" if hits + misses else "-"
         lines.append(f"{cache + ' cache':<16} hit rate {rate:>4} ({hits} hits, {misses} misses)")
     lines.append(
-        f"{'':<16} holds {_size(g.get('block_cache_bytes', 0))} of blocks, "
+        f"{'':<16} holds {_size(g.get('block_cache_bytes', 0))} of blocks "
+        f"({_size(g.get('disk_cache_bytes', 0))} on disk), "
         f"{int(g.get('metadata_cache_entries', 0))} metadata entries; the kernel holds {int(g.get('inodes', 0))} inodes"
     )
     lines.append(f"{'transfers':<16} {_size(g.get('transfer_bytes', 0))} in flight (read ahead, parts being sent)")

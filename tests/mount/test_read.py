@@ -32,6 +32,11 @@ def big_object(s3, tmp_path_factory):
 BLOCK_VARIANTS = {
     "default-blocks": (8 * MIB, []),
     "1M-blocks": (MIB, ["--block-size", "1M", "--read-ahead", "4M", "--cache-size", "16M"]),
+    # read by blocks only, each kept on disk; a random read fetches the rest in the background
+    "disk-cache": (
+        MIB,
+        ["--block-size", "1M", "--read-ahead", "4M", "--cache-size", "16M", "--disk-cache-size", "256M"],
+    ),
 }
 
 
@@ -113,12 +118,16 @@ def test_random_reads_of_big_object(big_object, mount, variant):
             assert os.pread(f.fileno(), length, off) == data[off : off + length], (off, length)
 
 
-@pytest.mark.parametrize("new_size", [20 * MIB, 8 * MIB], ids=["grown", "shrunk"])
-def test_object_replaced_while_open(s3, bucket, mount, new_size):
+@pytest.mark.parametrize(
+    ("new_size", "extra"),
+    [(20 * MIB, []), (8 * MIB, []), (20 * MIB, ["--disk-cache-size", "64M"])],
+    ids=["grown", "shrunk", "grown-disk-cache"],  # with a disk cache: by blocks, the rest fetched in the background
+)
+def test_object_replaced_while_open(s3, bucket, mount, new_size, extra):
     old = random.Random(1).randbytes(16 * MIB)
     new = random.Random(2).randbytes(new_size)
     s3.put_object(Bucket=bucket, Key="f.bin", Body=old)
-    mnt = mount(bucket, "--block-size", "1M", "--read-ahead", "1M", "--attr-ttl", "1")
+    mnt = mount(bucket, "--block-size", "1M", "--read-ahead", "1M", "--attr-ttl", "1", *extra)
     path = mnt / "f.bin"
 
     fd = os.open(path, os.O_RDONLY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from s3fuse.blockcache import BlockCache
 from s3fuse.reader import ObjectReader, _Round
 from s3fuse.transfer import TransferBudget
 
@@ -70,8 +71,9 @@ class FakeStream:
 
 
 def reader_of(max_readahead: int) -> ObjectReader:
-    """A reader whose streams have just started (_passed needs nothing of S3 or the cache)."""
-    reader = ObjectReader(None, None, None, "k", 1 << 40, None, MIB, max_readahead, lambda: None)  # type: ignore[arg-type]
+    """A reader whose streams have just started (_passed needs nothing of S3 or the cache's blocks)."""
+    cache = BlockCache(MIB)
+    reader = ObjectReader(None, cache, None, "k", 1 << 40, None, MIB, max_readahead, lambda: None)  # type: ignore[arg-type]
     reader._round = _Round(trio.current_time(), reader._window)
     return reader
 
