@@ -142,10 +142,9 @@ def test_sigkill_loses_nothing_that_close_acknowledged(s3, bucket, mount, faulty
 
     if recovery == "remount":
         again = mount(bucket)  # straight to moto: the journal, not the old endpoint, says what to do
-        assert wait_until(lambda: not journal_records(cache, bucket), BOUND), mount.log_text(again)
-        log = mount.log_text(again)
-        assert f"resuming {len(expected)} upload(s)" in log
-        assert "every upload resumed from the write-back journal has ended" in log
+        ended = "every upload resumed from the write-back journal has ended"  # logged after the last record goes
+        assert wait_until(lambda: not journal_records(cache, bucket) and ended in mount.log_text(again), BOUND)
+        assert f"resuming {len(expected)} upload(s)" in mount.log_text(again)
         for key, data in expected.items():
             assert (again / key).read_bytes() == data
         mount.check(again)
