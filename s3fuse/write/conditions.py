@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import FsError
 from ..s3client import S3Client
-from .upload import PART_CHECKSUM, ObjectHeaders, content_crc32, put_object, put_object_answer
+from .upload import MultipartUpload, ObjectHeaders, UploadRegistry, put_object, put_object_answer
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,18 @@ def refused(exc: FsError) -> bool:
     return exc.code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404")
 
 
-async def honoured(s3: S3Client, kind: str) -> bool:
-    """Whether the server honours If-Match and If-None-Match on ``kind`` (PUT or COMPLETE) writes."""
+async def honoured(s3: S3Client, kind: str, registry: UploadRegistry | None = None) -> bool:
+    """Whether the server honours If-Match and If-None-Match on ``kind`` (PUT, or COMPLETE: then
+    ``registry`` records the probe's multipart upload) writes."""
     if kind not in s3.honours:
         async with s3.probing:
             if kind not in s3.honours:
                 try:
-                    s3.honours[kind] = await (_probe_put(s3) if kind == PUT else _probe_complete(s3))
+                    if kind == PUT:
+                        s3.honours[kind] = await _probe_put(s3)
+                    else:
+                        assert registry is not None
+                        s3.honours[kind] = await _probe_complete(s3, registry)
                 except FsError as exc:
                     if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                         # The network or the server failing: this write goes unguarded (the HEAD
@@ -85,29 +90,21 @@ async def _probe_put(s3: S3Client) -> bool:
     return exclusive and matching
 
 
-async def _probe_complete(s3: S3Client) -> bool:
-    # With a checksum, as every upload of s3fuse's.
-    upload_id = (await s3.call("create_multipart_upload", Key=PROBE_KEY, ChecksumAlgorithm=PART_CHECKSUM))["UploadId"]
+async def _probe_complete(s3: S3Client, registry: UploadRegistry) -> bool:
+    # Registered as every upload of s3fuse's: a kill in the middle leaves one that cleanup aborts.
+    upload = MultipartUpload(s3, PROBE_KEY, ObjectHeaders("text/plain"), registry)
+    await upload.start()
     try:
-        part = {"PartNumber": 1, "ChecksumCRC32": content_crc32(b"probe")}
-        answer = await s3.call("upload_part", Key=PROBE_KEY, UploadId=upload_id, Body=b"probe", **part)
-        parts = {"Parts": [{**part, "ETag": answer["ETag"]}]}
-        if await _refuses(
-            s3.call(
-                "complete_multipart_upload",
-                Key=PROBE_KEY,
-                UploadId=upload_id,
-                MultipartUpload=parts,
-                IfMatch=NO_SUCH_ETAG,
-            )
-        ):
-            return True
-        upload_id = None  # completed: ignored the condition
-        await s3.call("delete_object", Key=PROBE_KEY)
-        return False
-    finally:
-        if upload_id is not None:
-            await s3.call("abort_multipart_upload", Key=PROBE_KEY, UploadId=upload_id)
+        await upload.send_part(1, b"probe")
+        honours = await _refuses(upload.complete({"IfMatch": NO_SUCH_ETAG}))
+    except BaseException:
+        await upload.abort()
+        raise
+    if honours:
+        await upload.abort()
+    else:
+        await s3.call("delete_object", Key=PROBE_KEY)  # completed: the condition was ignored
+    return honours
 
 
 class Guard:
@@ -117,13 +114,14 @@ class Guard:
     an unguarded save); ``sent`` tells whether any were, so that a refusal means a race.
     """
 
-    def __init__(self, s3: S3Client | None, etag: str | None) -> None:
+    def __init__(self, s3: S3Client | None, etag: str | None, registry: UploadRegistry | None = None) -> None:
         self.s3 = s3
         self.etag = etag
+        self.registry = registry  # for COMPLETE
         self.sent = False
 
     async def params(self, kind: str) -> dict[str, str]:
-        if self.s3 is None or not await honoured(self.s3, kind):
+        if self.s3 is None or not await honoured(self.s3, kind, self.registry):
             return {}
         self.sent = True
         return {"IfMatch": self.etag} if self.etag is not None else {"IfNoneMatch": "*"}

@@ -343,7 +343,7 @@ class OpenFile:
         if self.stream is None or not self.stream.usable:
             await self._drop_stream()
             self.headers = await self.object_headers(needs_base=spill.needs_base(0, size))
-        guard = Guard(self.wb.s3, self.replacing)
+        guard = Guard(self.wb.s3, self.replacing, self.wb.registry)
         try:
             etag = await self._upload(spill, guard)
         except FsError as exc:

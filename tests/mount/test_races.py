@@ -75,12 +75,13 @@ def test_a_read_racing_a_save_of_the_file_reads_the_file(s3, bucket, mount, mode
     the same file replaces that object got 412 and failed with ESTALE; it reads the file
     as it is now instead. Under --write-back the save is the background upload after
     close(); in the default mode another thread saves with fsync."""
+    olds = [random.Random(round_).randbytes(MIB) for round_ in range(12)]
+    for round_, old in enumerate(olds):  # before the mount: a name another client adds is seen after a TTL
+        s3.put_object(Bucket=bucket, Key=f"save{round_}.bin", Body=old)
     mnt = mount(bucket, *(["--write-back"] if mode == "write-back" else []))
     rbuf, failures, reads = mmap.mmap(-1, 64 << 10), [], 0
-    for round_ in range(12):
+    for round_, old in enumerate(olds):
         key = f"save{round_}.bin"
-        old = random.Random(round_).randbytes(MIB)
-        s3.put_object(Bucket=bucket, Key=key, Body=old)
         fd = os.open(mnt / key, os.O_RDWR)
         os.pwrite(fd, b"A" * BLOCK, 0)
         stop = threading.Event()
