@@ -200,7 +200,8 @@ def problems(actual: dict[str, Entry], model: Model, pending: tuple[int, Op] | N
     if pending is not None and pending[1][0] == "rename":
         src, dst = pending[1][1:]
         for path in [p for p in model.tree if p == src or under(p, src)]:
-            if path not in actual and dst + path[len(src) :] not in actual:
+            entry = model.tree[path]
+            if not matches(entry, actual.get(path)) and not matches(entry, actual.get(dst + path[len(src) :])):
                 found.append(f"{path}: lost by the rename begun to {dst}")
     return found
 

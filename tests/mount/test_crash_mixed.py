@@ -21,7 +21,7 @@ from conftest import fusermount_u, put_objects
 
 from mount.test_crash import kill_while_working, recover_after_kill
 
-# CI: 2 a mode (about 8 s each); by hand (scripts/crash-battery): 200 or more
+# CI: 2 a mode (8-20 s a point); by hand (scripts/crash-battery): 200 or more
 CRASH_POINTS = int(os.environ.get("S3FUSE_CRASH_POINTS", "2"))
 WRITER = Path(crashload.__file__)
 
