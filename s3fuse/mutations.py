@@ -212,17 +212,20 @@ class Mutations:
         pages = Pager(self.s3, "list_objects_v2", {"Prefix": old, "MaxKeys": 1000})
         moved = 0
         started = time.monotonic()
-        directories = {old}  # every directory below old, as a marker key
+        directories: set[str] = set()  # every directory below old, as a marker key
         while not pages.done:
             objects = (await pages.next_page()).get("Contents", [])
-            await self._move_page(objects, old, new)
+            found = {old}
             for obj in objects:
                 if obj["Key"].endswith("/"):
-                    directories.add(obj["Key"])
+                    found.add(obj["Key"])
                 parent = obj["Key"].rstrip("/").rpartition("/")[0]
                 while len(parent) >= len(old):
-                    directories.add(parent + "/")
+                    found.add(parent + "/")
                     parent = parent.rpartition("/")[0]
+            await self._index_new_directories(sorted(found - directories), old, new)
+            directories |= found
+            await self._move_page(objects, old, new)
             moved += len(objects)
             if not pages.done:  # the mv waiting on it shows nothing: the log says how far it got
                 log.info("renaming %r to %r: %d objects moved so far (%.0f s)", old_path, new_path, moved,
@@ -237,6 +240,14 @@ class Mutations:
             sorted(directories, key=lambda key: -key.count("/")) + self.ns.index.keys_below(sorted(directories)),
         )
         log.info("renamed %r to %r: %d objects in %.1f s", old_path, new_path, moved, time.monotonic() - started)
+
+    async def _index_new_directories(self, keys: list[str], old: str, new: str) -> None:
+        """An attribute index object in each destination directory before anything is copied there:
+        the moved entries reach it seconds after the rename (``move_tree`` queues them), and if the
+        daemon dies before, the next mount then HEADs them instead of showing the mount defaults (a
+        symlink as a file, a chmod undone)."""
+        paths = [(new + key[len(old) :])[len(self.prefix) :].rstrip("/") for key in keys]
+        await gather((lambda path=path: self.ns.index.create(path) for path in paths), PARALLEL_COPIES)  # type: ignore[misc]
 
     async def _move_page(self, objects: list[dict[str, Any]], old: str, new: str) -> None:
         """Copy one listing page's objects from under ``old`` to under ``new``; the sources
