@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import boto_client, wait_until
 
-ROUNDS = int(os.environ.get("S3FUSE_RACE_ROUNDS", "40"))  # CI: 40 a test; by hand: 500
+ROUNDS = int(os.environ.get("S3FUSE_RACE_ROUNDS", "25"))  # CI: 25 a test; by hand: 500
 FRESH = ["--attr-ttl", "0", "--negative-ttl", "0"]  # each open sees the version in S3 now
 
 
