@@ -131,6 +131,8 @@ class BucketTree(ObjectTree):
         """The tree with its write-back, which takes the journal (JournalInUse if another mount has it)."""
         tree = cls(s3, opts, ns, blocks, reserved, await WriteBack.create(s3, blocks, opts, nursery, tree=ns))
         tree.wb.start()  # the uploads adopted from the journal
+        if not opts.mount.read_only:
+            await tree.mut.finish_renames()
         return tree
 
     def start(self, nursery: trio.Nursery) -> None:

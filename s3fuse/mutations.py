@@ -16,6 +16,8 @@ import stat
 import time
 from typing import Any
 
+import trio
+
 from .blockcache import BlockCache
 from .errors import FsError
 from .inodes import Node
@@ -24,6 +26,7 @@ from .names import dir_prefix, file_key
 from .namespace import Namespace
 from .options import Config
 from .pager import Pager
+from .renamelog import RenameLog
 from .s3client import S3Client
 from .write import WriteBack
 from .write.conditions import PUT, Guard, refused
@@ -62,6 +65,7 @@ class Mutations:
         self.blocks = blocks
         self.prefix: str = opts.mount.prefix
         self.exclusive = opts.write.on_conflict == "fail"  # creates are exclusive across mounts
+        self.renames = RenameLog(opts.write.cache_dir, opts.mount.bucket_name)
 
     def _marker_key(self, path: str) -> str:
         return dir_prefix(self.prefix, path)
@@ -204,10 +208,38 @@ class Mutations:
         return etag
 
     async def _rename_dir(self, old_path: str, new_path: str) -> None:
-        """Parallel copies, the sources deleted in batches as they finish, one listing page (1000
-        keys) at a time; the directory markers last, deepest first."""
+        """The move of a directory's keys, its intent in the rename log while it runs: a crash
+        leaves it to the next mount (``finish_renames``); an error leaves it to the caller."""
         for of in self.wb.under(old_path):
             await of.save()
+        old, new = self._marker_key(old_path), self._marker_key(new_path)
+        intent = await trio.to_thread.run_sync(self.renames.begin, old, new)
+        try:
+            await self._move_dir(old_path, new_path)
+        finally:
+            self.renames.end(intent)
+
+    async def finish_renames(self) -> None:
+        """Report and finish the directory renames that a dead daemon with this cache dir began
+        (before the mount serves a request): what is still under the old name is moved."""
+        for intent, record in self.renames.cut_short():
+            old, new = record["old"], record["new"]
+            if not (old.startswith(self.prefix) and new.startswith(self.prefix)):
+                continue  # another --prefix's: its own mount finishes it
+            old_path, new_path = old[len(self.prefix) :].rstrip("/"), new[len(self.prefix) :].rstrip("/")
+            log.warning("the rename of %r to %r was cut short (s3fuse process %s died); finishing it",
+                        old_path, new_path, record["pid"])  # fmt: skip
+            try:
+                await self._move_dir(old_path, new_path)
+            except FsError as exc:
+                log.error("could not finish the rename of %r to %r (%s): the next mount tries again",
+                          old_path, new_path, exc)  # fmt: skip
+                continue
+            self.renames.end(intent)
+
+    async def _move_dir(self, old_path: str, new_path: str) -> None:
+        """Parallel copies, the sources deleted in batches as they finish, one listing page (1000
+        keys) at a time; the directory markers last, deepest first."""
         old, new = self._marker_key(old_path), self._marker_key(new_path)
         pages = Pager(self.s3, "list_objects_v2", {"Prefix": old, "MaxKeys": 1000})
         moved = 0

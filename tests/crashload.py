@@ -203,6 +203,9 @@ def problems(actual: dict[str, Entry], model: Model, pending: tuple[int, Op] | N
             entry = model.tree[path]
             if not matches(entry, actual.get(path)) and not matches(entry, actual.get(dst + path[len(src) :])):
                 found.append(f"{path}: lost by the rename begun to {dst}")
+        # A directory's, cut short, is finished by the next mount (renamelog.py): never split.
+        if model.tree[src].kind == "dir" and src in actual and dst in actual:
+            found.append(f"{src}: the rename to {dst} cut short shows at both names")
     return found
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import crashload
 import pytest
-from conftest import fusermount_u, put_objects
+from conftest import fusermount_u, keys_of, put_objects, wait_until
+from faultproxy import Rule
 
 from mount.test_crash import kill_while_working, recover_after_kill
 
@@ -78,4 +79,27 @@ def test_attributes_of_a_renamed_directory_survive_a_kill_right_after(bucket, mo
     again = mount(bucket)
     assert stat.S_IMODE((again / "e" / "f").stat().st_mode) == 0o700
     assert os.readlink(again / "e" / "l") == "target"
+    mount.check(again)
+
+
+def test_a_directory_rename_cut_short_is_finished_by_the_next_mount(s3, bucket, mount, faulty):
+    """A kill in the middle of `mv d e` (half its keys copied, copies stalled) leaves the keys split
+    between the names; the next mount with the same cache dir reports it and moves the rest, before
+    it serves anything: every key under e/ with its bytes, none under d/."""
+    put_objects(s3, bucket, {f"d/k{i:03d}": f"key {i}\n".encode() for i in range(60)})
+    mnt = mount(bucket, "--endpoint-url", faulty.url, endpoint=False)
+    faulty.add(Rule("stall", method="PUT", header="x-amz-copy-source", p=0.5, seconds=60))
+    mv = subprocess.Popen(["mv", str(mnt / "d"), str(mnt / "e")], stderr=subprocess.DEVNULL)
+    assert wait_until(lambda: len(keys_of(s3, bucket, "e/")) >= 10, 30)
+    mount.kill(mnt)
+    mv.wait(30)
+    fusermount_u(mnt)
+    faulty.clear()
+    assert keys_of(s3, bucket, "d/")  # split between the two names
+    again = mount(bucket)
+    assert "the rename of 'd' to 'e' was cut short" in mount.log_text(again)
+    assert not (again / "d").exists()
+    assert sorted(os.listdir(again / "e")) == [f"k{i:03d}" for i in range(60)]
+    assert (again / "e" / "k042").read_bytes() == b"key 42\n"
+    assert keys_of(s3, bucket, "d/") == {}
     mount.check(again)

@@ -7,11 +7,13 @@ import dataclasses
 import errno
 import io
 import itertools
+import json
 import logging
 import os
 import stat
 import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import botocore.exceptions
 import pyfuse3
@@ -38,6 +40,7 @@ from s3fuse.metadata import (
 from s3fuse.mount import describe_failure
 from s3fuse.options import build_parser, config_of, expand_mount_options, parse_args, parse_mode, parse_size
 from s3fuse.progress import Progress
+from s3fuse.renamelog import RenameLog
 from s3fuse.s3client import (
     ClientSettings,
     LeanModelLoader,
@@ -1045,3 +1048,18 @@ def test_extents_round_trip_through_a_record(pairs):
     again = Extents.of(extents.ranges())
     assert again.ranges() == extents.ranges()
     assert list(again.segments(0, 2100)) == list(extents.segments(0, 2100))
+
+
+def test_rename_log_finds_the_renames_of_dead_daemons_only(tmp_path):
+    log = RenameLog(str(tmp_path), "bucket")
+    assert log.cut_short() == []
+    mine = log.begin("d/", "e/")  # this process: at a mount's start, an earlier one with its pid
+    alive = log.begin("a/", "b/")
+    Path(alive).write_text(json.dumps({"old": "a/", "new": "b/", "pid": 1, "started": 0}))  # init: alive
+    dead = Path(log.directory) / "dead.json"
+    dead.write_text(json.dumps({"old": "x/", "new": "y/", "pid": 2**22 + 1, "started": 1}))
+    (Path(log.directory) / "torn.json").write_text("{")
+    assert [(path, record["old"]) for path, record in log.cut_short()] == [(str(dead), "x/"), (mine, "d/")]
+    log.end(mine)
+    log.end(str(dead))
+    assert log.cut_short() == []
