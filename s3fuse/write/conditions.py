@@ -9,7 +9,8 @@ unnoticed (what then happens is the file's business: ``OpenFile``, by ``--on-con
 
 Servers differ. Measured with the test suite's servers (moto 5.2.6, SeaweedFS 4.48):
 moto honours both headers on PutObject, only ``If-None-Match`` on
-CompleteMultipartUpload and none of them on CopyObject; SeaweedFS honours them all.
+CompleteMultipartUpload and none of them on CopyObject, and checks them apart from the write (two
+racing writes can both pass); SeaweedFS honours them all, atomically.
 So each kind of write is probed once per bucket connection, lazily, on the mount's
 own probe key (never by writing user data): where the server ignores the headers,
 saves send none and rely on the check before the write (a HeadObject), which is
