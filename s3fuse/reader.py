@@ -321,17 +321,19 @@ class ObjectReader:
         # Apart from the current object's blocks: without ETags, two versions would share them.
         return (self.key, self.etag, index, self.version_id)
 
-    async def _block(self, index: int) -> bytes:
+    def _span(self, index: int) -> tuple[int, int]:
+        """The byte range of block ``index``."""
         start = index * self.block_size
-        end = min(start + self.block_size, self.size)
+        return start, min(start + self.block_size, self.size)
+
+    async def _block(self, index: int) -> bytes:
+        start, end = self._span(index)
         disk_name = self._disk_name(index) if self.on_disk else None
         return await self.cache.get(self._cache_key(index), lambda: self._get(start, end), disk_name)
 
     def _disk_name(self, index: int) -> Hashable:
         """The block's identity in the disk cache: its byte range, so mounts of other block sizes never meet."""
-        start = index * self.block_size
-        end = min(start + self.block_size, self.size)
-        return (self.s3.bucket, self.key, self.etag, self.version_id, start, end)
+        return (self.s3.bucket, self.key, self.etag, self.version_id, *self._span(index))
 
     async def _read_range(self, offset: int, size: int) -> bytes | memoryview:
         cached = self._cached_slice(offset, size)

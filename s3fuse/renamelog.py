@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
+from .write.journal import write_durably
 from .write.upload import process_alive
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,7 @@ class RenameLog:
         """Record, durably, that the keys under ``old`` are being moved under ``new``; the record's path."""
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"{uuid.uuid4().hex}.json")
-        record = {"old": old, "new": new, "pid": os.getpid(), "started": time.time()}
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".tmp", path)
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_durably(path, {"old": old, "new": new, "pid": os.getpid(), "started": time.time()})
         return path
 
     def end(self, path: str) -> None:

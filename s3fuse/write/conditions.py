@@ -46,28 +46,34 @@ def refused(exc: FsError) -> bool:
 async def honoured(s3: S3Client, kind: str, registry: UploadRegistry | None = None) -> bool:
     """Whether the server honours If-Match and If-None-Match on ``kind`` (PUT, or COMPLETE: then
     ``registry`` records the probe's multipart upload) writes."""
-    if kind not in s3.honours:
-        async with s3.probing:
-            if kind not in s3.honours:
-                try:
-                    if kind == PUT:
-                        s3.honours[kind] = await _probe_put(s3)
-                    else:
-                        assert registry is not None
-                        s3.honours[kind] = await _probe_complete(s3, registry)
-                except FsError as exc:
-                    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                        # The network or the server failing: this write goes unguarded (the HEAD
-                        # before it is the check), the next one asks again.
-                        log.info("could not check how the server treats conditional %s: %s", kind, exc)
-                        return False
-                    s3.honours[kind] = False  # no right to write the probe key: never
-                if not s3.honours[kind]:
-                    log.warning("the server ignores If-Match/If-None-Match on %s (or s3fuse may not write "
-                                "%s to check): a save checks the object with HeadObject before it instead, "
-                                "and two mounts saving one file at the same moment can both succeed (the "
-                                "later one wins)", kind, PROBE_KEY)  # fmt: skip
+    if kind in s3.honours:  # every save asks: no lock once known
+        return s3.honours[kind]
+    async with s3.probing:
+        if kind not in s3.honours:
+            answer = await _probe(s3, kind, registry)
+            if answer is None:
+                return False  # this write goes unguarded (the HEAD before it is the check)
+            s3.honours[kind] = answer
+            if not answer:
+                log.warning("the server ignores If-Match/If-None-Match on %s (or s3fuse may not write "
+                            "%s to check): a save checks the object with HeadObject before it instead, "
+                            "and two mounts saving one file at the same moment can both succeed (the "
+                            "later one wins)", kind, PROBE_KEY)  # fmt: skip
     return s3.honours[kind]
+
+
+async def _probe(s3: S3Client, kind: str, registry: UploadRegistry | None) -> bool | None:
+    """The probe's answer; None when the network or the server failed it (the next write asks again)."""
+    try:
+        if kind == PUT:
+            return await _probe_put(s3)
+        assert registry is not None
+        return await _probe_complete(s3, registry)
+    except FsError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return False  # no right to write the probe key: never
+        log.info("could not check how the server treats conditional %s: %s", kind, exc)
+        return None
 
 
 async def _refuses(attempt: Awaitable[Any]) -> bool:

@@ -144,21 +144,30 @@ class Journal:
     # ---- durability
 
     def _write_atomically(self, name: str, content: dict[str, Any]) -> None:
-        path = os.path.join(self.directory, name)
-        temporary = f"{path}.tmp"
-        with open(temporary, "w") as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(temporary, path)
-        self._sync_directory()
+        write_durably(os.path.join(self.directory, name), content)
 
     def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_directory(self.directory)
+
+
+def write_durably(path: str, content: dict[str, Any]) -> None:
+    """Write content to path as JSON so that a crash leaves no file or the whole one: a temporary
+    file fsync'd, renamed into place, then its directory fsync'd."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(content, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temporary, path)
+    sync_directory(os.path.dirname(path))
+
+
+def sync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def journals(cache_dir: str) -> list[Journal]:

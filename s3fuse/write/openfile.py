@@ -75,7 +75,6 @@ class OpenFile:
         self.attributes_changed = False
         self.mtime_set = False  # utimens was called: x-amz-meta-mtime is written
         self.written: ObjectHeaders | None = None  # the headers of the last save (with_attributes)
-        self.headers: ObjectHeaders | None = None  # the headers the save running now writes
         # What the save running now may replace (object_headers): the ETag it checked, None: no object.
         self.replacing: str | None = None
         self.changed: set[str] = set()  # attributes set here since the last save
@@ -340,30 +339,32 @@ class OpenFile:
             return
         spill = self._spill()
         size = spill.size
+        headers = None  # the end of a usable stream: it has its own
         if self.stream is None or not self.stream.usable:
             await self._drop_stream()
-            self.headers = await self.object_headers(needs_base=spill.needs_base(0, size))
+            headers = await self.object_headers(needs_base=spill.needs_base(0, size))
         guard = Guard(self.wb.s3, self.replacing, self.wb.registry)
         try:
-            etag = await self._upload(spill, guard)
+            etag = await self._upload(spill, headers, guard)
         except FsError as exc:
             if not (guard.sent and refused(exc)):
                 raise
             self._lost_race()
-            etag = await self._upload(spill, UNGUARDED)
+            etag = await self._upload(spill, headers, UNGUARDED)
         self._saved(etag, size)
 
-    async def _upload(self, spill: SpillFile, guard: Guard) -> str:
-        if self.stream is not None and self.stream.usable:
+    async def _upload(self, spill: SpillFile, headers: ObjectHeaders | None, guard: Guard) -> str:
+        """The stream's end (``headers`` None), or the whole file from its spill file."""
+        if headers is None:
+            assert self.stream is not None
             return await self.stream.finish(spill.size, guard)
-        assert self.headers is not None
         return await save_spill(
             self.wb.s3,
             self.wb.registry,
             self.wb.zeros,
             self.key,
             spill,
-            self.headers,
+            headers,
             self.base,
             self._fetch_base,
             self.wb.opts.cache.block_size,
