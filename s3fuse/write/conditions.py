@@ -12,7 +12,7 @@ moto honours both headers on PutObject, only ``If-None-Match`` on
 CompleteMultipartUpload and none of them on CopyObject, and checks them apart from the write (two
 racing writes can both pass); SeaweedFS honours them all, atomically.
 So each kind of write is probed once per bucket connection, lazily, on the mount's
-own probe key (never by writing user data): where the server ignores the headers,
+own probe keys (never by writing user data): where the server ignores the headers,
 saves send none and rely on the check before the write (a HeadObject), which is
 logged once.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -30,7 +31,9 @@ from .upload import MultipartUpload, ObjectHeaders, UploadRegistry, put_object, 
 
 log = logging.getLogger(__name__)
 
-PROBE_KEY = ".s3fuse/probe"  # the mount's own key (attrindex.INDEX_DIR), deleted after each probe
+# The mount's own keys (attrindex.INDEX_DIR), one a probe, deleted after it: two mounts probing at
+# once on one key would see each other's writes (one's delete made the other's If-None-Match pass).
+PROBE_PREFIX = ".s3fuse/probe-"
 # An ETag no object has (an MD5 of 32 zeros would need bytes hashing to it).
 NO_SUCH_ETAG = '"00000000000000000000000000000000"'
 PUT = "PutObject"
@@ -58,7 +61,7 @@ async def honoured(s3: S3Client, kind: str, registry: UploadRegistry | None = No
                 log.warning("the server ignores If-Match/If-None-Match on %s (or s3fuse may not write "
                             "%s to check): a save checks the object with HeadObject before it instead, "
                             "and two mounts saving one file at the same moment can both succeed (the "
-                            "later one wins)", kind, PROBE_KEY)  # fmt: skip
+                            "later one wins)", kind, PROBE_PREFIX + "*")  # fmt: skip
     return s3.honours[kind]
 
 
@@ -86,20 +89,24 @@ async def _refuses(attempt: Awaitable[Any]) -> bool:
     return False
 
 
+def _probe_key() -> str:
+    return PROBE_PREFIX + uuid.uuid4().hex
+
+
 async def _probe_put(s3: S3Client) -> bool:
-    headers = ObjectHeaders("text/plain")
-    await put_object(s3, PROBE_KEY, b"probe", headers)
+    headers, key = ObjectHeaders("text/plain"), _probe_key()
+    await put_object(s3, key, b"probe", headers)
     try:
-        exclusive = await _refuses(put_object_answer(s3, PROBE_KEY, b"probe", headers, {"IfNoneMatch": "*"}))
-        matching = await _refuses(put_object_answer(s3, PROBE_KEY, b"probe", headers, {"IfMatch": NO_SUCH_ETAG}))
+        exclusive = await _refuses(put_object_answer(s3, key, b"probe", headers, {"IfNoneMatch": "*"}))
+        matching = await _refuses(put_object_answer(s3, key, b"probe", headers, {"IfMatch": NO_SUCH_ETAG}))
     finally:
-        await s3.call("delete_object", Key=PROBE_KEY)
+        await s3.call("delete_object", Key=key)
     return exclusive and matching
 
 
 async def _probe_complete(s3: S3Client, registry: UploadRegistry) -> bool:
     # Registered as every upload of s3fuse's: a kill in the middle leaves one that cleanup aborts.
-    upload = MultipartUpload(s3, PROBE_KEY, ObjectHeaders("text/plain"), registry)
+    upload = MultipartUpload(s3, _probe_key(), ObjectHeaders("text/plain"), registry)
     await upload.start()
     try:
         await upload.send_part(1, b"probe")
@@ -110,7 +117,7 @@ async def _probe_complete(s3: S3Client, registry: UploadRegistry) -> bool:
     if honours:
         await upload.abort()
     else:
-        await s3.call("delete_object", Key=PROBE_KEY)  # completed: the condition was ignored
+        await s3.call("delete_object", Key=upload.key)  # completed: the condition was ignored
     return honours
 
 
