@@ -270,7 +270,9 @@ class BucketTree(ObjectTree):
         await self._changing(new_parent, new_name)
         if await self.mut.rename_journaled(node, new_path, target):
             return
-        await self.wb.settled(node)
+        pending = self.wb.files.get(node.inode)
+        if pending is None or not pending.only_attributes:  # held attribute changes go in the rename's copy
+            await self.wb.settled(node)
         await self.mut.rename(node, new_path, target)
 
     async def setattr(self, node: Node, changes: AttrChanges, opened: OpenedFile | None) -> Node:
@@ -328,13 +330,16 @@ class BucketTree(ObjectTree):
         """Apply a change to a file: folded into its pending upload, or saved right away."""
         pending = self.wb.files.get(node.inode)
         if pending is not None and pending.record is not None and not pending.handles:
-            # journaled and not uploaded yet (--write-back): the change joins the upload, durably
+            # journaled and not uploaded yet (--write-back, or attribute changes held): the change joins it
             if touches_data:
                 await self.wb.before_change(node)
             writer = self.wb.open(node, exists=True)
             try:
                 await change(writer)
-                await self.wb.acknowledge(writer)
+                if touches_data and not self.wb.write_back:  # attribute changes held: this one is saved now
+                    await writer.save()
+                else:
+                    await self.wb.acknowledge(writer)
             finally:
                 await self.wb.release(writer)
             return
@@ -346,7 +351,8 @@ class BucketTree(ObjectTree):
         writer = self.wb.open(await self._revalidate(node), exists=True)
         try:
             await change(writer)
-            await writer.save()
+            if touches_data or not await self.wb.hold(writer):
+                await writer.save()
         finally:
             await self.wb.release(writer)
 

@@ -121,12 +121,22 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     return predicate()
 
 
-def held_inodes(mnt: os.PathLike | str) -> int:
-    """The inodes a mount's kernel holds, from its s3fuse.stats xattr."""
+def gauge(mnt: os.PathLike | str, gauge_name: str) -> float:
+    """A gauge of a mount, from its s3fuse.stats xattr."""
     from s3fuse.metrics import STATS_XATTR, parse_exposition
 
     text = os.getxattr(mnt, STATS_XATTR).decode()
-    return int(next(value for name, _, value in parse_exposition(text) if name == "s3fuse_inodes"))
+    return float(next(value for name, _, value in parse_exposition(text) if name == gauge_name))
+
+
+def held_inodes(mnt: os.PathLike | str) -> int:
+    """The inodes a mount's kernel holds."""
+    return int(gauge(mnt, "s3fuse_inodes"))
+
+
+def held_changes_saved(mnt: os.PathLike | str) -> None:
+    """Wait until the attribute changes held after saves (semantics.md, Writes) are in S3."""
+    assert wait_until(lambda: gauge(mnt, "s3fuse_files_waiting_for_upload") == 0, 30)
 
 
 def fusermount_u(path: os.PathLike | str) -> None:

@@ -468,21 +468,23 @@ class OpenFile:
 
     @property
     def only_attributes(self) -> bool:
-        """Saved before, and changed since only in attributes (chmod, chown, utimens, setfattr)."""
+        """Saved before, and changed since only in attributes (chmod, chown, utimens, setfattr);
+        perhaps journaled so (``WriteBack.hold``, or a close under --write-back with no write)."""
         return (
             self.attributes_changed
             and self.spill is None
             and self.stream is None
             and not self.never_saved
             and not self.unlinked
-            and self.record is None
             and self.base is not None
         )
 
     async def copy_to(self, new_key: str) -> str | None:
-        """Renaming a file whose only unsaved changes are attributes (one open for writing that was
-        chmod'ed, say): one CopyObject to the new name carries them, instead of a copy onto itself
-        first. Returns the new object's ETag; None if the file is no longer such a file."""
+        """Renaming a file whose only unsaved changes are attributes (rsync's temporary file, whose
+        changes ``WriteBack.hold`` journaled): one CopyObject to the new name carries them, instead of
+        a copy onto itself first. Returns the new object's ETag; None if the file is no longer such
+        a file. Its record goes before the caller deletes the old name: a crash between the two
+        leaves the file at both names, never the changes lost."""
         async with self.lock:
             if not self.only_attributes:
                 return None
@@ -493,6 +495,8 @@ class OpenFile:
                 self.wb.s3, self.key, new_key, self.base.size, self.wb.registry, headers, if_match=self.base.etag
             )
             self._attributes_saved()
+            if not self.dirty:
+                self._forget_record()
             self.node.info = dataclasses.replace(self.node.info, etag=etag, headers=self.written_headers)
             self.base = self.node.info
             self.wb.remember_saved(new_key, etag, headers)

@@ -255,6 +255,8 @@ class WriteBack:
             of.close()
             del self.files[of.node.inode]
         self.tree.writer_gone(of.node)
+        if not self.write_back and not any(other.record for other in self.files.values()):
+            self.journal.release()  # held changes or adopted records only: another mount may take it now
         if of in self.recovering:
             self.recovering.discard(of)
             if of.record is None and not of.unlinked:
@@ -282,6 +284,34 @@ class WriteBack:
         """The headers of the object version ``etag`` of key, if this mount saved it moments ago."""
         known = self._recent.get(key)
         return known[1] if known is not None and known[0] == etag else None
+
+    async def hold(self, of: OpenFile) -> bool:
+        """Journal an attribute change of a file this mount saved moments ago, instead of saving it now.
+
+        rsync, cp -p and tar x close a file, then set its times, owner and mode, and rsync
+        renames it: a save per call costs a CopyObject each (5 requests a file with the
+        rename). Held, the changes wait in the journal (durable, as under --write-back: a
+        crash leaves them to the next mount or 's3fuse recover') for the queue's START_DELAY:
+        those that follow join them, a rename carries them in its copy (OpenFile.copy_to),
+        and what is left is one CopyObject onto the object. PutObject, CopyObject and
+        DeleteObject for rsync's file. False (the caller saves now): not such a change, or
+        another process owns the journal. The caller releases ``of``, which queues it.
+        Not xattrs (``setfattr``): none of those tools sets one after a close, and a program that
+        does may be about to read the object's headers with another S3 client.
+        """
+        if (
+            not of.only_attributes
+            or of.header_changes != HeaderChanges()
+            or self.recently_saved(of.key, of.base and of.base.etag) is None
+        ):
+            return False
+        if not self.journal.owned:
+            try:
+                await trio.to_thread.run_sync(self.journal.acquire, connection_of(self.opts))
+            except JournalInUse:
+                return False
+        await self.acknowledge(of)
+        return True
 
     def local_entries(self, directory: str) -> list[tuple[str, EntryInfo]]:
         """The files of a directory that were created here and are not in S3 yet."""
@@ -329,6 +359,8 @@ class WriteBack:
     async def release(self, of: OpenFile) -> None:
         """One writable handle is gone; the last one saves what is left or keeps it locally."""
         of.handles -= 1
+        if of.handles == 0 and of.record is None:
+            await self.hold(of)  # a utimens that came before the kernel's release of rsync's file
         if of.waits_for_upload:
             self._upload_later(of)  # journaled (--write-back): uploaded in the background
         self.tree.writer_gone(of.node)
