@@ -30,7 +30,7 @@ from .attrindex import INDEX_DIR
 from .blockcache import BlockCache
 from .diskcache import disk_cache_of
 from .errors import FsError
-from .inodes import Node
+from .inodes import KernelPageCache, Node
 from .metadata import EntryInfo
 from .mutations import refuse
 from .names import invalid_reason
@@ -80,11 +80,11 @@ class BucketTable:
         s3: S3Client,
         settings: ClientSettings,
         opts: Config,
-        invalidate: Callable[[int], None],
+        page_cache: KernelPageCache,
         nursery: trio.Nursery,
     ) -> None:
-        """invalidate: drops an inode's kernel page cache; nursery: where the buckets' trees work."""
-        self.invalidate = invalidate
+        """page_cache: the kernel's, of the mount's files; nursery: where the buckets' trees work."""
+        self.page_cache = page_cache
         self.nursery = nursery
         self.s3 = s3  # in the mount's region, for ListBuckets, CreateBucket and GetBucketLocation
         self.settings = settings
@@ -192,7 +192,7 @@ class BucketTable:
         s3 = self.s3.for_bucket(bucket.name, client)
         try:
             scoped = self.blocks.scoped(bucket.name)
-            return await BucketRouter.make(s3, opts, self.invalidate, scoped, self.nursery, root=bucket.node)
+            return await BucketRouter.make(s3, opts, self.page_cache, scoped, self.nursery, root=bucket.node)
         except JournalInUse as exc:
             raise FsError(errno.EBUSY, "JournalInUse", str(exc)) from None
 

@@ -56,7 +56,7 @@ class BucketFile:
             if reader is not None:
                 reader.close()
             reader = self.reader = self.tree.reader(
-                node.path, node.info, on_changed=lambda: self.tree.ns.mark_stale(node)
+                node.path, node.info, on_changed=lambda: self.tree.ns.mark_stale(node), node=node
             )
         return reader
 
@@ -197,7 +197,10 @@ class BucketTree(ObjectTree):
         reserved = self.reserved if node.path == "" else ()
         return self.ns.open_dir(node, reserved=reserved, local=self.wb.local_entries(node.path))
 
-    def reader(self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None) -> ObjectReader:
+    def reader(
+        self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None, node: Node | None = None
+    ) -> ObjectReader:
+        """A reader of the object at path; ``node``: its file's, whose kernel pages it may fill."""
         assert self.nursery is not None
         return ObjectReader(
             self.s3,
@@ -209,6 +212,7 @@ class BucketTree(ObjectTree):
             self.opts.cache.block_size,
             self.opts.cache.read_ahead,
             on_changed=on_changed,
+            fill=self.ns.page_filler(node, info.etag) if node is not None and info.etag else None,
         )
 
     async def open(self, node: Node, flags: int) -> Opened:
@@ -217,6 +221,7 @@ class BucketTree(ObjectTree):
         if flags & os.O_ACCMODE != os.O_RDONLY:
             await self._changing_entry(fresh)
             await self.wb.before_change(fresh)
+            await self.ns.fills_done(fresh)
             opened.writer = self.wb.open(fresh, exists=True)
             if flags & os.O_TRUNC:
                 await opened.writer.truncate(0)
@@ -348,7 +353,9 @@ class BucketTree(ObjectTree):
         if writer is not None:
             await change(writer)
             return
-        writer = self.wb.open(await self._revalidate(node), exists=True)
+        fresh = await self._revalidate(node)
+        await self.ns.fills_done(fresh)
+        writer = self.wb.open(fresh, exists=True)
         try:
             await change(writer)
             if touches_data or not await self.wb.hold(writer):

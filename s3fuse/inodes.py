@@ -17,12 +17,45 @@ import threading
 from collections import OrderedDict
 
 import pyfuse3
+import trio
 
 from .metadata import EntryInfo
 from .metrics import METRICS
 from .names import at_or_below
 
 log = logging.getLogger(__name__)
+
+
+class KernelPageCache:
+    """The kernel's page cache of the mount's files: dropped when S3 has another version, and
+    filled with bytes the daemon has (``ObjectReader``: an object a random reader fetched whole).
+
+    Both notifications run in worker threads of ``nursery``: they are sent while a request
+    may hold the kernel's inode lock, or a page lock while it waits for a read's reply, so
+    inline they would wait for the request that waits for them.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+
+    def drop(self, inode: int) -> None:
+        """Drop the inode's cached pages, soon."""
+        self.nursery.start_soon(trio.to_thread.run_sync, self._drop, inode)
+
+    @staticmethod
+    def _drop(inode: int) -> None:
+        with contextlib.suppress(OSError):  # the kernel forgot the inode meanwhile: nothing cached
+            pyfuse3.invalidate_inode(inode)
+
+    async def store(self, inode: int, offset: int, data: bytes | memoryview) -> bool:
+        """Put bytes into the inode's cached pages; False if the kernel would not (it forgot the inode)."""
+        try:
+            await trio.to_thread.run_sync(pyfuse3.notify_store, inode, offset, data)
+        except OSError as exc:
+            log.debug("storing pages of inode %d: %s", inode, exc)
+            return False
+        METRICS.count("s3fuse_page_cache_filled_bytes_total", len(data))
+        return True
 
 
 class KernelForgetting:
@@ -68,7 +101,7 @@ class KernelForgetting:
 class Node:
     """One inode: its path, the kernel's lookup count and its last known attributes."""
 
-    __slots__ = ("info", "inode", "kernel_etag", "nlookup", "opened", "path", "writers")
+    __slots__ = ("filling", "info", "inode", "kernel_etag", "nlookup", "opened", "path", "writers")
 
     def __init__(self, inode: int, path: str, info: EntryInfo) -> None:
         self.inode = inode
@@ -80,6 +113,7 @@ class Node:
         # Handles open for writing: while any is, the local attributes win over S3's.
         self.writers = 0
         self.opened = 0  # open handles of any kind: the kernel is not asked to forget such a file
+        self.filling = 0  # stores into its kernel page cache in flight (Namespace.page_filler)
 
 
 class InodeTable:

@@ -38,6 +38,7 @@ HELP = {
     "s3fuse_dirty_files": "files with writes not yet in S3",
     "s3fuse_files_waiting_for_upload": "files closed under --write-back whose upload has not ended",
     "s3fuse_journal_bytes": "bytes in the write-back journal not yet uploaded",
+    "s3fuse_page_cache_filled_bytes_total": "bytes put in the kernel page cache (randomly read objects)",
     "s3fuse_block_cache_bytes": "bytes held in the block cache",
     "s3fuse_disk_cache_bytes": "bytes in the disk cache's dir, as this mount last counted them (--disk-cache-size)",
     "s3fuse_transfer_bytes": "bytes of the transfer budget taken: read ahead by streams, and parts being sent",

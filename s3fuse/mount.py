@@ -29,8 +29,9 @@ import trio
 from .allbuckets import AllBucketsRouter, BucketTable
 from .blockcache import BlockCache
 from .diskcache import disk_cache_of
+from .inodes import KernelPageCache
 from .localserver import DEMO_BUCKET, DEMO_CREDENTIALS, start_demo_server
-from .operations import FuseOperations, page_cache_invalidation
+from .operations import FuseOperations
 from .options import ALL_BUCKETS, Config, parse_args
 from .router import BucketRouter, Router
 from .s3client import REDACT, ClientSettings, RequestOptions, S3Client, boto_session, make_boto_client, region_of
@@ -240,7 +241,7 @@ async def _serve(s3: S3Client, opts: Config, metrics: socket.socket | None, repo
     try:
         async with trio.open_nursery() as nursery:
             try:
-                ops = FuseOperations(opts, await make_router(s3, opts, page_cache_invalidation(nursery), nursery))
+                ops = FuseOperations(opts, await make_router(s3, opts, KernelPageCache(nursery), nursery))
             except JournalInUse as exc:
                 log.error("%s", exc)
                 report(str(exc))
@@ -317,12 +318,12 @@ def serve(opts: Config, report_fd: int | None) -> int:
     return trio.run(_serve, s3, opts, metrics, report)
 
 
-async def make_router(s3: S3Client, opts: Config, invalidate: Callable[[int], None], nursery: trio.Nursery) -> Router:
+async def make_router(s3: S3Client, opts: Config, page_cache: KernelPageCache, nursery: trio.Nursery) -> Router:
     """The mount's trees: one bucket's, or with --all-buckets the account's."""
     if opts.mount.all_buckets:
-        return AllBucketsRouter(BucketTable(s3, settings_of(opts), opts, invalidate, nursery))
+        return AllBucketsRouter(BucketTable(s3, settings_of(opts), opts, page_cache, nursery))
     blocks = BlockCache(opts.cache.cache_size, disk_cache_of(opts, nursery))
-    return await BucketRouter.make(s3, opts, invalidate, blocks, nursery)
+    return await BucketRouter.make(s3, opts, page_cache, blocks, nursery)
 
 
 def open_metrics_listener(address: str | None) -> socket.socket | None:

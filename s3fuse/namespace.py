@@ -16,7 +16,7 @@ import dataclasses
 import errno
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
 import trio
@@ -25,7 +25,7 @@ from cachetools import LRUCache
 from .attrindex import INDEX_DIR, PARALLEL_HEADS, SELF, AttributeIndex
 from .dirhandle import DirHandle
 from .errors import FsError
-from .inodes import InodeTable, Node
+from .inodes import InodeTable, KernelPageCache, Node
 from .lookupwindow import LookupWindows, lookup_window
 from .metadata import NEGATIVE, EntryInfo, MetadataCache, directory, from_head
 from .names import dir_prefix, file_key, invalid_reason, join, split
@@ -44,7 +44,7 @@ class Namespace:
         self,
         s3: S3Client,
         opts: Config,
-        invalidate: Callable[[int], None],
+        page_cache: KernelPageCache,
         root: Node | None = None,
     ) -> None:
         """root: the root directory's node (else a new one, the mount's root inode)."""
@@ -58,7 +58,8 @@ class Namespace:
         self._meta = MetadataCache(
             opts.cache.attr_ttl, opts.cache.negative_ttl, opts.cache.dir_ttl, opts.cache.metadata_cache_entries
         )
-        self._invalidate = invalidate  # drops an inode's kernel page cache, asynchronously
+        self._page_cache = page_cache
+        self._fill_ended = trio.Event()  # set, and replaced, as each store into the page cache ends
         self.nursery: trio.Nursery | None = None  # for listing pages asked for ahead; set by the mount loop
         self.siblings = SiblingTracker(opts.cache.prefetch_files, ObjectReader.SMALL_OBJECT)
         # directory -> when this mount last changed it: what S3 answered about the directory
@@ -99,6 +100,31 @@ class Namespace:
         exactly these attributes: no cache is asked or told. A new inode if it is new, changed kind or
         ``new_inode``."""
         return self._inodes.resolve(path, info, new_inode=new_inode)
+
+    def page_filler(self, node: Node, etag: str) -> Callable[[int, memoryview], Awaitable[bool]]:
+        """What puts bytes of version ``etag`` of node's file in the kernel's page cache, while that is
+        safe: the kernel's pages are of that version, a name leads to it and no handle writes to it.
+        Its calls return False once it is not. A writer waits for the stores in flight
+        (``fills_done``): one after a write would undo the write in the kernel's pages."""
+
+        async def fill(offset: int, data: memoryview) -> bool:
+            if node.writers or node.kernel_etag != etag or node.info.etag != etag or not self.attached(node):
+                return False
+            node.filling += 1
+            try:
+                return await self._page_cache.store(node.inode, offset, data)
+            finally:
+                node.filling -= 1
+                self._fill_ended.set()
+                self._fill_ended = trio.Event()
+
+        return fill
+
+    async def fills_done(self, node: Node) -> None:
+        """Wait until no store into node's kernel pages is in flight; the caller then makes it a
+        writer (``Node.writers``) before it awaits anything, so that none starts after."""
+        while node.filling:
+            await self._fill_ended.wait()
 
     def attached(self, node: Node) -> bool:
         """Whether a name still leads to node (not unlinked, replaced or renamed over)."""
@@ -156,7 +182,7 @@ class Namespace:
                 # A size that changed under the same ETag is another version too: a server
                 # that ignored CopySourceIfMatch (moto does) copied other bytes than expected.
                 if node.kernel_etag is not None:
-                    self._invalidate(node.inode)  # free the old version's pages
+                    self._page_cache.drop(node.inode)  # free the old version's pages
                 return self._inodes.resolve(path, info, new_inode=True)
         return self._inodes.resolve(path, info)
 

@@ -2,8 +2,8 @@
 
 Owns what is FUSE's: the handler signatures and types (bytes names, EntryAttributes,
 FileInfo), the tables of open file and directory handles, the kernel's reference
-counts and notifications (lookup counts, forgetting past --inode-limit, page cache
-invalidation), and the one place where errors become errnos (``errno_of`` and
+counts and notifications (lookup counts, forgetting past --inode-limit; the page
+cache's notifications are ``inodes.KernelPageCache``), and the one place where errors become errnos (``errno_of`` and
 ``guard_handlers``). Which tree serves a request is the router's answer (``router``
 for a bucket, ``allbuckets`` for all of an account's); what a request does is the
 tree's (``tree.Tree``). Nothing here depends on which tree it is.
@@ -19,7 +19,7 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from itertools import count
 from typing import Any
 
@@ -112,23 +112,6 @@ def _name(name: bytes) -> str:
 
 def _xattr_name(name: bytes) -> str:
     return name.decode(errors="surrogateescape")
-
-
-def page_cache_invalidation(nursery: trio.Nursery) -> Callable[[int], None]:
-    """The function that drops an inode's kernel page cache, from a worker thread of nursery.
-
-    It is called while a request may hold the kernel's inode lock, so it must not run
-    inline: the notification would wait for the request that waits for it.
-    """
-
-    def invalidate(inode: int) -> None:
-        with suppress(OSError):  # the kernel forgot the inode meanwhile: nothing cached
-            pyfuse3.invalidate_inode(inode)
-
-    def invalidate_soon(inode: int) -> None:
-        nursery.start_soon(trio.to_thread.run_sync, invalidate, inode)
-
-    return invalidate_soon
 
 
 @guard_handlers

@@ -16,7 +16,10 @@ With a disk cache (diskcache.py), an object that fits in it is read by blocks on
 never by streams, so every byte read is kept on disk: sequential reads with the
 read-ahead window, and a random read fetches its blocks and starts fetching the rest
 of the object in the background (as s3fs-fuse does), after which reads run at local
-disk speed.
+disk speed. Once all of it is there, it is put in the kernel's page cache too
+(``fill``), from which the kernel then serves every read of it without asking the
+daemon: fio's random 4 KiB reads of a 128 MiB object went from 700 a second, each a
+FUSE request the daemon answered from disk in 1.4 ms of CPU, to the page cache's speed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 
 import trio
 
@@ -57,6 +60,8 @@ class ObjectReader:
     GROWTH = 1.25
     # Blocks fetched at once in the background fetch of a randomly read object kept on disk.
     REST_WORKERS = 2
+    # Bytes a store into the kernel's page cache carries: a writer waits for at most one (fills_done).
+    FILL_PIECE = 1 << 20
 
     def __init__(
         self,
@@ -70,6 +75,7 @@ class ObjectReader:
         max_readahead: int,
         on_changed: Callable[[], None],
         version_id: str | None = None,
+        fill: Callable[[int, memoryview], Awaitable[bool]] | None = None,
     ) -> None:
         self.s3 = s3
         self.cache = cache
@@ -81,6 +87,7 @@ class ObjectReader:
         self.block_size = block_size
         self.max_readahead_blocks = max(0, max_readahead // block_size)
         self.on_changed = on_changed  # called when S3 says the object is not the one opened
+        self.fill = fill  # puts bytes in the kernel's page cache of the file; False once it may not
         self._expected_offset = 0
         self._sequential_reads = 0
         self._contiguous_reads = 0  # each starting where the one before ended: streams start on these
@@ -314,6 +321,23 @@ class ObjectReader:
         async with trio.open_nursery() as workers:
             for _ in range(self.REST_WORKERS):
                 workers.start_soon(worker, object())  # each its own user of the budget: one block, one share
+        if self.fill is not None:
+            await self._fill_page_cache(self.fill)
+
+    async def _fill_page_cache(self, fill: Callable[[int, memoryview], Awaitable[bool]]) -> None:
+        """Put the whole object, block by block from the caches, in the kernel's page cache, in
+        pieces of ``FILL_PIECE``, until it is all there or a piece may not be stored."""
+        try:
+            for index in range((self.size + self.block_size - 1) // self.block_size):
+                start, _ = self._span(index)
+                block = memoryview(await self._block(index))  # from memory or disk: fetched above
+                for offset in range(0, len(block), self.FILL_PIECE):
+                    if self._closed or not await fill(start + offset, block[offset : offset + self.FILL_PIECE]):
+                        return
+        except FsError as exc:
+            log.debug("filling the page cache with %r failed: %s", self.key, exc)
+        except Exception:  # a background task: anything uncaught would end the daemon
+            log.exception("filling the page cache with %r failed", self.key)
 
     def _cache_key(self, index: int) -> Hashable:
         if self.version_id is None:

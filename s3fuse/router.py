@@ -14,7 +14,6 @@ reserved name) and a ``root_entry()``, plus one line in ``BucketRouter._special`
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -24,7 +23,7 @@ from .buckettree import BucketTree
 from .controldir import ControlTree
 from .errors import FsError
 from .historytree import HistoryTree, VersionsTree
-from .inodes import Node
+from .inodes import KernelPageCache, Node
 from .namespace import Namespace
 from .options import Config
 from .s3client import S3Client
@@ -65,14 +64,14 @@ class BucketRouter:
         cls,
         s3: S3Client,
         opts: Config,
-        invalidate: Callable[[int], None],
+        page_cache: KernelPageCache,
         blocks: BlockCache,
         nursery: trio.Nursery,
         root: Node | None = None,
     ) -> BucketRouter:
-        """invalidate: drops an inode's kernel page cache; root: the root's node, if another router made it;
+        """page_cache: the kernel's, of the mount's files; root: the root's node, if another router made it;
         nursery: where the trees' background work runs."""
-        ns = Namespace(s3, opts, invalidate, root)
+        ns = Namespace(s3, opts, page_cache, root)
         ns.nursery = nursery
         special = cls._special(s3, opts, ns, blocks)
         main: NamespaceTree

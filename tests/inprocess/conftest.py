@@ -11,6 +11,7 @@ import trio
 
 from inprocess.client import InProcess
 from s3fuse import operations
+from s3fuse.inodes import KernelPageCache
 from s3fuse.mount import make_router
 from s3fuse.options import parse_args
 from s3fuse.s3client import ClientSettings, S3Client, make_boto_client
@@ -27,6 +28,7 @@ def no_kernel(monkeypatch):
     monkeypatch.setattr(pyfuse3, "readdir_reply", readdir_reply)
     monkeypatch.setattr(pyfuse3, "invalidate_inode", lambda *args, **kw: None)
     monkeypatch.setattr(pyfuse3, "invalidate_entry", lambda *args, **kw: None)
+    monkeypatch.setattr(pyfuse3, "notify_store", lambda *args, **kw: None)
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def filesystem(moto, bucket, tmp_path, no_kernel, monkeypatch):
             s3 = S3Client(make_boto_client(settings_), bucket, settings_)
             self.nursery_manager = trio.open_nursery()
             self.nursery = nursery = await self.nursery_manager.__aenter__()
-            router = await make_router(s3, self.opts, operations.page_cache_invalidation(nursery), nursery)
+            router = await make_router(s3, self.opts, KernelPageCache(nursery), nursery)
             self.ops = operations.FuseOperations(self.opts, router)
             return InProcess(self.ops)
 

@@ -5,6 +5,8 @@ cap holds, and ``s3fuse cleanup --disk-cache`` trims it."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
 import os
 import random
 import sys
@@ -139,6 +141,55 @@ def test_a_changed_object_is_never_served_from_the_disk_cache(s3, bucket, mount,
     mark = moto.mark()
     assert read_direct(mnt / "f.bin") == versions[2]
     assert gets(moto, mark, bucket)
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of the file in the kernel's page cache, pages of the file): mincore(2) of a mapping,
+    which reads nothing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address != ctypes.c_void_p(-1).value, os.strerror(ctypes.get_errno())
+        try:
+            vector = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(v & 1 for v in vector), pages
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
+def test_random_reads_put_the_whole_object_in_the_page_cache(s3, bucket, mount, moto, tmp_path):
+    """Random reads of an object that fits the disk cache: the rest is fetched in the background and
+    then all of it put in the kernel's page cache, whose reads never reach the daemon; right bytes,
+    and a write afterwards is neither undone by it nor lost."""
+    body = random.Random(31).randbytes(6 * MIB + 5)
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=body)
+    mnt = mount(bucket, *disk_args(tmp_path / "cache"))
+    path = mnt / "big.bin"
+    with open(path, "rb", buffering=0) as f:
+        for offset in (5 * MIB, 1 * MIB + 8192, 3 * MIB):
+            assert os.pread(f.fileno(), 4096, offset) == body[offset : offset + 4096]
+        # every page, the last partial one too, without a read of them by the test
+        assert wait_until(lambda: resident_pages(path)[0] == resident_pages(path)[1], 20), resident_pages(path)
+        mark = moto.mark()
+        assert f.read() == body
+    assert gets(moto, mark, bucket) == []
+    with open(path, "r+b") as f:
+        f.seek(2 * MIB)
+        f.write(b"written after the fill")
+    expected = body[: 2 * MIB] + b"written after the fill" + body[2 * MIB + 22 :]
+    assert path.read_bytes() == expected
+    mount.check(mnt)
+    assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == expected
 
 
 def test_the_cap_holds_and_cleanup_empties_the_cache(s3, bucket, mount, tmp_path):
