@@ -213,6 +213,7 @@ class BucketTree(ObjectTree):
             self.opts.cache.read_ahead,
             on_changed=on_changed,
             fill=self.ns.page_filler(node, info.etag) if node is not None and info.etag else None,
+            random_fetch_max=self.opts.cache.random_fetch_max,
         )
 
     async def open(self, node: Node, flags: int) -> Opened:

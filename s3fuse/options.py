@@ -112,6 +112,7 @@ class CacheOptions:
     block_size: int
     cache_size: int
     disk_cache_size: int  # 0: no disk cache (diskcache.py)
+    random_fetch_max: int  # objects up to this size read at random are fetched whole (reader.py)
     read_ahead: int
     transfer_budget: int
     kernel_read_ahead: int
@@ -462,6 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
         "background; not with --sse-c-key-file. Off by default because it keeps copies of objects on local disk, "
         "outside S3's access control, and costs disk space and writes that read-once workloads gain nothing "
         "from; 's3fuse cleanup --disk-cache 0' empties it (default: 0, no disk cache)",
+    )
+    cache.add_argument(
+        "--random-fetch-max",
+        type=parse_size,
+        default=parse_size("256M"),
+        metavar="SIZE",
+        help="an object of up to SIZE bytes that is read at random is fetched whole in the background (2 "
+        "ranged GETs at a time, within --transfer-budget) and put in the kernel's page cache, which then "
+        "serves its reads without the daemon, as s3fs-fuse's cache does; with --disk-cache-size the limit is "
+        "half of that cache instead, and the blocks are kept there too. 0: random reads fetch just their "
+        "bytes (default: 256M)",
     )
     cache.add_argument(
         "--read-ahead",

@@ -76,6 +76,7 @@ class ObjectReader:
         on_changed: Callable[[], None],
         version_id: str | None = None,
         fill: Callable[[int, memoryview], Awaitable[bool]] | None = None,
+        random_fetch_max: int = 0,
     ) -> None:
         self.s3 = s3
         self.cache = cache
@@ -88,6 +89,7 @@ class ObjectReader:
         self.max_readahead_blocks = max(0, max_readahead // block_size)
         self.on_changed = on_changed  # called when S3 says the object is not the one opened
         self.fill = fill  # puts bytes in the kernel's page cache of the file; False once it may not
+        self.random_fetch_max = random_fetch_max  # objects up to this size read at random are fetched whole
         self._expected_offset = 0
         self._sequential_reads = 0
         self._contiguous_reads = 0  # each starting where the one before ended: streams start on these
@@ -157,6 +159,9 @@ class ObjectReader:
             self._sequential_reads = 0
             self._close_streams()
             self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
+            if self.fill is not None and self.size <= self.random_fetch_max and not self._fetching_rest:
+                self._fetching_rest = True  # the kernel's page cache then serves the reads that follow
+                self.nursery.start_soon(self._fetch_rest)
             return await self._read_range(offset, size)
         except FsError as exc:
             raise self._read_error(exc)  # noqa: B904 (a new error has exc as its context; or it is exc)
@@ -287,28 +292,40 @@ class ObjectReader:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _fetch_rest(self) -> None:
-        """Fetch every block of the object not yet cached, a few at a time, each with bytes of the
-        mount's transfer budget (as a streamed segment takes), until all are or the handle closes."""
+        """Fetch every block of the object, a few at a time, each with bytes of the mount's transfer
+        budget (as a streamed segment takes), until all are or the handle closes: kept on disk (with a
+        disk cache) and put in the kernel's page cache (``fill``), block by block as they come. Blocks
+        the caches hold already cost no GET; with no page cache to fill, those on disk are skipped."""
         budget = self.s3.transfer
-        disk = self.cache.disk
-        assert disk is not None
+        disk = self.cache.disk if self.on_disk else None
         indexes = iter(range((self.size + self.block_size - 1) // self.block_size))
+        refused = False  # a store into the page cache was refused: the file changed, or is written
+
+        async def held(index: int) -> bool:
+            if self._cache_key(index) in self.cache:
+                return True
+            return disk is not None and await trio.to_thread.run_sync(disk.has, self._disk_name(index))
 
         async def worker(user: object) -> None:
+            nonlocal refused
             try:
                 for index in indexes:
-                    if self._closed:
+                    if self._closed or refused:
                         return
-                    if self._cache_key(index) in self.cache:
+                    if await held(index):
+                        if self.fill is None:
+                            continue  # read from disk when asked for, not into memory now
+                        refused = not await self._fill_block(index, await self._block(index))
                         continue
-                    if await trio.to_thread.run_sync(disk.has, self._disk_name(index)):
-                        continue  # read from disk when asked for, not into memory now
                     await budget.take(user, self.block_size)
-                    if self._closed:  # while it waited for bytes
-                        budget.give_back(user, self.block_size)
-                        return
                     try:
-                        await self._block(index)
+                        if self._closed:  # while it waited for bytes
+                            return
+                        start, end = self._span(index)
+                        # without a disk cache the block goes to the page cache only, not to memory as well
+                        data = await self._block(index) if disk is not None else await self._get(start, end)
+                        if self.fill is not None:
+                            refused = not await self._fill_block(index, data)
                     finally:
                         budget.give_back(user, self.block_size)
             except FsError as exc:  # a read of the block will see the error itself
@@ -321,23 +338,16 @@ class ObjectReader:
         async with trio.open_nursery() as workers:
             for _ in range(self.REST_WORKERS):
                 workers.start_soon(worker, object())  # each its own user of the budget: one block, one share
-        if self.fill is not None:
-            await self._fill_page_cache(self.fill)
 
-    async def _fill_page_cache(self, fill: Callable[[int, memoryview], Awaitable[bool]]) -> None:
-        """Put the whole object, block by block from the caches, in the kernel's page cache, in
-        pieces of ``FILL_PIECE``, until it is all there or a piece may not be stored."""
-        try:
-            for index in range((self.size + self.block_size - 1) // self.block_size):
-                start, _ = self._span(index)
-                block = memoryview(await self._block(index))  # from memory or disk: fetched above
-                for offset in range(0, len(block), self.FILL_PIECE):
-                    if self._closed or not await fill(start + offset, block[offset : offset + self.FILL_PIECE]):
-                        return
-        except FsError as exc:
-            log.debug("filling the page cache with %r failed: %s", self.key, exc)
-        except Exception:  # a background task: anything uncaught would end the daemon
-            log.exception("filling the page cache with %r failed", self.key)
+    async def _fill_block(self, index: int, data: bytes) -> bool:
+        """Put a block in the kernel's page cache, in pieces of ``FILL_PIECE``; False if a piece may not be."""
+        assert self.fill is not None
+        start, _ = self._span(index)
+        block = memoryview(data)
+        for offset in range(0, len(block), self.FILL_PIECE):
+            if self._closed or not await self.fill(start + offset, block[offset : offset + self.FILL_PIECE]):
+                return False
+        return True
 
     def _cache_key(self, index: int) -> Hashable:
         if self.version_id is None:

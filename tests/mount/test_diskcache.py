@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, base_env, run, wait_until
 
 from s3fuse.diskcache import HEADER_SIZE
@@ -167,13 +168,17 @@ def resident_pages(path: Path) -> tuple[int, int]:
         os.close(fd)
 
 
-def test_random_reads_put_the_whole_object_in_the_page_cache(s3, bucket, mount, moto, tmp_path):
-    """Random reads of an object that fits the disk cache: the rest is fetched in the background and
-    then all of it put in the kernel's page cache, whose reads never reach the daemon; right bytes,
-    and a write afterwards is neither undone by it nor lost."""
+@pytest.mark.parametrize("disk", ["disk-cache", "memory"])
+def test_random_reads_put_the_whole_object_in_the_page_cache(s3, bucket, mount, moto, tmp_path, disk):
+    """Random reads of an object that fits the disk cache (or --random-fetch-max without one): the rest
+    is fetched in the background and put in the kernel's page cache, whose reads never reach the
+    daemon; right bytes, and a write afterwards is neither undone by it nor lost."""
     body = random.Random(31).randbytes(6 * MIB + 5)
     s3.put_object(Bucket=bucket, Key="big.bin", Body=body)
-    mnt = mount(bucket, *disk_args(tmp_path / "cache"))
+    if disk == "disk-cache":
+        mnt = mount(bucket, *disk_args(tmp_path / "cache"))
+    else:  # blocks of 1 MiB and 2 MiB of memory cache: the object cannot be in the daemon's memory
+        mnt = mount(bucket, "--block-size", "1M", "--cache-size", "2M", "--random-fetch-max", "8M")
     path = mnt / "big.bin"
     with open(path, "rb", buffering=0) as f:
         for offset in (5 * MIB, 1 * MIB + 8192, 3 * MIB):
