@@ -38,9 +38,11 @@ The rules that keep the object's own headers the truth:
 - Nothing of this can fail a file operation: a failed read of an index is no index; a
   failed write is retried, then dropped with a warning (the entries are then HEADed).
 
-``until`` is a server time: the ``Date`` of an index request's answer gives the offset of
-the server's clock to ours, rounded up (a Date is whole seconds, stamped after the request
-was sent), so ``until`` is never earlier than the LastModified of the version it describes.
+``until`` is a server time. For a version this mount wrote, the ``Date`` of an index
+request's answer gives the offset of the server's clock to ours, rounded up (a Date is whole
+seconds, stamped after the request was sent), so ``until`` is never earlier than the
+LastModified of the version it describes. For a version learnt from S3 (a HEAD), it is that
+version's own LastModified: another mount may rewrite the object a moment after the HEAD.
 A metadata-only rewrite by another tool within that second goes unnoticed until a HEAD.
 """
 
@@ -274,8 +276,10 @@ class AttributeIndex:
         entry: Entry | None = None
         if info.is_dir:
             entry = {"dir": 1, "meta": info.posix_headers(with_mtime=True)}
-        elif info.etag is not None and info.headers is not None and self._offset is not None:
-            entry = {"etag": info.etag, "size": info.size, "until": self._until(), "meta": dict(info.headers)}
+        elif info.etag is not None and info.headers is not None:
+            until = self._dated(info)
+            if until is not None:
+                entry = {"etag": info.etag, "size": info.size, "until": until, "meta": dict(info.headers)}
         if entry is None and not self._has(dir_path, name):
             return  # nothing known of it (a file not saved yet), nothing recorded to undo
         self._queue(dir_path, name, entry)
@@ -349,6 +353,18 @@ class AttributeIndex:
     def _until(self) -> int:
         assert self._offset is not None
         return int(time.time() + self._offset)
+
+    def _dated(self, info: EntryInfo) -> int | None:
+        """The ``until`` of a version: its own LastModified where known (learnt from a HEAD or a
+        listing), else the server's time now (a version this mount just wrote); None if neither is.
+
+        Not the time now for a version learnt from S3: another mount may write a version of the same
+        ETag and size (a chmod's copy onto itself) a moment after the HEAD, and crash before its own
+        entry is written; dated now, the entry written a moment later would vouch for that version
+        with the older attributes (seen: a mount checking attributes after a kill -9 of another)."""
+        if info.last_modified_ns is not None:
+            return info.last_modified_ns // 1_000_000_000
+        return self._until() if self._offset is not None else None
 
     # ---- writing
 

@@ -497,7 +497,9 @@ class OpenFile:
             self._attributes_saved()
             if not self.dirty:
                 self._forget_record()
-            self.node.info = dataclasses.replace(self.node.info, etag=etag, headers=self.written_headers)
+            self.node.info = dataclasses.replace(
+                self.node.info, etag=etag, last_modified_ns=None, headers=self.written_headers
+            )
             self.base = self.node.info
             self.wb.remember_saved(new_key, etag, headers)
             return etag

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import random
+import time
 
 import pyfuse3
 import pytest
@@ -105,3 +106,26 @@ async def test_random_pwrite_truncate_sequences_save_the_bytes_of_a_local_file(f
 
         await trio.to_thread.run_sync(check)
         assert len(examples) >= 100  # not vacuous: hypothesis ran that many sequences
+
+
+@pytest.mark.trio
+async def test_an_index_entry_learnt_by_head_never_vouches_for_a_later_rewrite(filesystem, s3, bucket, tmp_path):
+    """Mount C HEADs a file another tool wrote; a moment later mount B changes its mode (a copy onto
+    itself: same ETag and size) and dies before writing its index entry; C then writes the entry it
+    learnt. A fresh mount must show B's mode, which is in the object's headers: C's entry is dated by
+    the version's own LastModified, not by the time of C's HEAD."""
+    async with filesystem("--cache-dir", str(tmp_path / "a")) as a:
+        await a.mkdir("d", 0o755)  # its index object exists from now on
+    s3.put_object(Bucket=bucket, Key="d/f", Body=b"by another tool", Metadata={"mode": str(0o100600)})
+    second = int(time.time())
+    while int(time.time()) == second:  # C's HEAD and B's copy in a later second than the put
+        await trio.sleep(0.05)
+    async with filesystem("--cache-dir", str(tmp_path / "c")) as c:
+        assert (await c.stat("d/f")).st_mode == 0o100600  # HEADed: d has an index that lacks f
+        async with filesystem("--cache-dir", str(tmp_path / "b")) as b:
+            await b.chmod("d/f", 0o640)
+            b.ops.router.ns.index._pending.clear()  # its crash: the entry of its copy is never written
+    head = s3.head_object(Bucket=bucket, Key="d/f")
+    assert head["Metadata"]["mode"] == str(0o100640)
+    async with filesystem("--cache-dir", str(tmp_path / "fresh")) as fresh:
+        assert (await fresh.stat("d/f")).st_mode == 0o100640

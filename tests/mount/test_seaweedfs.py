@@ -18,7 +18,7 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import boto_client, held_inodes, run, wait_until
+from conftest import boto_client, held_changes_saved, held_inodes, run, wait_until
 from faultproxy import FaultProxy, Rule
 
 from s3fuse.s3client import ClientSettings, S3Client
@@ -108,6 +108,7 @@ def test_attributes(weed):
     (mnt / "f.txt").write_bytes(b"f\n")
     os.chmod(mnt / "f.txt", 0o600)
     os.utime(mnt / "f.txt", (1_600_000_000, 1_600_000_000))
+    held_changes_saved(mnt)  # both held a moment after the save (semantics.md, Writes)
     meta = client.head_object(Bucket="s3fuse-tests", Key=f"{prefix}/f.txt")["Metadata"]
     assert (meta["mode"], meta["mtime"]) == (str(0o100600), "1600000000")
 
