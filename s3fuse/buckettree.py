@@ -43,10 +43,13 @@ READ_ATTEMPTS = 5  # a read of a file with unsaved changes, each cut short by a 
 class BucketFile:
     """A file of the bucket opened by the kernel: a reader of the version in S3 and, opened for writing, a writer."""
 
-    def __init__(self, tree: BucketTree, node: Node, writer: OpenFile | None = None) -> None:
+    def __init__(self, tree: BucketTree, node: Node, writer: OpenFile | None = None, direct: bool = False) -> None:
         self.tree = tree
         self.node = node
         self.writer = writer
+        # O_DIRECT: its reads pass the kernel's page cache by, so its reader puts nothing there (see
+        # ObjectReader._start_fetching_rest: every read would look like one of dropped pages).
+        self.direct = direct
         self.reader: ObjectReader | None = None  # for the version in S3; replaced when it changes
 
     def current_reader(self) -> ObjectReader:
@@ -56,7 +59,10 @@ class BucketFile:
             if reader is not None:
                 reader.close()
             reader = self.reader = self.tree.reader(
-                node.path, node.info, on_changed=lambda: self.tree.ns.mark_stale(node), node=node
+                node.path,
+                node.info,
+                on_changed=lambda: self.tree.ns.mark_stale(node),
+                node=None if self.direct else node,
             )
         return reader
 
@@ -218,7 +224,7 @@ class BucketTree(ObjectTree):
 
     async def open(self, node: Node, flags: int) -> Opened:
         fresh = await self._revalidate(node)  # close-to-open: at most attr-ttl old
-        opened = BucketFile(self, fresh)
+        opened = BucketFile(self, fresh, direct=bool(flags & os.O_DIRECT))
         if flags & os.O_ACCMODE != os.O_RDONLY:
             await self._changing_entry(fresh)
             await self.wb.before_change(fresh)

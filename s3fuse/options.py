@@ -469,11 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=parse_size("256M"),
         metavar="SIZE",
-        help="an object of up to SIZE bytes that is read at random is fetched whole in the background (2 "
-        "ranged GETs at a time, within --transfer-budget) and put in the kernel's page cache, which then "
-        "serves its reads without the daemon, as s3fs-fuse's cache does; with --disk-cache-size the limit is "
-        "half of that cache instead, and the blocks are kept there too. 0: random reads fetch just their "
-        "bytes (default: 256M)",
+        help="an object of up to SIZE bytes that is read at random is fetched whole in the background (8 "
+        "ranged GETs of 2 MiB at a time, within --transfer-budget) and put in the kernel's page cache, which "
+        "then serves its reads without the daemon, as s3fs-fuse's cache does, and again if the kernel lets "
+        "the pages go while memory allows; with --disk-cache-size the limit is half of that cache instead, "
+        "and the blocks are kept there too. 0: random reads fetch just their bytes (default: 256M)",
     )
     cache.add_argument(
         "--read-ahead",
