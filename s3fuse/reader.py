@@ -167,8 +167,11 @@ class ObjectReader:
 
         Called at open: the GET then overlaps the open reply and the first read
         request. Limited to small objects, so opening without reading costs little.
+        Not without an ETag: a file written here and not in S3 yet (rsync's temporary file
+        under --write-back, opened again before its upload) has no object to fetch; its
+        prefetch was a 404 per file of ``rsync -a``.
         """
-        if 0 < self.size <= self.SMALL_OBJECT and self._cache_key(0) not in self.cache:
+        if self.etag and 0 < self.size <= self.SMALL_OBJECT and self._cache_key(0) not in self.cache:
             self.nursery.start_soon(self._prefetch, 0)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
