@@ -90,16 +90,16 @@ def test_the_window_doubles_while_throughput_grows_and_goes_back_when_it_does_no
     clock = trio.testing.MockClock()
 
     async def main():
-        reader = reader_of(256 * MIB)  # room for 32 streams
-        assert reader._window == ObjectReader.INITIAL_STREAMS == 4
-        pass_segments(reader, clock, 4, 0.1)  # the first round
-        assert reader._window == 8
-        pass_segments(reader, clock, 8, 0.05)  # twice the throughput with twice the GETs
+        reader = reader_of(512 * MIB)  # room for 64 streams
+        assert reader._window == ObjectReader.INITIAL_STREAMS == 8
+        pass_segments(reader, clock, 8, 0.1)  # the first round
         assert reader._window == 16
-        pass_segments(reader, clock, 16, 0.045)  # about the same throughput: back to 8, and stay
-        assert reader._window == 8 and not reader._growing
-        pass_segments(reader, clock, 8, 0.01)
-        assert reader._window == 8
+        pass_segments(reader, clock, 16, 0.05)  # twice the throughput with twice the GETs
+        assert reader._window == 32
+        pass_segments(reader, clock, 32, 0.045)  # about the same throughput: back to 16, and stay
+        assert reader._window == 16 and not reader._growing
+        pass_segments(reader, clock, 16, 0.01)
+        assert reader._window == 16
 
     trio.run(main, clock=clock)
 
@@ -108,12 +108,13 @@ def test_a_reader_that_never_waits_keeps_its_window_and_the_window_is_capped_by_
     clock = trio.testing.MockClock()
 
     async def main():
-        reader = reader_of(64 * MIB)
-        pass_segments(reader, clock, 4, 0.1, waited=False)  # the reader, not S3, is the bottleneck
-        assert reader._window == 4
-        pass_segments(reader, clock, 4, 0.01)
+        reader = reader_of(128 * MIB)
+        pass_segments(reader, clock, 8, 0.1, waited=False)  # the reader, not S3, is the bottleneck
         assert reader._window == 8
-        pass_segments(reader, clock, 8, 0.001)
-        assert reader._window == 8 and reader._growing  # --read-ahead 64M: 8 segments
+        pass_segments(reader, clock, 8, 0.01)
+        assert reader._window == 16
+        pass_segments(reader, clock, 16, 0.001)
+        assert reader._window == 16 and reader._growing  # --read-ahead 128M: 16 segments
+        assert reader_of(32 * MIB)._window == 4  # --read-ahead 32M: never more than 4
 
     trio.run(main, clock=clock)
