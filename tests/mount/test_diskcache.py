@@ -206,6 +206,28 @@ def test_random_reads_put_the_whole_object_in_the_page_cache(s3, bucket, mount, 
     assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == expected
 
 
+def test_an_o_direct_reader_fetches_just_its_bytes(s3, bucket, mount, moto):
+    """O_DIRECT reads pass the kernel's page cache by: its reader fills nothing there, so it neither
+    fetches the whole object nor takes each of its reads for pages the kernel let go (which would
+    fetch all of it again and again)."""
+    body = random.Random(32).randbytes(6 * MIB)
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=body)
+    mnt = mount(bucket, "--block-size", "1M", "--cache-size", "2M", "--random-fetch-max", "8M")
+    rng = random.Random(5)
+    buf = mmap.mmap(-1, 4096)  # O_DIRECT wants an aligned buffer
+    fd = os.open(mnt / "big.bin", os.O_RDONLY | os.O_DIRECT)
+    try:
+        mark = moto.mark()
+        for _ in range(40):
+            offset = rng.randrange(6 * MIB // 4096) * 4096
+            assert os.preadv(fd, [buf], offset) == 4096
+            assert buf[:] == body[offset : offset + 4096]
+            time.sleep(0.02)  # room for background fetches to start, were there any
+    finally:
+        os.close(fd)
+    assert len(gets(moto, mark, bucket)) <= 40  # a ranged GET per read at most, none of the whole object
+
+
 def test_the_cap_holds_and_cleanup_empties_the_cache(s3, bucket, mount, tmp_path):
     rng = random.Random(30)
     objects = {f"f{i}": rng.randbytes(MIB + MIB // 2) for i in range(6)}  # 9 MiB in all
