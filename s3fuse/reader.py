@@ -190,13 +190,13 @@ class ObjectReader:
         self._expected_offset = offset + size
         try:
             if self.on_disk:
-                if self._rest is _Rest.FILLED:  # the kernel let pages go: all of them again, from disk
+                # A random read; or any read once all of it was filled: the kernel let pages go, all again from disk.
+                if not sequential or self._rest is _Rest.FILLED:
                     self._start_fetching_rest()
                 if sequential:
                     self._sequential_reads += 1
                     return await self._read_blocks(offset, size)
                 self._sequential_reads = 0
-                self._start_fetching_rest()
                 return await self._read_random_on_disk(offset, size)
             # A small read near the last one but not next to it, in an object of many blocks,
             # is likely a random one: it gets just its bytes, not a block.
@@ -373,16 +373,16 @@ class ObjectReader:
         refused = False  # a store into the page cache was refused: the file changed, or is written
         filled = 0  # pieces put in the page cache
 
-        async def fill(index: int, data: bytes) -> None:
-            nonlocal refused, filled
-            refused = not await self._fill_at(index * piece, data)
-            filled += not refused
+        async def fill(start: int, data: bytes) -> bool:
+            nonlocal refused
+            refused = not await self._fill_at(start, data)
+            return not refused
 
         async def from_disk(index: int) -> bool:
             """Fill the page cache with a block the disk cache holds, ``FILL_PIECE`` at a time (not the
             whole block into memory, nor into the block cache, whose other blocks it would push out);
             with no page cache to fill, only whether it is there. False if it is not (or is damaged)."""
-            nonlocal refused, filled
+            nonlocal filled
             assert disk is not None
             name = self._disk_name(index)
             if self.fill is None:
@@ -392,13 +392,13 @@ class ObjectReader:
                 data = await disk.read_range(name, offset, min(offset + self.FILL_PIECE, end - start))
                 if data is None:
                     return False
-                if self._closed or not await self.fill(start + offset, data):
-                    refused = True
+                if not await fill(start + offset, data):
                     return True
             filled += 1
             return True
 
         async def worker(user: object) -> None:
+            nonlocal filled
             try:
                 for index in pieces:
                     if self._closed or refused:
@@ -416,8 +416,8 @@ class ObjectReader:
                             data = await self._block(index) if disk is not None else await self._get(start, end)
                         finally:
                             budget.give_back(user, piece)
-                    if self.fill is not None:
-                        await fill(index, data)
+                    if self.fill is not None and await fill(index * piece, data):
+                        filled += 1
             except FsError as exc:  # a read of those bytes will see the error itself
                 log.debug("background fetch of %r failed: %s", self.key, exc)
             except Exception:  # a background task: anything uncaught would end the daemon
