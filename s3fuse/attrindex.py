@@ -20,7 +20,7 @@ The rules that keep the object's own headers the truth:
   without conditional writes) keeps older ``until`` stamps. Either way the entry is not
   used and the object's headers decide.
 - An index object exists for a directory before s3fuse changes anything in it
-  (``prepare``; ``mkdir`` writes the new directory's after its marker). So an entry the
+  (``prepare``; ``mkdir`` writes the new directory's beside its marker). So an entry the
   index does not vouch for, in a directory that has one, is something written after the
   index last was (a crash before the batched write, another mount, another tool): the
   directory listing HEADs just those (``needs_head``) and records what it learnt. A

@@ -73,8 +73,12 @@ class Mutations:
     # ---- creating
 
     async def mkdir(self, path: str, info: EntryInfo) -> Node:
-        await self._put_marker(path, info)
-        await self.ns.index.create(path)  # after the marker: an FsError of it is mkdir's alone
+        # The marker and the new directory's empty index go out together: one round trip, not
+        # two (fsbench, S3-like network: tar x's 50 directories took 57 ms each, a PutObject 30).
+        # A failure of the index's write is logged, not mkdir's; a failed marker fails mkdir
+        # and may leave that empty index behind, which only makes a listing HEAD the entries
+        # of a directory made there later by another tool.
+        await gather([lambda: self._put_marker(path, info), lambda: self.ns.index.create(path)], 2)
         node = self.ns.added(path, info)
         self.ns.known_empty(path)  # new, so known to be empty
         return node

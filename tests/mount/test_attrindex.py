@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 from conftest import boto_client, keys_of, run, wait_until
+from faultproxy import Rule
 
+from s3fuse.attrindex import index_key
 from s3fuse.metadata import parse_seconds_ns
 
 MIB = 1 << 20
@@ -202,6 +204,25 @@ def test_reserved_name_is_hidden_and_refused(mount, bucket):
         (mnt / ".s3fuse").mkdir()
     with pytest.raises(PermissionError):
         (mnt / ".s3fuse").write_bytes(b"x")
+
+
+def test_mkdir_sends_the_new_directorys_index_beside_its_marker(mount, bucket, s3, faulty):
+    """One round trip per mkdir, not two: the index goes out while the marker's answer is on
+    its way (held back here by the fault proxy), and both are in S3 when mkdir returns."""
+    mnt = mount(bucket, "--endpoint-url", faulty.url, endpoint=False)
+    (mnt / "first").mkdir()  # the mount's one-off probe of conditional writes is behind us
+    held = faulty.add(Rule("late", method="PUT", path=rf"^/{bucket}/d/$", times=1, seconds=3.0))
+    making = threading.Thread(target=os.mkdir, args=(mnt / "d",))
+    making.start()
+
+    index = f"/{bucket}/{index_key('d/')}"
+    assert wait_until(lambda: held.applied == 1, 10)
+    # Sent one after the other, the index would come after the 3 s hold.
+    assert wait_until(lambda: any(e.method == "PUT" and e.path == index for e in list(faulty.log)), 2.0)
+    assert making.is_alive()  # the marker's answer is still held back
+    making.join(30)
+    assert "d/" in keys_of(s3, bucket) and (mnt / "d").is_dir()
+    assert index_key("d/") in keys_of(s3, bucket, ".s3fuse/index/", internal=True)
 
 
 def test_no_attribute_index_writes_nothing(mount, bucket, s3):
