@@ -10,6 +10,7 @@ SSE-C, ACL, storage class, ListObjects version), added to every call that takes 
 from __future__ import annotations
 
 import base64
+import collections
 import copy
 import errno
 import hashlib
@@ -290,7 +291,7 @@ class S3Client:
         self._options: dict[str, dict[str, Any]] = {}  # boto3 method name -> its request options
         # Which conditional writes the server honours, by kind, and the lock of their probe (write/conditions.py).
         self.honours: dict[str, bool] = {}
-        self.probing = trio.Lock()
+        self.probing: collections.defaultdict[str, trio.Lock] = collections.defaultdict(trio.Lock)
 
     def params(self, operation: str, **params: Any) -> dict[str, Any]:
         """The parameters of one call of ``operation`` (a boto3 method name, like "put_object"):

@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any
 
+import trio
+
 from ..errors import FsError
 from ..s3client import S3Client
 from .upload import MultipartUpload, ObjectHeaders, UploadRegistry, put_object, put_object_answer
@@ -51,7 +53,7 @@ async def honoured(s3: S3Client, kind: str, registry: UploadRegistry | None = No
     ``registry`` records the probe's multipart upload) writes."""
     if kind in s3.honours:  # every save asks: no lock once known
         return s3.honours[kind]
-    async with s3.probing:
+    async with s3.probing[kind]:  # one probe of each kind at a time; kinds side by side
         if kind not in s3.honours:
             answer = await _probe(s3, kind, registry)
             if answer is None:
@@ -63,6 +65,12 @@ async def honoured(s3: S3Client, kind: str, registry: UploadRegistry | None = No
                             "and two mounts saving one file at the same moment can both succeed (the "
                             "later one wins)", kind, PROBE_PREFIX + "*")  # fmt: skip
     return s3.honours[kind]
+
+
+def probe_soon(s3: S3Client, kind: str, registry: UploadRegistry | None, nursery: trio.Nursery) -> None:
+    """Start finding out (``honoured``) in the background, for a write that will ask later."""
+    if kind not in s3.honours and not s3.probing[kind].locked():
+        nursery.start_soon(honoured, s3, kind, registry)
 
 
 async def _probe(s3: S3Client, kind: str, registry: UploadRegistry | None) -> bool | None:

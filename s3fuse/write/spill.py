@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -38,6 +39,10 @@ FetchBase = Callable[[int, int], Awaitable[bytes]]  # (start, end) -> the base o
 SPILL_PREFIX = "spill-"  # the spill files' names; the journal tells its own from its records by it
 MEMORY_FILE_LIMIT = 256 << 10  # the offsets a spill file may hold in memory
 MEMORY_BUDGET = 8 << 20  # for all spill files together
+# Spill files at least this large are removed by a thread of their own: removing a file frees its
+# pages, which for the 128 MiB of a dd just written took the kernel 100 ms (fsbench, S3-like
+# network), and the event loop answered nothing meanwhile, the dd's close() included.
+REMOVE_APART = 8 << 20
 
 
 class MemoryBudget:
@@ -57,6 +62,41 @@ class MemoryBudget:
     def give(self, n: int) -> None:
         with self._lock:
             self.free += n
+
+
+class Remover:
+    """Removes files in a daemon thread of its own, in the order they were handed over."""
+
+    def __init__(self) -> None:
+        self._paths: queue.Queue[str] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, path: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="s3fuse-spill-remover", daemon=True)
+                self._thread.start()
+        self._paths.put(path)
+
+    def _run(self) -> None:
+        while True:
+            path = self._paths.get()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove the spill file %s: %s", path, exc)
+            finally:
+                self._paths.task_done()
+
+    def wait(self) -> None:
+        """Until every file handed over so far is removed (before the spill directory goes)."""
+        self._paths.join()
+
+
+REMOVER = Remover()
 
 
 class SpillFile:
@@ -105,7 +145,11 @@ class SpillFile:
         except FileNotFoundError:  # the first spill file of this daemon, or the directory was removed
             os.makedirs(self.directory, exist_ok=True)
             self._fd, self._path = tempfile.mkstemp(dir=self.directory, prefix=SPILL_PREFIX)
-        os.ftruncate(self._fd, self.size)  # holes: no disk blocks
+        if self.size:  # holes: no disk blocks
+            # Not to 0: ext4 takes a file truncated to 0 for one being replaced, and writes out
+            # all its pages at its close (auto_da_alloc): 54 ms of the event loop for a dd of
+            # 128 MiB, and the disk's time, for bytes that are removed right after.
+            os.ftruncate(self._fd, self.size)
 
     def _to_disk(self) -> None:
         if self._memory is None or self.closed:
@@ -250,7 +294,9 @@ class SpillFile:
             return
         self._fd, fd = -1, self._fd  # a late write fails (EBADF), never lands in a reused descriptor
         os.close(fd)
-        if remove:
+        if remove and self.size >= REMOVE_APART:
+            REMOVER.remove(self._path)
+        elif remove:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
 

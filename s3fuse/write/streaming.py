@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..errors import FsError
-from .conditions import COMPLETE, Guard
+from .conditions import COMPLETE, Guard, probe_soon
 from .parts import MAX_ZERO_PART, SINGLE_PUT_LIMIT, streamed_part_size
 from .spill import SpillFile
 from .upload import FileRange, MultipartUpload, ObjectHeaders, copy_object
@@ -142,6 +142,9 @@ class StreamingUpload:
                 upload = MultipartUpload(self.of.wb.s3, self.of.key, self.headers, self.of.wb.registry)
                 await upload.start()
                 self.upload = upload
+                # The completion will ask whether the server honours its conditions: found out
+                # beside the parts, not after them (the probe is 4 requests in a row, once a mount).
+                probe_soon(self.of.wb.s3, COMPLETE, self.of.wb.registry, self.of.wb.nursery)
 
     async def finish(self, size: int, guard: Guard) -> str:
         """Send the tail alongside the parts still in flight, complete the upload (``guard``: what it may

@@ -38,7 +38,7 @@ from .lostfound import LostAndFound, report_leftovers
 from .openfile import OpenFile
 from .queue import UploadQueue
 from .record import from_record, to_record
-from .spill import SpillFile
+from .spill import REMOVER, SpillFile
 from .upload import HeaderChanges, ObjectHeaders, UploadRegistry
 from .zeros import ZeroObjects
 
@@ -413,6 +413,7 @@ class WriteBack:
             )  # fmt: skip
         await self.zeros.remove()
         self.journal.release()
+        await trio.to_thread.run_sync(REMOVER.wait)  # the spill files of the last saves, removed apart
         if not self.write_back:
             with contextlib.suppress(OSError):  # only if empty: a kept file stays where it is
                 os.rmdir(self.spill_dir)

@@ -19,6 +19,7 @@ import random
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -292,6 +293,25 @@ def test_an_answer_older_than_a_rename_does_not_undo_it(s3, bucket, faulty, moun
     assert os.stat(mnt / "h").st_size == len(new)
     assert (mnt / "h").read_bytes() == new
     assert sorted(os.listdir(mnt)) == ["h"]
+
+
+def test_the_probe_of_conditional_completions_goes_beside_the_first_upload(s3, bucket, faulty, mount):
+    """Whether the server honours If-Match on CompleteMultipartUpload is probed once a mount (4
+    requests in a row): beside the first streamed upload's parts, not after them, where it
+    delayed that file's close() by its 4 round trips."""
+    mnt = mount_via(mount, faulty, bucket)
+    data = randbytes(7, 20 * MIB)
+    held = faulty.add(Rule("late", method="PUT", path=rf"^/{bucket}/big$", query="partNumber", seconds=1.5))
+    (mnt / "big").write_bytes(data)
+    assert held.applied >= 2 and body_of(s3, bucket, "big") == data
+    log = list(faulty.log)
+
+    def first(is_it: Callable[[Any], bool]) -> int:
+        return next(i for i, exchange in enumerate(log) if is_it(exchange))
+
+    probe_completed = first(lambda e: "/.s3fuse/probe-" in e.path and e.method == "POST" and "uploadId" in e.query)
+    first_part = first(lambda e: e.path == f"/{bucket}/big" and "partNumber" in e.query)
+    assert probe_completed < first_part  # answered while the parts were held back
 
 
 def test_a_directory_rename_that_fails_half_way_loses_nothing(s3, bucket, faulty, mount):

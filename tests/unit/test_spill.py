@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s3fuse.extents import Extents
-from s3fuse.write.spill import MEMORY_BUDGET, SpillFile
+from s3fuse.write.spill import MEMORY_BUDGET, REMOVE_APART, REMOVER, SpillFile
 
 SIZE = 200  # small files: hypothesis explores the interval arithmetic, not the disk
 
@@ -118,3 +118,16 @@ def test_a_read_keeps_the_spill_file_until_it_ends(tmp_path):
     assert not os.listdir(tmp_path)  # closed and removed once the read ended
     with pytest.raises(OSError):
         spill.write(0, b"late")  # never into whatever file took its descriptor number
+
+
+def test_a_large_spill_file_is_removed_apart_and_waited_for(tmp_path):
+    """Closing a large spill file leaves its removal (the kernel freeing its pages) to a thread of
+    its own; ``REMOVER.wait`` (before the spill directory goes) returns once it is gone."""
+    small, large = SpillFile(str(tmp_path), 0, in_memory=False), SpillFile(str(tmp_path), 0, in_memory=False)
+    small.write(0, b"s")
+    large.write(REMOVE_APART - 1, b"l")
+    small.close()
+    assert len(os.listdir(tmp_path)) == 1  # the small one at once
+    large.close()
+    REMOVER.wait()
+    assert not os.listdir(tmp_path)
