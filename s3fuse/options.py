@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=int,
         default=32,
-        help="HTTP connections to S3, and S3 calls in flight (default: %(default)s)",
+        help="HTTP connections to S3, and S3 calls in flight; sequential readers use at most half of "
+        "them for their GETs, and a quarter more for the GETs sent ahead (default: %(default)s)",
     )
     s3.add_argument(
         "--timeout",
@@ -480,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=parse_size("64M"),
         help="most bytes fetched ahead of one sequential reader, in parallel GETs of 8 MiB that start "
-        "at 4 and grow while the throughput grows (default: 64M)",
+        "at 8 and grow while the throughput grows, with as many GETs again sent ahead of those and "
+        "read once the reader passes a segment (default: 64M)",
     )
     cache.add_argument(
         "--transfer-budget",

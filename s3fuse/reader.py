@@ -5,7 +5,9 @@ over 1 MiB are served by streams (stream.py): parallel GETs of consecutive segme
 of ``SEGMENT`` bytes, each served chunk by chunk as it arrives and let go of once
 read. How many run at once (the window) starts at ``INITIAL_STREAMS`` and doubles
 while the throughput the reader gets grows with it, up to ``max_readahead`` and the
-reader's share of the mount's transfer budget. Sequential reads of small objects, and what the streams
+reader's share of the mount's transfer budget; as many again behind them are on standby
+(GET sent, body not read) until the reader passes a segment and admits the first of them.
+Sequential reads of small objects, and what the streams
 cannot serve, come from whole blocks in the shared block cache, with a read-ahead
 window of parallel GETs that doubles up to ``max_readahead``; random reads fetch
 just the bytes asked for. Every GET carries If-Match, so a replaced object fails
@@ -96,6 +98,11 @@ class ObjectReader:
     # after a doubling was not this much faster, it goes back and stays. On 127.0.0.1 with two
     # cores, 8 GETs at once are no faster than 4 (the server's CPU is the limit) and cost it CPU.
     GROWTH = 1.25
+    # Segments whose GETs wait on standby behind the window, in windows: when the reader passes a
+    # segment, the one admitted in its place has its headers, and bytes in the connection's
+    # buffers, already. fsbench, S3-like network, cold read of 128 MiB, five runs each with the
+    # code before as a target beside it: 0.365-0.40 s against 0.385-0.445 s (raw 0.29-0.32 s).
+    STANDBY = 1
     # Blocks fetched at once in the background fetch of a randomly read object kept on disk.
     REST_WORKERS = 2
     # Without a disk cache, the object read at random is fetched in ranges of MEMORY_PIECE, this
@@ -254,17 +261,42 @@ class ObjectReader:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _stream_ahead(self, offset: int) -> None:
-        """Start streams for the next segments, up to the window (as far as the transfer budget
-        and the mount's stream limit let)."""
-        start = self._streams[-1].end if self._streams else offset
-        while len(self._streams) < self._window and start < self.size:
+        """Keep the window's worth of segments streaming (as far as the transfer budget and the
+        mount's stream limit let), admitting those on standby first, and as many after them on standby."""
+        streams = self._streams
+        reading = 0  # the admitted streams from the read's on
+        behind = 0  # streams the read is past, kept for the slack
+        for stream in streams:
+            if stream.end <= offset:
+                behind += 1
+                continue
+            if reading == self._window or not stream.admit():
+                break
+            reading += 1
+        start = streams[-1].end if streams else offset
+        # Standby GETs only once the first segment's bytes flow: sent beside the window's first
+        # GETs, they slowed them down (the server served 16 requests where 8 were needed first).
+        flowing = bool(streams) and streams[0].flowing
+        while len(streams) - behind < self._window * (1 + self.STANDBY) and start < self.size:
+            standby = (bool(streams) and not streams[-1].admitted) or reading == self._window
+            if standby and not flowing:
+                return
             end = min(start + self.SEGMENT, self.size)
             stream = BodyStream.open(
-                self.nursery, self.s3, self.key, start, end, self.SEGMENT, owner=self, **self._get_params()
+                self.nursery,
+                self.s3,
+                self.key,
+                start,
+                end,
+                self.SEGMENT,
+                owner=self,
+                standby=standby,
+                **self._get_params(),
             )
             if stream is None:
                 return
-            self._streams.append(stream)
+            reading += not standby
+            streams.append(stream)
             start = end
 
     def _passed(self, stream: BodyStream) -> None:

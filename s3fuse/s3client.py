@@ -282,6 +282,9 @@ class S3Client:
         # Streaming GETs (stream.py) hold a connection and a thread each while they last: at
         # most half of them, so that the other requests of the mount always find some.
         self.streams = trio.CapacityLimiter(max(1, settings.max_connections // 2))
+        # Streams on standby (their GET sent, their body not read yet) hold a connection and a thread
+        # too: at most a quarter of them, apart from the streams' own, so none is taken from a reader.
+        self.standby = trio.CapacityLimiter(max(1, settings.max_connections // 4))
         # Bytes read ahead by streams and parts in flight, for all the files of the mount.
         self.transfer = TransferBudget(settings.transfer_budget)
         # botocore's own timeouts bound each attempt; this bounds the whole call.

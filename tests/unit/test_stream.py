@@ -1,4 +1,4 @@
-"""BodyStream against the moto server: chunks served as they arrive, and what it refuses."""
+"""BodyStream against the moto server: chunks served as they arrive, what it refuses, and streams on standby."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 import trio
 from conftest import boto_client
 
+from s3fuse.blockcache import BlockCache
+from s3fuse.reader import ObjectReader
 from s3fuse.s3client import ClientSettings, S3Client
 from s3fuse.stream import BodyStream
 
@@ -100,5 +102,88 @@ def test_a_stream_of_a_replaced_object_fails(client, data):
             assert await stream.read(0, 100) is None
             assert stream.failed
             stream.close()
+
+    trio.run(main)
+
+
+def recording_gets(client, monkeypatch) -> list[str]:
+    """The Range of each GetObject the client sends, in the order their answers' headers came."""
+    ranges: list[str] = []
+    get_object = client.direct.get_object
+
+    def recorded(**kwargs):
+        response = get_object(**kwargs)
+        ranges.append(kwargs.get("Range", ""))
+        return response
+
+    monkeypatch.setattr(client.direct, "get_object", recorded)
+    return ranges
+
+
+def test_a_standby_stream_sends_its_get_and_reads_its_body_only_once_admitted(client, data, monkeypatch):
+    ranges = recording_gets(client, monkeypatch)
+    start, end = MIB, 3 * MIB
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            stream = BodyStream.open(nursery, client, "obj", start, end, window=MIB, standby=True)
+            assert BodyStream.open(nursery, client, "obj", 0, MIB, window=MIB, standby=True) is None  # 1 slot of 4
+            with trio.fail_after(10):
+                while not ranges:  # the GET was answered: its body waits in the connection
+                    await trio.sleep(0.01)
+            await trio.sleep(0.2)
+            assert ranges == [f"bytes={start}-{end - 1}"] and not stream.flowing
+            assert await stream.read(start, 100) is None  # not admitted: the caller reads by ranged GETs
+            assert (client.standby.borrowed_tokens, client.streams.borrowed_tokens, client.transfer.used) == (1, 0, 0)
+            client.transfer.try_take("another file", client.transfer.limit)
+            assert not stream.admit()  # no room in the budget: it stays on standby
+            client.transfer.give_back("another file", client.transfer.limit)
+            assert stream.admit()
+            assert (client.standby.borrowed_tokens, client.streams.borrowed_tokens) == (0, 1)
+            assert client.transfer.used == stream.reserved
+            got = b"".join([bytes(await stream.read(offset, CHUNK)) for offset in range(start, end, CHUNK)])
+            assert got == data[start:end] and ranges == [f"bytes={start}-{end - 1}"]
+            stream.close()
+            assert (client.streams.borrowed_tokens, client.transfer.used) == (0, 0)
+            closed = BodyStream.open(nursery, client, "obj", 0, MIB, window=MIB, standby=True)
+            assert closed is not None
+            closed.close()  # never admitted: its standby slot comes back, and nothing of the budget
+            assert (client.standby.borrowed_tokens, client.transfer.used) == (0, 0)
+
+    trio.run(main)
+
+
+def test_a_reader_keeps_its_next_segments_on_standby_and_admits_them_in_order(s3, bucket, moto, monkeypatch):
+    segment = 256 << 10
+    monkeypatch.setattr(ObjectReader, "SEGMENT", segment)
+    monkeypatch.setattr(ObjectReader, "SMALL_OBJECT", segment)
+    body = random.Random(6).randbytes(16 * segment + 5)
+    etag = s3.put_object(Bucket=bucket, Key="big", Body=body)["ETag"]
+    client = S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url, max_connections=32))
+    ranges = recording_gets(client, monkeypatch)
+    window = 4
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader = ObjectReader(
+                client, BlockCache(8 * MIB), nursery, "big", len(body), etag, MIB, window * segment, lambda: None
+            )
+            got, standby_seen = [], 0
+            for offset in range(0, len(body), CHUNK):
+                got.append(bytes(await reader.read(offset, CHUNK)))
+                admitted = [stream.admitted for stream in reader._streams]
+                # the window's streams read, those after them wait: never one admitted behind one that waits
+                assert admitted == sorted(admitted, reverse=True)
+                ahead = [stream.admitted for stream in reader._streams if stream.end > offset + CHUNK]
+                assert (not ahead or ahead[0]) and sum(ahead) <= window  # the next read's stream reads
+                assert len([stream for stream in reader._streams if stream.end > offset]) <= 2 * window
+                standby_seen = max(standby_seen, admitted.count(False))
+            reader.close()
+            assert b"".join(got) == body
+            assert standby_seen == window
+            # every segment came from its one stream, standby or not: no ranged GET beside them
+            assert sorted(ranges) == sorted(
+                f"bytes={start}-{min(start + segment, len(body)) - 1}" for start in range(0, len(body), segment)
+            )
 
     trio.run(main)
