@@ -370,3 +370,24 @@ def test_rsync_request_counts(mount, s3, bucket, moto, tmp_path, have_rsync, mod
     assert "another writer" not in mount.log_text(mnt)  # a renamed file's upload expects what it replaces
     other = mount(bucket, "--cache-dir", str(tmp_path / "elsewhere"))
     assert rsync_changes(src, other) == []
+
+
+def test_a_listing_while_the_index_is_written_sends_no_head(mount, bucket, faulty):
+    """The entries of an index write in flight vouch for themselves: a listing meanwhile (the
+    fault proxy holds the write's answer back 3 s) needs no HEAD. It HEADed each of them."""
+    # Listings always asked of S3, as once the listing cache expired (tar x then du -s)
+    mnt = mount(bucket, "--endpoint-url", faulty.url, "--dir-ttl", "0", endpoint=False)
+    (mnt / "d").mkdir()
+    for i in range(5):
+        (mnt / "d" / f"f{i}").write_bytes(b"x")
+    (mnt / "d" / "f0").chmod(0o600)
+    index = f"/{bucket}/{index_key('d/')}"
+    held = faulty.add(Rule("late", method="PUT", path=rf"^{index}$", times=1, seconds=3.0))
+    assert wait_until(lambda: held.applied == 1, 10)  # the batched write, AGE after the changes
+    held_since = time.monotonic()
+    heads = counts(mnt).get("HeadObject", 0)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")  # the kernel forgets the entries: a listing
+    listed = run(["ls", "-l", str(mnt / "d")]).stdout.decode().splitlines()[1:]
+    assert time.monotonic() - held_since < 3.0  # listed while the write was on its way
+    assert [line.split()[0] for line in listed] == ["-rw-------"] + ["-rw-r--r--"] * 4
+    assert counts(mnt).get("HeadObject", 0) == heads
