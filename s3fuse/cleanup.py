@@ -2,8 +2,10 @@
 ``--disk-cache SIZE``: trim the disk cache of blocks (diskcache.py) to SIZE.
 
 An upload is s3fuse's when this machine's upload registry (in the cache dir) recorded
-it; S3 cannot tell whose an upload is, so any other upload in the bucket is listed
-and left alone. Uploads of a daemon that is still running are left alone too. The
+it, or when a daemon that died announced an upload of its key and never recorded the
+id (killed while CreateMultipartUpload was on its way): the announcement claims one
+upload of that key. S3 cannot tell whose an upload is, so any other upload in the
+bucket is listed and left alone. Uploads of a daemon that is still running are left alone too. The
 disk cache may be trimmed while mounts use it: they take a deleted block for a miss.
 """
 
@@ -65,6 +67,8 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
     """Abort s3fuse's orphaned uploads in bucket; prints one line per upload and a summary,
     with progress on stderr (a bar on a terminal)."""
     ours = registry.entries()
+    announced = registry.announced()
+    claimed: dict[str, str] = {}  # announcement -> the upload of its key it claims
     seen: set[str] = set()
     # The registry's start time, not S3's 'Initiated': some servers (moto) report a fixed date.
     cutoff = time.time() - older_than
@@ -73,17 +77,22 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
     listing = Progress("listing multipart uploads")
     for page in pages_sync(client, "list_multipart_uploads", Bucket=bucket):
         for upload in page.get("Uploads", []):
-            entry = ours.get(upload["UploadId"])
+            upload_id = upload["UploadId"]
+            entry = ours.get(upload_id)
             if entry is None:
-                others += 1
-                continue
-            seen.add(upload["UploadId"])
+                # Created by a daemon that died before recording its id: the announcement of its key.
+                name = next((n for n, e in announced.items() if e["key"] == upload["Key"] and n not in claimed), None)
+                if name is None:
+                    others += 1
+                    continue
+                claimed[name], entry = upload_id, announced[name]
+            seen.add(upload_id)
             in_progress = process_alive(entry.get("pid")) and entry.get("pid") != os.getpid()
             started = float(entry.get("started", 0))
             if started > cutoff or in_progress:
                 kept += 1
             else:
-                orphans.append((upload["Key"], upload["UploadId"], started))
+                orphans.append((upload["Key"], upload_id, started))
         listing.advance(len(page.get("Uploads", [])))
     listing.finish()
     verb = "would abort" if dry_run else "aborted"
@@ -106,8 +115,12 @@ def cleanup(client: Any, bucket: str, registry: UploadRegistry, older_than: floa
         freed += size
     aborting.finish()
     if not dry_run:
+        aborted = {upload_id for _, upload_id, _ in orphans}
         for upload_id in ours.keys() - seen:  # finished or aborted meanwhile
             registry.forget(upload_id)
+        for name, entry in announced.items():  # recorded, never created, or claimed and aborted
+            if not process_alive(entry.get("pid")) and (name not in claimed or claimed[name] in aborted):
+                registry.withdraw(name)
     print(
         f"{verb} {len(orphans)} upload(s) ({freed / MiB:.1f} MiB); left {kept} newer or still in progress, "
         f"and {others} that s3fuse did not start"

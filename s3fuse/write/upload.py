@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import botocore.exceptions
 import trio
 
-from ..errors import FsError
+from ..errors import FsError, S3Error
 from ..s3client import S3Client, s3_error
 from .parts import MAX_SINGLE_COPY, MiB, planned_part_size
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # against a PutObject's Content-MD5, and CRC32 costs a sixth of MD5's CPU (0.06 against
 # 0.36 s per 256 MiB here), which a big write spends while it competes with the server.
 PART_CHECKSUM = "CRC32"
+PENDING = "pending-"  # the registry's announcements of uploads not created yet
 DELETE_BATCH = 1000  # DeleteObjects' limit
 PARALLEL_COPIES = 16
 # HeadObject fields that are also PutObject/CopyObject parameters of the same name.
@@ -243,7 +245,10 @@ class UploadRegistry:
     """The multipart uploads s3fuse started and has not finished, one small file each.
 
     Lives in the cache dir, so it survives a crash; S3 itself cannot tell whose an
-    upload is, and cleanup must never abort another program's upload.
+    upload is, and cleanup must never abort another program's upload. An upload is
+    announced (``starting``: key, time, process) before its CreateMultipartUpload is
+    sent and recorded with its id once the answer comes, so a daemon killed in
+    between leaves an announcement that claims the one upload of that key it made.
     """
 
     def __init__(self, cache_dir: str, bucket: str) -> None:
@@ -252,30 +257,50 @@ class UploadRegistry:
     def _path(self, upload_id: str) -> str:
         return os.path.join(self.directory, hashlib.sha1(upload_id.encode()).hexdigest() + ".json")
 
-    def record(self, upload_id: str, key: str) -> None:
+    def _write(self, path: str, entry: dict[str, Any]) -> None:
         os.makedirs(self.directory, exist_ok=True)
-        with open(self._path(upload_id), "w") as f:
-            json.dump({"upload_id": upload_id, "key": key, "started": time.time(), "pid": os.getpid()}, f)
+        with open(path, "w") as f:
+            json.dump({**entry, "started": time.time(), "pid": os.getpid()}, f)
+
+    def starting(self, key: str) -> str:
+        """Announce an upload of key about to be created; returns the announcement's name."""
+        name = f"{PENDING}{os.getpid()}-{time.time_ns()}.json"
+        self._write(os.path.join(self.directory, name), {"key": key})
+        return name
+
+    def record(self, upload_id: str, key: str, announced: str | None = None) -> None:
+        self._write(self._path(upload_id), {"upload_id": upload_id, "key": key})
+        if announced is not None:
+            self.withdraw(announced)
+
+    def withdraw(self, announced: str) -> None:
+        """The announced upload was recorded, or never created."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.directory, announced))
 
     def forget(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(upload_id))
 
-    def entries(self) -> dict[str, dict[str, Any]]:
-        """upload id -> what was recorded about it."""
-        out: dict[str, dict[str, Any]] = {}
+    def _read(self) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
-            return out
+            return
         for name in names:
             try:
                 with open(os.path.join(self.directory, name)) as f:
-                    entry = json.load(f)
-                out[entry["upload_id"]] = entry
-            except (OSError, ValueError, KeyError) as exc:
+                    yield name, json.load(f)
+            except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable upload record %s: %s", name, exc)
-        return out
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """upload id -> what was recorded about it."""
+        return {entry["upload_id"]: entry for name, entry in self._read() if "upload_id" in entry}
+
+    def announced(self) -> dict[str, dict[str, Any]]:
+        """announcement name -> key, time and process of an upload whose id was never recorded."""
+        return {name: entry for name, entry in self._read() if name.startswith(PENDING) and "key" in entry}
 
 
 class MultipartUpload:
@@ -294,11 +319,19 @@ class MultipartUpload:
         self.parts: dict[int, dict[str, str]] = {}  # number -> ETag and checksum
 
     async def start(self) -> None:
-        resp = await self.s3.call(
-            "create_multipart_upload", Key=self.key, ChecksumAlgorithm=PART_CHECKSUM, **self.headers.params()
-        )
+        announced = self.registry.starting(self.key)
+        try:
+            resp = await self.s3.call(
+                "create_multipart_upload", Key=self.key, ChecksumAlgorithm=PART_CHECKSUM, **self.headers.params()
+            )
+        except S3Error as exc:
+            # A refusal made no upload; after a timeout or a cancellation one may exist, and
+            # the announcement lets cleanup claim it once this daemon is gone.
+            if isinstance(exc.__cause__, botocore.exceptions.ClientError):
+                self.registry.withdraw(announced)
+            raise
         self.upload_id = resp["UploadId"]
-        self.registry.record(self.upload_id, self.key)
+        self.registry.record(self.upload_id, self.key, announced)
 
     async def send_part(self, number: int, body: bytes | FileRange) -> None:
         """Upload part ``number``; a FileRange is read (hashed, sent) inside the worker thread."""

@@ -13,6 +13,7 @@ from conftest import boto_client, keys_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s3fuse.errors import S3Error
 from s3fuse.extents import Extents
 from s3fuse.s3client import ClientSettings, S3Client
 from s3fuse.write import upload
@@ -121,6 +122,35 @@ def test_copy_above_the_single_copy_limit_is_a_multipart_copy(s3, bucket, client
     assert (head["ContentType"], head["Metadata"]) == ("text/x-test", {"mode": "33188"})
     assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == data
     assert registry.entries() == {}  # completed uploads leave no record
+
+
+def test_an_upload_is_announced_until_its_id_is_recorded_and_a_refused_one_leaves_nothing(moto, bucket, tmp_path):
+    """The registry holds an announcement of the key while CreateMultipartUpload is on its way
+    (a daemon killed then leaves it for cleanup), then the upload's record; a server's refusal
+    made no upload, so it leaves neither."""
+    registry = UploadRegistry(str(tmp_path), bucket)
+    client = S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url))
+    seen_during: list[dict] = []
+    call = client.call
+
+    async def watched(operation: str, **params):
+        if operation == "create_multipart_upload":
+            seen_during.extend(registry.announced().values())
+        return await call(operation, **params)
+
+    client.call = watched
+    started = MultipartUpload(client, "k", ObjectHeaders("text/plain"), registry)
+    trio.run(started.start)
+    assert [entry["key"] for entry in seen_during] == ["k"] and seen_during[0]["pid"] == os.getpid()
+    assert registry.announced() == {}
+    assert registry.entries()[started.upload_id]["key"] == "k"
+    trio.run(started.abort)
+    assert registry.entries() == {}
+
+    missing = S3Client(boto_client(moto.url), "no-such-bucket", ClientSettings(endpoint_url=moto.url))
+    with pytest.raises(S3Error, match="NoSuchBucket"):
+        trio.run(MultipartUpload(missing, "k", ObjectHeaders("text/plain"), registry).start)
+    assert registry.announced() == {} and registry.entries() == {}
 
 
 def test_delete_keys_in_batches_of_1000(s3, bucket, client, monkeypatch):
