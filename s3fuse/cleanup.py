@@ -5,8 +5,9 @@ An upload is s3fuse's when this machine's upload registry (in the cache dir) rec
 it, or when a daemon that died announced an upload of its key and never recorded the
 id (killed while CreateMultipartUpload was on its way): the announcement claims one
 upload of that key. S3 cannot tell whose an upload is, so any other upload in the
-bucket is listed and left alone. Uploads of a daemon that is still running are left alone too. The
-disk cache may be trimmed while mounts use it: they take a deleted block for a miss.
+bucket is listed and left alone. Uploads of a daemon that is still running are left
+alone too. The disk cache may be trimmed while mounts use it: they take a deleted
+block for a miss.
 """
 
 from __future__ import annotations
