@@ -2,7 +2,8 @@
 
 Owns the access-pattern detection of one file handle. Sequential reads of objects
 over 1 MiB are served by streams (stream.py): parallel GETs of consecutive segments
-of ``SEGMENT`` bytes, each served chunk by chunk as it arrives and let go of once
+of ``SEGMENT`` bytes (``NEAR_SEGMENTS`` times that where one connection carries much:
+transfer.ConnectionRate), each served chunk by chunk as it arrives and let go of once
 read. How many run at once (the window) starts at ``INITIAL_STREAMS`` and doubles
 while the throughput the reader gets grows with it, up to ``max_readahead`` and the
 reader's share of the mount's transfer budget; as many again behind them are on standby
@@ -103,6 +104,13 @@ class ObjectReader:
     # buffers, already. fsbench, S3-like network, cold read of 128 MiB, five runs each with the
     # code before as a target beside it: 0.365-0.40 s against 0.385-0.445 s (raw 0.29-0.32 s).
     STANDBY = 1
+    # Segments this many times SEGMENT long where one connection alone carries 384 MiB/s or more
+    # (transfer.ConnectionRate: a server on the same machine or network): then a GET's fixed cost,
+    # not the connection, is the limit. fsbench on 127.0.0.1, cold read of 256 MiB, three rounds
+    # of four reads each: 8 MiB segments 0.44-0.59 s, 32 MiB ones 0.31-0.41 s, the code before the
+    # parallel segments (two GETs at once, of 16 MiB doubling) 0.27-0.44 s. Each stream still reads
+    # at most SEGMENT ahead of the reader, so the budget is the same.
+    NEAR_SEGMENTS = 4
     # Blocks fetched at once in the background fetch of a randomly read object kept on disk.
     REST_WORKERS = 2
     # Without a disk cache, the object read at random is fetched in ranges of MEMORY_PIECE, this
@@ -281,7 +289,7 @@ class ObjectReader:
             standby = (bool(streams) and not streams[-1].admitted) or reading == self._window
             if standby and not flowing:
                 return
-            end = min(start + self.SEGMENT, self.size)
+            end = min(start + self.segment_length(), self.size)
             stream = BodyStream.open(
                 self.nursery,
                 self.s3,
@@ -298,6 +306,10 @@ class ObjectReader:
             reading += not standby
             streams.append(stream)
             start = end
+
+    def segment_length(self) -> int:
+        """The bytes of the next segment: long ones where one connection carries more than a reader needs."""
+        return self.SEGMENT * (self.NEAR_SEGMENTS if self.s3.connection_rate.near else 1)
 
     def _passed(self, stream: BodyStream) -> None:
         """The reader is past this stream's segment: let it go; at the end of a round, double the

@@ -33,7 +33,7 @@ from . import direct
 from .direct import DirectRequests, parse_timestamp
 from .errors import S3Error
 from .metrics import METRICS
-from .transfer import TransferBudget
+from .transfer import ConnectionRate, TransferBudget
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,8 @@ class S3Client:
         self.standby = trio.CapacityLimiter(max(1, settings.max_connections // 4))
         # Bytes read ahead by streams and parts in flight, for all the files of the mount.
         self.transfer = TransferBudget(settings.transfer_budget)
+        # What one connection carries: how long the streams' segments are (reader.py).
+        self.connection_rate = ConnectionRate()
         # botocore's own timeouts bound each attempt; this bounds the whole call.
         self.deadline = settings.timeout * settings.max_attempts + 5.0
         self.max_attempts = settings.max_attempts

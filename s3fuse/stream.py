@@ -34,6 +34,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Hashable
 from typing import Any
@@ -53,6 +54,7 @@ class BodyStream:
     # The first chunk is one FUSE read's worth: the reader starts as soon as that arrived, not 4 MiB.
     FIRST_CHUNK = 1 << 20
     IDLE_TIMEOUT = 10.0
+    MEASURED = 4 << 20  # segments from this long tell the connection's rate (transfer.ConnectionRate)
 
     def __init__(
         self,
@@ -81,6 +83,8 @@ class BodyStream:
         self.chunk = max(64 << 10, min(self.CHUNK, window // 4))
         self._capacity = max(4, window // self.chunk)
         self.admitted = not standby  # its thread may read: it holds its window and a stream slot
+        self._stood_by = standby
+        self._reading = 0.0  # seconds the thread spent in the body's reads
         # chunks the thread may read ahead (none before it is admitted)
         self._free_chunks = threading.Semaphore(self._capacity if self.admitted else 0)
         self.reserved = min(end - start, self._capacity * self.chunk)  # of the transfer budget
@@ -231,6 +235,10 @@ class BodyStream:
 
     def _end(self, result: outcome.Outcome) -> None:
         self.s3.limiter.release_on_behalf_of(self)
+        # A segment read whole, by a thread that never waited on standby (whose bytes pile up in
+        # the connection's buffers meanwhile), tells what one connection carries.
+        if self._received == self.end and not self._stood_by and self.end - self.start >= self.MEASURED:
+            self.s3.connection_rate.observe(self.end - self.start, self._reading)
         if isinstance(result, outcome.Error):  # whatever it was: ranged GETs read the rest, and report it
             log.debug("streaming %r from %d ended early: %r", self.key, self._received, result.error)
         self.ended = True
@@ -260,7 +268,9 @@ class BodyStream:
                 if self._released.is_set():  # close() woke it, or closed it meanwhile
                     return
                 chunk = self.chunk if offset > self.start else min(self.chunk, self.FIRST_CHUNK)
+                began = time.monotonic()
                 data = body.read(min(chunk, self.end - offset))
+                self._reading += time.monotonic() - began
                 if not data:
                     raise EOFError(f"the body ended at {offset} of {self.end}")
                 token.run_sync_soon(self._arrived, offset, data)

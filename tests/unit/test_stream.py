@@ -12,6 +12,7 @@ from s3fuse.blockcache import BlockCache
 from s3fuse.reader import ObjectReader
 from s3fuse.s3client import ClientSettings, S3Client
 from s3fuse.stream import BodyStream
+from s3fuse.transfer import ConnectionRate
 
 MIB = 1 << 20
 
@@ -187,3 +188,50 @@ def test_a_reader_keeps_its_next_segments_on_standby_and_admits_them_in_order(s3
             )
 
     trio.run(main)
+
+
+def test_the_connection_rate_is_the_median_of_the_last_segments_and_says_near_above_its_threshold():
+    rate = ConnectionRate()
+    assert (rate.rate, rate.near) == (0.0, False)
+    for mibps in (100, 90, 2000, 110, 95):  # one fast segment among S3's: not near
+        rate.observe(mibps * MIB, 1.0)
+    assert rate.rate == 100 * MIB and not rate.near
+    for mibps in (900, 1200, 800):  # now three of the last five are fast
+        rate.observe(mibps * MIB, 1.0)
+    assert rate.rate == 800 * MIB and rate.near
+
+
+@pytest.mark.parametrize("near", [False, True])
+def test_a_reader_streams_long_segments_where_one_connection_carries_much(s3, bucket, moto, monkeypatch, near):
+    """Segments of NEAR_SEGMENTS times SEGMENT where the connection rate says near (each stream
+    still reading at most SEGMENT ahead); segments read whole by streams not on standby are measured."""
+    segment = 256 << 10
+    monkeypatch.setattr(ObjectReader, "SEGMENT", segment)
+    monkeypatch.setattr(ObjectReader, "SMALL_OBJECT", segment)
+    monkeypatch.setattr(BodyStream, "MEASURED", segment)
+    step = segment // 4  # reads within what a stream holds: a window of 4 chunks, one behind the read
+    monkeypatch.setattr(ObjectReader, "STREAMING_FIRST_READ", step)
+    body = random.Random(7).randbytes(40 * segment + 5)
+    etag = s3.put_object(Bucket=bucket, Key="big", Body=body)["ETag"]
+    client = S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url, max_connections=32))
+    rate = client.connection_rate
+    for _ in range(ConnectionRate.KEPT):
+        rate.observe(ConnectionRate.NEAR * (2 if near else 1 / 4), 1.0)
+    monkeypatch.setattr(ConnectionRate, "observe", lambda self, n, s: measured.append(n))  # keep it as set
+    measured: list[int] = []
+    ranges = recording_gets(client, monkeypatch)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader = ObjectReader(client, BlockCache(8 * MIB), nursery, "big", len(body), etag, MIB, 2 * segment, print)
+            got = [bytes(await reader.read(offset, step)) for offset in range(0, len(body), step)]
+            assert all(stream.reserved <= segment for stream in reader._streams)
+            reader.close()
+            assert b"".join(got) == body
+
+    trio.run(main)
+    length = segment * (ObjectReader.NEAR_SEGMENTS if near else 1)
+    assert sorted(ranges) == sorted(
+        f"bytes={start}-{min(start + length, len(body)) - 1}" for start in range(0, len(body), length)
+    )
+    assert measured and all(n == length for n in measured[:-1])
