@@ -111,4 +111,5 @@ class ConnectionRate:
 
     @property
     def near(self) -> bool:
-        return self.rate >= self.NEAR
+        """Only once KEPT segments were measured: one fast segment says little."""
+        return len(self._rates) == self.KEPT and self.rate >= self.NEAR

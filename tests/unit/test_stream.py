@@ -193,6 +193,9 @@ def test_a_reader_keeps_its_next_segments_on_standby_and_admits_them_in_order(s3
 def test_the_connection_rate_is_the_median_of_the_last_segments_and_says_near_above_its_threshold():
     rate = ConnectionRate()
     assert (rate.rate, rate.near) == (0.0, False)
+    for _ in range(ConnectionRate.KEPT - 1):  # fast, but too few to tell
+        rate.observe(2000 * MIB, 1.0)
+    assert rate.rate == 2000 * MIB and not rate.near
     for mibps in (100, 90, 2000, 110, 95):  # one fast segment among S3's: not near
         rate.observe(mibps * MIB, 1.0)
     assert rate.rate == 100 * MIB and not rate.near
