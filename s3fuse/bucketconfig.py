@@ -23,8 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import botocore.exceptions
-
 from .errors import FsError, S3Error
 from .s3client import S3Client
 
@@ -49,13 +47,6 @@ def _bad_answer(name: str, message: str) -> S3Error:
 def _message(exc: S3Error) -> str:
     """The server's (or botocore's) own message, without the code S3Error puts in front."""
     return str(exc).removeprefix(f"{exc.code}: ")
-
-
-def _http_status(exc: S3Error) -> int | None:
-    cause = exc.__cause__
-    if isinstance(cause, botocore.exceptions.ClientError):
-        return cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -287,7 +278,7 @@ class ConfigDocument:
             return _invalid(self.name, exc.code, f"does not fit {self.put_arg}: {_message(exc)}")
         if exc.code == "OperationAborted":  # a conflicting change of the bucket is under way: try again
             return S3Error(errno.EAGAIN, exc.code, f".s3/{self.name}: {_message(exc)}")
-        status = _http_status(exc)
+        status = exc.status
         # A 4xx the errno table has no meaning for (MalformedXML, InvalidArgument, InvalidTag,
         # MalformedPolicy, ...) is the server refusing this content; AccessDenied (EACCES),
         # NoSuchBucket (ENOENT) and 5xx/network failures (EIO) keep their errno.

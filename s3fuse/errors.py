@@ -22,3 +22,7 @@ class FsError(Exception):
 
 class S3Error(FsError):
     """An S3 request failed (after botocore's retries)."""
+
+    # The HTTP status of the server's answer; None when no answer came (a timeout, no connection,
+    # botocore's own checks before sending): then the request may or may not have been carried out.
+    status: int | None = None

@@ -101,8 +101,10 @@ def translate(exc: BaseException) -> S3Error:
         return exc
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
-        code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-        return s3_error(code, str(err.get("Message") or ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        error = s3_error(str(err.get("Code") or status), str(err.get("Message") or ""))
+        error.status = status
+        return error
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return S3Error(errno.EACCES, "NoCredentials", "no AWS credentials found")
     if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):

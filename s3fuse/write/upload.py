@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import botocore.exceptions
 import trio
 
 from ..errors import FsError, S3Error
@@ -327,7 +326,7 @@ class MultipartUpload:
         except S3Error as exc:
             # A refusal made no upload; after a timeout or a cancellation one may exist, and
             # the announcement lets cleanup claim it once this daemon is gone.
-            if isinstance(exc.__cause__, botocore.exceptions.ClientError):
+            if exc.status is not None:
                 self.registry.withdraw(announced)
             raise
         self.upload_id = resp["UploadId"]
