@@ -289,7 +289,7 @@ class ObjectReader:
             standby = (bool(streams) and not streams[-1].admitted) or reading == self._window
             if standby and not flowing:
                 return
-            end = min(start + self.segment_length(), self.size)
+            end = min(start + self._segment_length(), self.size)
             stream = BodyStream.open(
                 self.nursery,
                 self.s3,
@@ -307,7 +307,7 @@ class ObjectReader:
             streams.append(stream)
             start = end
 
-    def segment_length(self) -> int:
+    def _segment_length(self) -> int:
         """The bytes of the next segment: long ones where one connection carries more than a reader needs."""
         return self.SEGMENT * (self.NEAR_SEGMENTS if self.s3.connection_rate.near else 1)
 
