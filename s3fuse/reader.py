@@ -106,9 +106,10 @@ class ObjectReader:
     STANDBY = 1
     # Segments this many times SEGMENT long where one connection alone carries 384 MiB/s or more
     # (transfer.ConnectionRate: a server on the same machine or network): then a GET's fixed cost,
-    # not the connection, is the limit. fsbench on 127.0.0.1, cold read of 256 MiB, three rounds
-    # of four reads each: 8 MiB segments 0.44-0.59 s, 32 MiB ones 0.31-0.41 s, the code before the
-    # parallel segments (two GETs at once, of 16 MiB doubling) 0.27-0.44 s. Each stream still reads
+    # not the connection, is the limit. On 127.0.0.1 (fsbench's moto; one mount, four cold reads of
+    # 256 MiB with dd, three rounds side by side): 8 MiB segments 0.44-0.59 s a read, 32 MiB ones
+    # 0.31-0.41 s, the code before the parallel segments (two GETs at once, of 16 MiB doubling)
+    # 0.27-0.44 s. Each stream still reads
     # at most SEGMENT ahead of the reader, so the budget is the same.
     NEAR_SEGMENTS = 4
     # Blocks fetched at once in the background fetch of a randomly read object kept on disk.

@@ -90,7 +90,7 @@ class ConnectionRate:
 
     # bytes/s, about four times what one connection to S3 carries (50-100 MiB/s). Measured with
     # fsbench's moto: 75-115 MiB/s on its S3-like network; 130-1,700 on 127.0.0.1, where 8 streams
-    # share the 2 cores with the server (the median of five past 384 after the first few segments).
+    # share the 2 cores with the server (the median of five past 384 after a mount's first reads).
     NEAR = 384 * MiB
     KEPT = 5
 
