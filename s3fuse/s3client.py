@@ -37,6 +37,10 @@ from .transfer import ConnectionRate, TransferBudget
 
 log = logging.getLogger(__name__)
 
+# Requests without a body whose answer is small: how long they take tells how far the server is
+# (transfer.ConnectionRate.answered).
+ROUND_TRIPS = frozenset({"head_object", "list_objects_v2", "list_objects"})
+
 # S3 error codes (and bare HTTP statuses, for HEAD responses that carry no body) to errno.
 # Anything not listed is EIO: the caller sees a failure, never a wrong answer.
 ERRNO_BY_CODE: dict[str, int] = {
@@ -329,7 +333,16 @@ class S3Client:
         """Call one S3 operation on the mounted bucket (Bucket= and the request options are filled in)."""
         method = getattr(self.direct if operation in direct.OPERATIONS else self.client, operation)
         kwargs = self.params(operation, **params)
-        return await self.run(lambda: method(**kwargs))
+        if operation not in ROUND_TRIPS:
+            return await self.run(lambda: method(**kwargs))
+
+        def timed() -> dict[str, Any]:
+            began = time.monotonic()
+            answer = method(**kwargs)
+            self.connection_rate.answered(time.monotonic() - began)
+            return answer
+
+        return await self.run(timed)
 
     async def list_page(self, **params: Any) -> dict[str, Any]:
         """One page of ListObjectsV2, or with list version 1 one page of ListObjects, in V2's terms.

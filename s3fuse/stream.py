@@ -258,7 +258,9 @@ class BodyStream:
                 self._let_go()
 
     def _pump(self, token: trio.lowlevel.TrioToken) -> None:
+        began = time.monotonic()
         body = self.s3.direct.get_object(**self._kwargs)["Body"]
+        self.s3.connection_rate.answered(time.monotonic() - began)
         try:
             offset = self.start
             while offset < self.end:

@@ -80,8 +80,9 @@ class TransferBudget:
 
 
 class ConnectionRate:
-    """How fast one connection carries a body, from the segments streams read whole: the median
-    of the last few, in bytes/s of reading (the time a stream's thread spent in the body's reads).
+    """How fast the server answers and how fast one connection carries a body: the quickest answer
+    to a small request seen, and the median of the last few segments streams read whole, in bytes/s
+    of reading (the time a stream's thread spent in the body's reads).
 
     ``near`` says one connection alone carries more than a reader needs, as from a server on the
     same machine or network; then streams read long segments, each GET fetching more bytes for its
@@ -93,16 +94,49 @@ class ConnectionRate:
     # share the 2 cores with the server (the median of five past 384 after a mount's first reads).
     NEAR = 384 * MiB
     KEPT = 5
+    # A server that answers a small request (a HEAD, a page of a listing, a GET's headers) this fast is
+    # on the same machine or network, where the round trip does not limit a connection (at 10 ms,
+    # TCP's 4 MiB windows carry 400 MiB/s): S3 takes 10-30 ms. So a mount's first big read, before
+    # any segment is measured, already reads long segments there. fsbench's moto on 127.0.0.1 (a new
+    # connection each, as it closes them): HEAD 3.0-5.5 ms, a ranged GET's headers 3.6-5.0 ms, a
+    # listing page 4.7-7.4 ms; on its S3-like network 24.5 ms and more.
+    NEAR_ROUND_TRIP = 0.010
+    # ... unless the segments measured since say one connection carries less than this (a server that
+    # caps each connection, as S3 does at 50-100 MiB/s, answering fast).
+    FAR = 128 * MiB
 
     def __init__(self) -> None:
         self._rates: deque[float] = deque(maxlen=self.KEPT)
+        self._quickest = float("inf")  # seconds: the quickest answer to a small request
+        METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        shown = {"s3fuse_connection_bytes_per_second": self.rate, "s3fuse_long_segments": float(self.near)}
+        if self._quickest != float("inf"):
+            shown["s3fuse_quickest_answer_seconds"] = self._quickest
+        return shown
 
     def observe(self, nbytes: int, seconds: float) -> None:
+        """A segment of nbytes was read whole in seconds of reading."""
         near = self.near
         self._rates.append(nbytes / max(seconds, 1e-6))
+        self._told(near)
+
+    def answered(self, seconds: float) -> None:
+        """A small request was answered in seconds (from sending it to its answer's headers)."""
+        near = self.near
+        self._quickest = min(self._quickest, seconds)
+        self._told(near)
+
+    def _told(self, near: bool) -> None:
         if self.near != near:
             length = "long" if self.near else "short"
-            log.debug("one connection carries %.0f MiB/s: %s segments", self.rate / MiB, length)
+            log.debug(
+                "answers in %.1f ms, one connection carries %.0f MiB/s: %s segments",
+                self._quickest * 1000,
+                self.rate / MiB,
+                length,
+            )
 
     @property
     def rate(self) -> float:
@@ -111,5 +145,9 @@ class ConnectionRate:
 
     @property
     def near(self) -> bool:
-        """Only once KEPT segments were measured: one fast segment says little."""
-        return len(self._rates) == self.KEPT and self.rate >= self.NEAR
+        """From the round trip until KEPT segments were measured (one fast segment says little), then
+        from them: fast enough, or not slow and from a server that answers fast."""
+        quick = self._quickest <= self.NEAR_ROUND_TRIP
+        if len(self._rates) < self.KEPT:
+            return quick
+        return self.rate >= self.NEAR or (quick and self.rate >= self.FAR)

@@ -155,6 +155,7 @@ def test_a_standby_stream_sends_its_get_and_reads_its_body_only_once_admitted(cl
 
 
 def test_a_reader_keeps_its_next_segments_on_standby_and_admits_them_in_order(s3, bucket, moto, monkeypatch):
+    monkeypatch.setattr(ConnectionRate, "NEAR_ROUND_TRIP", -1.0)  # segments of SEGMENT, however fast moto answers
     segment = 256 << 10
     monkeypatch.setattr(ObjectReader, "SEGMENT", segment)
     monkeypatch.setattr(ObjectReader, "SMALL_OBJECT", segment)
@@ -202,6 +203,26 @@ def test_the_connection_rate_is_the_median_of_the_last_segments_and_says_near_ab
     for mibps in (900, 1200, 800):  # now three of the last five are fast
         rate.observe(mibps * MIB, 1.0)
     assert rate.rate == 800 * MIB and rate.near
+
+
+def test_a_server_that_answers_fast_is_near_until_measured_segments_say_one_connection_is_slow():
+    rate = ConnectionRate()
+    rate.answered(0.030)  # S3's round trip: nothing measured, not near
+    assert not rate.near
+    rate.answered(ConnectionRate.NEAR_ROUND_TRIP / 2)  # one fast answer: near, before any segment
+    rate.answered(0.030)  # the quickest counts
+    assert rate.near
+    for _ in range(ConnectionRate.KEPT):  # S3's connections, answering fast: short segments
+        rate.observe(100 * MIB, 1.0)
+    assert not rate.near
+    for _ in range(ConnectionRate.KEPT):  # more than that, though less than NEAR: long ones again
+        rate.observe(ConnectionRate.FAR + MIB, 1.0)
+    assert rate.near
+    slow = ConnectionRate()  # the same rates from a server far away: short
+    slow.answered(0.030)
+    for _ in range(ConnectionRate.KEPT):
+        slow.observe(ConnectionRate.FAR + MIB, 1.0)
+    assert not slow.near
 
 
 @pytest.mark.parametrize("near", [False, True])
