@@ -60,6 +60,10 @@ class BlockCache:
         if len(data) <= self._lru.maxsize:
             self._lru[(self._scope, key)] = data
 
+    def discard(self, key: Hashable) -> None:
+        """Let the block go from memory (a fetch in flight still ends in the cache)."""
+        self._lru.pop((self._scope, key), None)
+
     async def get(
         self, block: Hashable, fetch: Callable[[], Awaitable[bytes]], disk_name: Hashable | None = None
     ) -> bytes:

@@ -159,6 +159,7 @@ class ObjectReader:
         self._sequential_reads = 0
         self._contiguous_reads = 0  # each starting where the one before ended: streams start on these
         self._readahead_blocks = self.INITIAL_READAHEAD_BLOCKS
+        self._kept_from = 0  # on disk: the first block a sequential reader may still want from memory
         # Segments streamed ahead of a sequential reader, as many as the window
         self._streams: deque[BodyStream] = deque()
         self.max_streams = max(1, max_readahead // self.SEGMENT)
@@ -346,10 +347,23 @@ class ObjectReader:
         if self._sequential_reads > 1 or size >= self.STREAMING_FIRST_READ:
             self._schedule_readahead(last)
         parts = [await self._block(i) for i in range(first, last + 1)]
+        if self.on_disk:
+            self._drop_behind(offset)
         start = offset - first * bs
         if len(parts) == 1:  # the common case: a view into the cached block, no copy
             return memoryview(parts[0])[start : start + size]
         return b"".join(parts)[start : start + size]
+
+    def _drop_behind(self, offset: int) -> None:
+        """Blocks on disk that a sequential reader is past (by more than the kernel's slack) leave
+        memory: the block cache would otherwise fill with them beside the read-ahead in flight, and
+        evict a block read ahead before it is read. fsbench, S3-like network, a disk-cache mount's cold
+        read of 128 MiB (two runs, side by side): 9 GETs (one block fetched twice) and 0.77-0.78 s before,
+        8 GETs and 0.52-0.54 s after; peak RSS of the read and fio after it 180-181 MiB before, 160-161 after."""
+        behind = max(0, offset - self.SEQUENTIAL_SLACK) // self.block_size
+        for index in range(self._kept_from, behind):
+            self.cache.discard(self._cache_key(index))
+        self._kept_from = behind  # a read that went back keeps the blocks from there until passed again
 
     def _schedule_readahead(self, last: int) -> None:
         nblocks = (self.size + self.block_size - 1) // self.block_size

@@ -4,13 +4,16 @@ and BlockCache's use of it."""
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import trio
+from conftest import boto_client
 
 from s3fuse.blockcache import BlockCache
 from s3fuse.diskcache import CHUNK, HEADER_SIZE, STALE_TMP_SECONDS, DiskCache, file_size, trim_dir
 from s3fuse.reader import ObjectReader
+from s3fuse.s3client import ClientSettings, S3Client
 
 KIB = 1024
 NAME = ("bucket", "key", '"etag-1"', None, 0, 4 * KIB)
@@ -183,3 +186,30 @@ def test_only_objects_with_an_etag_that_fit_in_half_the_cap_are_read_onto_disk(t
     assert not reader((32 << 20) + 1, '"e"').on_disk  # streamed, not kept
     assert not reader(0, '"e"').on_disk
     assert not ObjectReader(None, BlockCache(1 << 20), None, "k", 5, '"e"', 1 << 20, 0, lambda: None).on_disk  # type: ignore[arg-type]
+
+
+def test_a_sequential_reader_on_disk_lets_the_blocks_it_passed_go_from_memory(tmp_path, s3, bucket, moto, monkeypatch):
+    """Behind the kernel's slack, blocks kept on disk leave the block cache: it holds the slack,
+    the block read and the read-ahead, not every block of the object (it has room for all)."""
+    block = 256 * KIB
+    monkeypatch.setattr(ObjectReader, "SEQUENTIAL_SLACK", block)
+    body = random.Random(8).randbytes(24 * block + 5)
+    etag = s3.put_object(Bucket=bucket, Key="big", Body=body)["ETag"]
+    client = S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url))
+    directory = str(tmp_path / "blocks")
+    step = 64 * KIB
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            cache = BlockCache(64 << 20, cache_at(directory, 64 << 20, nursery=nursery))
+            reader = ObjectReader(client, cache, nursery, "big", len(body), etag, block, 4 * block, lambda: None)
+            assert reader.on_disk
+            got, held = [], 0
+            for offset in range(0, len(body), step):
+                got.append(bytes(await reader.read(offset, step)))
+                held = max(held, cache.gauges()["s3fuse_block_cache_bytes"])
+            assert b"".join(got) == body
+            assert held <= (1 + 1 + 1 + 4) * block  # the slack's, the one behind it, the one read, the read-ahead
+        assert len(files_of(cache_at(directory, 64 << 20))) == 25  # all of it kept on disk
+
+    trio.run(main)
