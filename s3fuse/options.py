@@ -489,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=parse_size("64M"),
         help="most bytes in flight for all open files together, shared fairly among them: what "
-        "sequential readers hold read ahead, and the parts being uploaded (default: 64M, which keeps "
-        "the daemon under 150 MiB of memory)",
+        "sequential readers hold read ahead (streams, and blocks with a disk cache), and the parts being "
+        "uploaded (default: 64M, which keeps the daemon under 150 MiB of memory)",
     )
     cache.add_argument(
         "--kernel-read-ahead",

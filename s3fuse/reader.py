@@ -366,20 +366,33 @@ class ObjectReader:
         self._kept_from = behind  # a read that went back keeps the blocks from there until passed again
 
     def _schedule_readahead(self, last: int) -> None:
-        nblocks = (self.size + self.block_size - 1) // self.block_size
+        """Fetch the blocks after ``last`` in the background, up to the read-ahead window. Each holds
+        its bytes of the mount's transfer budget until it is in the block cache, as a stream's segment
+        does, so the read-ahead of all files together stays within the budget: a mount with a disk
+        cache reads big objects this way, each reader up to --read-ahead at once."""
+        bs = self.block_size
+        nblocks = (self.size + bs - 1) // bs
         end = min(nblocks, last + 1 + min(self._readahead_blocks, self.max_readahead_blocks))
         for index in range(last + 1, end):
-            if self._cache_key(index) not in self.cache:
-                self.nursery.start_soon(self._prefetch, index)
+            if self._cache_key(index) in self.cache:
+                continue
+            nbytes = min(bs, self.size - index * bs)
+            if not self.s3.transfer.try_take(self, nbytes):
+                break  # the next read asks again
+            self.nursery.start_soon(self._prefetch, index, nbytes)
         self._readahead_blocks = min(self._readahead_blocks * 2, self.max_readahead_blocks)
 
-    async def _prefetch(self, index: int) -> None:
+    async def _prefetch(self, index: int, budgeted: int = 0) -> None:
+        """Fetch a block into the cache; then give back the ``budgeted`` bytes of the transfer budget."""
         try:
             await self._block(index)
         except FsError as exc:  # the reader that needs this block will see the error itself
             log.debug("read-ahead of %r block %d failed: %s", self.key, index, exc)
         except Exception:  # a background task: anything uncaught would end the daemon
             log.exception("read-ahead of %r block %d failed", self.key, index)
+        finally:
+            if budgeted:
+                self.s3.transfer.give_back(self, budgeted)
 
     async def _read_random_on_disk(self, offset: int, size: int) -> bytes | memoryview:
         """A random read of an object kept on disk: from memory, else just its chunks from the disk

@@ -2,8 +2,9 @@
 
 Owns how many bytes all open files together may have on their way between S3 and
 the daemon (``--transfer-budget``): the segments that streams read ahead of
-sequential readers (stream.py, held in memory until the reader passes them) and the
-parts of streamed uploads being sent (write/streaming.py). Bytes in flight are what
+sequential readers (stream.py, held in memory until the reader passes them), the blocks
+read ahead into the block cache (reader.py; how a mount with a disk cache reads big
+objects), and the parts of streamed uploads being sent (write/streaming.py). Bytes in flight are what
 throughput costs over a network with latency: one connection carries 50-100 MiB/s
 and each request waits 10-30 ms for its first byte, so a file needs several requests
 at once, and their bytes, to go faster than one connection.

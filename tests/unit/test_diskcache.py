@@ -188,28 +188,47 @@ def test_only_objects_with_an_etag_that_fit_in_half_the_cap_are_read_onto_disk(t
     assert not ObjectReader(None, BlockCache(1 << 20), None, "k", 5, '"e"', 1 << 20, 0, lambda: None).on_disk  # type: ignore[arg-type]
 
 
-def test_a_sequential_reader_on_disk_lets_the_blocks_it_passed_go_from_memory(tmp_path, s3, bucket, moto, monkeypatch):
-    """Behind the kernel's slack, blocks kept on disk leave the block cache: it holds the slack,
-    the block read and the read-ahead, not every block of the object (it has room for all)."""
-    block = 256 * KIB
-    monkeypatch.setattr(ObjectReader, "SEQUENTIAL_SLACK", block)
-    body = random.Random(8).randbytes(24 * block + 5)
+BLOCK = 256 * KIB
+
+
+def read_on_disk(tmp_path, s3, bucket, moto, **settings) -> tuple[int, int]:
+    """A sequential read of an object of 24 blocks and a bit, on disk, in reads of a quarter block:
+    the most the block cache held, and the most of the transfer budget taken (all of it given back)."""
+    body = random.Random(8).randbytes(24 * BLOCK + 5)
     etag = s3.put_object(Bucket=bucket, Key="big", Body=body)["ETag"]
-    client = S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url))
+    client = S3Client(boto_client(moto.url), bucket, ClientSettings(endpoint_url=moto.url, **settings))
     directory = str(tmp_path / "blocks")
-    step = 64 * KIB
+    step = BLOCK // 4
+    held = taken = 0
 
     async def main() -> None:
+        nonlocal held, taken
         async with trio.open_nursery() as nursery:
             cache = BlockCache(64 << 20, cache_at(directory, 64 << 20, nursery=nursery))
-            reader = ObjectReader(client, cache, nursery, "big", len(body), etag, block, 4 * block, lambda: None)
+            reader = ObjectReader(client, cache, nursery, "big", len(body), etag, BLOCK, 8 * BLOCK, lambda: None)
             assert reader.on_disk
-            got, held = [], 0
+            got = []
             for offset in range(0, len(body), step):
                 got.append(bytes(await reader.read(offset, step)))
                 held = max(held, cache.gauges()["s3fuse_block_cache_bytes"])
+                taken = max(taken, client.transfer.used)
+            reader.close()
             assert b"".join(got) == body
-            assert held <= (1 + 1 + 1 + 4) * block  # the slack's, the one behind it, the one read, the read-ahead
+        assert client.transfer.used == 0
         assert len(files_of(cache_at(directory, 64 << 20))) == 25  # all of it kept on disk
 
     trio.run(main)
+    return held, taken
+
+
+def test_a_sequential_reader_on_disk_lets_the_blocks_it_passed_go_from_memory(tmp_path, s3, bucket, moto, monkeypatch):
+    """Behind the kernel's slack, blocks kept on disk leave the block cache: it holds the slack,
+    the block read and the read-ahead, not every block of the object (it has room for all)."""
+    monkeypatch.setattr(ObjectReader, "SEQUENTIAL_SLACK", BLOCK)
+    held, _ = read_on_disk(tmp_path, s3, bucket, moto)
+    assert held <= (1 + 1 + 1 + 8) * BLOCK  # the slack's, the one behind it, the one read, the read-ahead
+
+
+def test_the_read_ahead_of_a_reader_on_disk_stays_within_the_transfer_budget(tmp_path, s3, bucket, moto):
+    _, taken = read_on_disk(tmp_path, s3, bucket, moto, transfer_budget=3 * BLOCK)
+    assert 0 < taken <= 3 * BLOCK  # --read-ahead would have had 8 blocks in flight
