@@ -28,7 +28,7 @@ from .options import Config
 from .pager import Pager
 from .renamelog import RenameLog
 from .s3client import S3Client
-from .write import WriteBack
+from .write import OpenFile, WriteBack
 from .write.conditions import PUT, Guard, refused
 from .write.upload import (
     PARALLEL_COPIES,
@@ -127,9 +127,7 @@ class Mutations:
     async def unlink(self, node: Node) -> None:
         of = self.wb.files.get(node.inode)
         if of is not None:
-            async with of.lock:  # a save in flight must not re-create the object afterwards
-                await of.keep_content()
-                of.unlink()
+            await _let_go(of)
         if of is None or not of.never_saved:  # a file created here and not saved yet is not in S3
             await self.s3.call("delete_object", Key=file_key(self.prefix, node.path))
         self.ns.removed(node.path, is_dir=False)
@@ -178,7 +176,7 @@ class Mutations:
             if target.info.is_dir:
                 await self._ensure_empty(target.path)
             for of in self.wb.under(target.path):
-                of.unlink()  # replaced: its pending data must not reach the new object
+                await _let_go(of)  # replaced: its pending data must not reach the new object
 
     async def rename_journaled(self, node: Node, new_path: str, target: Node | None) -> bool:
         """--write-back: a file journaled and never in S3 yet is renamed without a request (rsync's
@@ -326,3 +324,12 @@ def new_entry(kind: int, mode: int, uid: int, gid: int, size: int = 0, rdev: int
         rdev=rdev,
         from_head=True,
     )
+
+
+async def _let_go(of: OpenFile) -> None:
+    """A file's name goes (unlink, or a rename over it): its open handles keep its bytes, and a save
+    in flight (a held chmod's copy onto itself, say) ends before the caller deletes or replaces the
+    object, so it cannot re-create the one or carry its headers onto the other afterwards."""
+    async with of.lock:
+        await of.keep_content()
+        of.unlink()

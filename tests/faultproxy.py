@@ -21,7 +21,9 @@ Rules (``Rule``) say which requests get a fault:
 - ``stall_body``: like ``truncate``, but the connection stays silent for ``seconds``
   before it is closed;
 - ``late``: S3's real answer, held back for ``seconds``: an answer that describes S3 as
-  it was when the request arrived, delivered after later requests changed it.
+  it was when the request arrived, delivered after later requests changed it;
+- ``delay``: the request is held ``seconds`` before it is forwarded, then answered as S3
+  answers it: it reaches S3 after requests sent later.
 
 A rule matches the method, a regular expression searched in the decoded path
 (``/bucket/key``), a substring the raw query string must contain (``query``, e.g.
@@ -54,7 +56,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
-FAULTS = ("slowdown", "internal", "reset", "stall", "truncate", "stall_body", "late")
+FAULTS = ("slowdown", "internal", "reset", "stall", "truncate", "stall_body", "late", "delay")
 ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
@@ -87,7 +89,7 @@ class Rule:
     times: int | None = None  # the first N matching requests; None: every one
     p: float = 1.0
     when: str = "before"  # "after": forwarded first, the answer is what is lost
-    seconds: float = 30.0  # stall, stall_body, late
+    seconds: float = 30.0  # stall, stall_body, late, delay
     keep: float = 0.5  # truncate, stall_body: the fraction of the body sent
     rst: bool = False  # reset: TCP RST instead of FIN
     applied: int = 0  # how many requests got a fault from this rule
@@ -259,6 +261,9 @@ class FaultProxy:
                 def record(status: int | None) -> None:
                     proxy._record(Exchange(self.command, path, query, fault, when, status))
 
+                if fault == "delay":  # then forwarded and answered as any request
+                    proxy.stopping.wait(rule.seconds)
+                    rule, when = None, None
                 if rule is not None and when == "before":
                     if fault in ERRORS:
                         record(ERRORS[fault][0])

@@ -17,6 +17,7 @@ import io
 import itertools
 import os
 import random
+import stat
 import threading
 import time
 import zlib
@@ -294,6 +295,25 @@ def test_an_answer_older_than_a_rename_does_not_undo_it(s3, bucket, faulty, moun
     assert os.stat(mnt / "h").st_size == len(new)
     assert (mnt / "h").read_bytes() == new
     assert sorted(os.listdir(mnt)) == ["h"]
+
+
+def test_a_held_chmod_in_flight_does_not_carry_its_mode_onto_the_file_renamed_over_it(s3, bucket, faulty, mount):
+    """chmod of a file just saved is held, then saved by a CopyObject of the object onto itself.
+    A rename over that file while the copy is on its way must wait for it: a copy that reached S3
+    after the rename's took the new object's bytes with the old file's headers (the random load's
+    d1/w3-3, content right and mode 755 instead of 644; moto ignores CopySourceIfMatch)."""
+    mnt = mount_via(mount, faulty, bucket)
+    (mnt / "a").write_bytes(b"the file that is replaced\n")
+    (mnt / "b").write_bytes(b"the file renamed over it\n")
+    copy_onto_a = {"method": "PUT", "path": rf"^/{bucket}/a$", "header": "x-amz-copy-source"}
+    held = faulty.add(Rule("delay", **copy_onto_a, seconds=1.0, times=1))  # not the rename's copy after it
+    os.chmod(mnt / "a", 0o755)
+    assert wait_until(lambda: held.applied == 1, BOUND)  # the chmod's copy waits in the proxy
+    os.rename(mnt / "b", mnt / "a")
+    assert wait_until(lambda: faulty.injected("delay"), BOUND)  # the chmod's copy has been answered
+    assert body_of(s3, bucket, "a") == b"the file renamed over it\n"
+    assert int(s3.head_object(Bucket=bucket, Key="a")["Metadata"]["mode"]) & 0o777 == 0o644
+    assert stat.S_IMODE(os.stat(mount(bucket, "--posix-metadata") / "a").st_mode) == 0o644
 
 
 def test_the_probe_of_conditional_completions_goes_beside_the_first_upload(s3, bucket, faulty, mount):
