@@ -212,7 +212,7 @@ class OpenFile:
         self._forget_record()
 
     async def keep_content(self) -> None:
-        """Before its object is deleted under open handles: copy the bytes only S3 holds into
+        """Before its object is deleted or replaced under open handles: copy the bytes only S3 holds into
         the spill file, so reads and truncates through the handles keep working, as POSIX
         keeps an unlinked open file. If that fails, those bytes read as EIO later."""
         if self.base is None or not self.handles:
