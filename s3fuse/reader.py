@@ -104,13 +104,13 @@ class ObjectReader:
     # buffers, already. fsbench, S3-like network, cold read of 128 MiB, five runs each with the
     # code before as a target beside it: 0.365-0.40 s against 0.385-0.445 s (raw 0.29-0.32 s).
     STANDBY = 1
-    # Segments this many times SEGMENT long where one connection alone carries 384 MiB/s or more
-    # (transfer.ConnectionRate: a server on the same machine or network): then a GET's fixed cost,
-    # not the connection, is the limit. On 127.0.0.1 (fsbench's moto; one mount, four cold reads of
-    # 256 MiB with dd, three rounds side by side): 8 MiB segments 0.44-0.59 s a read, 32 MiB ones
-    # 0.31-0.41 s, the code before the parallel segments (two GETs at once, of 16 MiB doubling)
-    # 0.27-0.44 s. Each stream still reads
-    # at most SEGMENT ahead of the reader, so the budget is the same.
+    # Segments this many times SEGMENT long where transfer.ConnectionRate says near (a server that
+    # answers within 10 ms, or one connection carrying 384 MiB/s or more: on the same machine or
+    # network): then a GET's fixed cost, not the connection, is the limit. On 127.0.0.1 (fsbench's
+    # moto; one mount, four cold reads of 256 MiB with dd, three rounds side by side): 8 MiB
+    # segments 0.44-0.59 s a read, 32 MiB ones 0.31-0.41 s, the code before the parallel segments
+    # (two GETs at once, of 16 MiB doubling) 0.27-0.44 s. Each stream still reads at most SEGMENT
+    # ahead of the reader, so the budget is the same.
     NEAR_SEGMENTS = 4
     # Blocks fetched at once in the background fetch of a randomly read object kept on disk.
     REST_WORKERS = 2
