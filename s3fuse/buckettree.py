@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from .blockcache import BlockCache
+from .dirprefetch import SubdirectoryPrefetch
 from .errors import FsError
 from .inodes import Node
 from .metadata import EntryInfo
@@ -122,6 +123,7 @@ class BucketTree(ObjectTree):
         self.mount_time_ns = time.time_ns()
         self.wb = wb
         self.mut = Mutations(s3, ns, wb, blocks, opts)
+        self.ahead = SubdirectoryPrefetch(ns, opts.cache.prefetch_dirs, self._listing)
         self.xattrs = Xattrs(s3, opts, self._change_headers, wb.pending_headers, wb.upload_state)
 
     @classmethod
@@ -200,8 +202,16 @@ class BucketTree(ObjectTree):
     # ---- directories and files
 
     async def opendir(self, node: Node) -> DirEntries:
-        reserved = self.reserved if node.path == "" else ()
-        return self.ns.open_dir(node, reserved=reserved, local=self.wb.local_entries(node.path))
+        path = node.path
+        reserved = self.reserved if path == "" else ()
+        exclude = [name for name, _ in reserved]
+        return self.ns.open_dir(
+            path, reserved=reserved, local=self.wb.local_entries(path), on_end=lambda: self.ahead.listed(path, exclude)
+        )
+
+    def _listing(self, path: str) -> DirEntries:
+        """A handle on the listing of a directory below the root, for listing it ahead."""
+        return self.ns.open_dir(path, local=self.wb.local_entries(path))
 
     def reader(
         self, path: str, info: EntryInfo, on_changed: Callable[[], None] = lambda: None, node: Node | None = None

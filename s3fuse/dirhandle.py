@@ -38,9 +38,12 @@ class DirHandle:
         path: str,
         reserved: Sequence[tuple[str, EntryInfo | None]] = (),
         local: Sequence[tuple[str, EntryInfo]] = (),
+        on_end: Callable[[], None] | None = None,
     ) -> None:
+        """on_end: called the first time a read reaches the end of the listing."""
         self.ns = ns
         self.path = path
+        self._on_end = on_end
         # Names of the mount's control directories: keys of the same name are hidden.
         self.shown = [(name, info) for name, info in reserved if info is not None] + list(local)
         self.hidden = {name for name, _ in reserved}
@@ -70,6 +73,7 @@ class DirHandle:
             self._restart()
         while index >= self.base + len(self.entries):
             if self.stream is None or self.stream.done:
+                self._ended()
                 return None
             batch = await self.ns.complete(self.path, self._without_hidden(await self.stream.next_batch()))
             self._remember(batch)
@@ -78,6 +82,11 @@ class DirHandle:
             self.entries = self.entries[consumed:] + batch
             self.base += consumed
         return self.entries[index - self.base]
+
+    def _ended(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
 
     def _without_hidden(self, batch: list[tuple[str, EntryInfo]]) -> list[tuple[str, EntryInfo]]:
         """The batch without keys named like the mount's control directories, each logged.

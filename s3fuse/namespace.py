@@ -438,10 +438,12 @@ class Namespace:
 
     def open_dir(
         self,
-        node: Node,
+        path: str,
         reserved: Sequence[tuple[str, EntryInfo | None]] = (),
         local: Sequence[tuple[str, EntryInfo]] = (),
+        on_end: Callable[[], None] | None = None,
     ) -> DirHandle:
-        """A handle on node's listing; ``reserved`` names are the mount's own (listed when info is
-        given); ``local`` entries exist here and perhaps not in S3 yet (files being written)."""
-        return DirHandle(self, node.path, reserved, local)
+        """A handle on the listing at path; ``reserved`` names are the mount's own (listed when info is
+        given); ``local`` entries exist here and perhaps not in S3 yet (files being written);
+        ``on_end`` is called when a read first reaches the end."""
+        return DirHandle(self, path, reserved, local, on_end)

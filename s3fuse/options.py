@@ -121,6 +121,7 @@ class CacheOptions:
     negative_ttl: float
     lookup_window: int
     prefetch_files: int
+    prefetch_dirs: int
     metadata_cache_entries: int
     inode_limit: int
 
@@ -527,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="once files of a directory are opened in name order (cat *, cp -r, tar c), fetch this many "
         "following small files ahead; 0 disables (default: %(default)s)",
+    )
+    cache.add_argument(
+        "--prefetch-dirs",
+        type=int,
+        default=8,
+        help="once a readdir reaches the end of a directory with at most this many subdirectories, list "
+        "each of them in the background (one level, one page each) for --dir-ttl, so a path into one costs "
+        "no request; 0 disables (default: %(default)s)",
     )
     cache.add_argument(
         "--metadata-cache-entries",

@@ -184,7 +184,8 @@ def test_2500_entry_directory_few_lists(s3, bucket, mount, moto):
     dirs = [e[-1] for e in entries if e[0].startswith("d")]
     assert dirs == ["file-00999.dat"]
     assert all(e[0] == "-rw-r--r--" and e[4] == str(len(names[0])) for e in entries if e[-1] not in dirs)
-    lists = [r for r in requests if r.is_list]
+    # the directory's own pages (its one subdirectory is listed ahead besides: dirprefetch.py)
+    lists = [r for r in requests if r.is_list and r.query["prefix"] == ["big/"]]
     heads = [r for r in requests if r.method == "HEAD"]
     assert len(lists) <= 4, lists
     assert heads == []
@@ -193,7 +194,7 @@ def test_2500_entry_directory_few_lists(s3, bucket, mount, moto):
     # a second ls within the directory TTL does not list again
     mark = moto.mark()
     assert sorted(os.listdir(mnt / "big")) == names
-    assert [r for r in moto.requests(mark, bucket) if r.is_list] == []
+    assert [r for r in moto.requests(mark, bucket) if r.is_list and r.query["prefix"] == ["big/"]] == []
     assert (mnt / "big/file-00999.dat/inner").read_bytes() == b"inner"
 
 
@@ -231,6 +232,52 @@ def test_a_lookup_window_answers_for_the_missing_names_in_its_range(s3, bucket, 
     assert not (mnt / "d/bb").exists()  # the rename changed d: the window no longer answers for it
     assert [r for r in moto.requests(mark, bucket) if r.is_list]
     assert sorted(os.listdir(mnt / "d")) == ["b", "c", "e", "z"]
+
+
+def listed_prefixes(moto, mark: int, bucket: str) -> list[str]:
+    return sorted(r.query.get("prefix", [""])[0] for r in moto.requests(mark, bucket) if r.is_list)
+
+
+@pytest.mark.parametrize("subdirectories", [3, 9])
+def test_the_few_subdirectories_of_a_listed_directory_are_listed_ahead(s3, bucket, mount, moto, subdirectories):
+    """After ls of a directory with at most --prefetch-dirs (8) subdirectories, a path into any of
+    them costs no request; with more, none is listed ahead; nothing below them is."""
+    names = [f"sub{i}" for i in range(subdirectories)]
+    put_objects(s3, bucket, {f"top/{n}/file": n.encode() for n in names} | {"top/sub0/deeper/x": b"x"})
+    mnt = mount(bucket)
+    assert (mnt / "top").is_dir()
+    mark = moto.mark()
+    assert sorted(os.listdir(mnt / "top")) == names
+    ahead = [f"top/{n}/" for n in names] if subdirectories <= 8 else []
+    expected = sorted(["top/", *ahead])
+    assert wait_until(lambda: listed_prefixes(moto, mark, bucket) == expected, 10), listed_prefixes(moto, mark, bucket)
+    mark = moto.mark()
+    for n in names:
+        assert (mnt / "top" / n / "file").read_bytes() == n.encode()
+    assert stat.S_ISDIR(os.stat(mnt / "top/sub0/deeper").st_mode)
+    lists = listed_prefixes(moto, mark, bucket)
+    assert set(lists) == (set() if ahead else {f"top/{n}/" for n in names}), lists
+    time.sleep(0.5)  # a directory listed ahead lists nothing ahead itself
+    assert "top/sub0/deeper/" not in listed_prefixes(moto, mark, bucket)
+
+
+def test_prefetch_dirs_0_lists_nothing_ahead_and_files_written_here_stay_listed(s3, bucket, mount, moto):
+    put_objects(s3, bucket, {"top/a/file": b"a", "top/b/file": b"b"})
+    mnt = mount(bucket, "--prefetch-dirs", "0")
+    assert (mnt / "top").is_dir()
+    mark = moto.mark()
+    assert sorted(os.listdir(mnt / "top")) == ["a", "b"]
+    time.sleep(0.5)
+    assert listed_prefixes(moto, mark, bucket) == ["top/"]
+
+    mnt = mount(bucket, "--write-back", "--cache-dir", str(mnt.parent / "wb-cache"))
+    (mnt / "top/a/new").write_bytes(b"written here")  # kept locally for a while (--write-back)
+    assert (mnt / "top").is_dir()
+    mark = moto.mark()
+    assert sorted(os.listdir(mnt / "top")) == ["a", "b"]
+    assert wait_until(lambda: "top/a/" in listed_prefixes(moto, mark, bucket), 10)
+    assert sorted(os.listdir(mnt / "top/a")) == ["file", "new"]
+    assert (mnt / "top/a/new").read_bytes() == b"written here"
 
 
 def test_posix_metadata_listing_costs_one_head_per_file(s3, bucket, mount, moto):
