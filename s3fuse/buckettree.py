@@ -165,6 +165,7 @@ class BucketTree(ObjectTree):
     # ---- names and attributes
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
+        await self.ahead.settled(parent.path)
         return await self.ns.lookup(parent, name)
 
     async def getattr(self, node: Node) -> Node | None:
@@ -203,6 +204,7 @@ class BucketTree(ObjectTree):
 
     async def opendir(self, node: Node) -> DirEntries:
         path = node.path
+        await self.ahead.settled(path)
         reserved = self.reserved if path == "" else ()
         exclude = [name for name, _ in reserved]
         return self.ns.open_dir(

@@ -46,7 +46,14 @@ class SubdirectoryPrefetch:
         self.most = most if ns.opts.cache.dir_ttl > 0 else 0  # nothing listed would be kept
         self._open = open_listing
         self._limiter = trio.CapacityLimiter(self.AT_ONCE)
-        self._pending: set[str] = set()
+        self._pending: dict[str, trio.Event] = {}  # directory -> set once its listing ahead ended
+
+    async def settled(self, path: str) -> None:
+        """Wait for the listing ahead of path, if one is on its way: a readdir or lookup there
+        then finds it cached, instead of sending the same LIST again (find, ls then cat)."""
+        ended = self._pending.get(path)
+        if ended is not None:
+            await ended.wait()
 
     def listed(self, path: str, exclude: Collection[str] = ()) -> None:
         """A readdir reached the end of the directory at path; ``exclude``: names that lead to other trees."""
@@ -59,7 +66,7 @@ class SubdirectoryPrefetch:
         for name in subdirectories:
             child = join(path, name)
             if child not in self._pending and self.ns.cached_listing(child) is None:
-                self._pending.add(child)
+                self._pending[child] = trio.Event()
                 self.ns.nursery.start_soon(self._list, child)
 
     async def _list(self, path: str) -> None:
@@ -76,4 +83,4 @@ class SubdirectoryPrefetch:
         except Exception:  # a background task: anything uncaught would end the daemon
             log.exception("listing %r ahead", path)
         finally:
-            self._pending.discard(path)
+            self._pending.pop(path).set()

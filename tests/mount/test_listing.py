@@ -11,6 +11,7 @@ import time
 
 import pytest
 from conftest import held_inodes, keys_of, put_objects, run, wait_until
+from faultproxy import Rule
 
 
 def lastmodified_ns(obj: dict) -> int:
@@ -259,6 +260,24 @@ def test_the_few_subdirectories_of_a_listed_directory_are_listed_ahead(s3, bucke
     assert set(lists) == (set() if ahead else {f"top/{n}/" for n in names}), lists
     time.sleep(0.5)  # a directory listed ahead lists nothing ahead itself
     assert "top/sub0/deeper/" not in listed_prefixes(moto, mark, bucket)
+
+
+def test_a_lookup_and_a_readdir_wait_for_the_listing_ahead_of_their_directory(s3, bucket, mount, moto, faulty):
+    """ls, then at once cat of a file below and ls of a subdirectory: each waits for the listing
+    ahead on its way (held 1 s by the proxy) instead of listing the same directory again."""
+    put_objects(s3, bucket, {"top/sub0/file": b"0", "top/sub1/file": b"1"})
+    mnt = mount(bucket, "--endpoint-url", faulty.url, endpoint=False)
+    assert (mnt / "top").is_dir()
+    held = [
+        faulty.add(Rule("delay", method="GET", query=f"prefix=top%2Fsub{i}%2F", times=1, seconds=1.0)) for i in (0, 1)
+    ]
+    mark = moto.mark()
+    assert sorted(os.listdir(mnt / "top")) == ["sub0", "sub1"]
+    assert wait_until(lambda: all(rule.applied for rule in held), 5)
+    assert (mnt / "top/sub0/file").read_bytes() == b"0"
+    assert os.listdir(mnt / "top/sub1") == ["file"]
+    time.sleep(1.5)  # until the held LISTs have reached S3 whichever way it went
+    assert listed_prefixes(moto, mark, bucket) == ["top/", "top/sub0/", "top/sub1/"]
 
 
 def test_prefetch_dirs_0_lists_nothing_ahead_and_files_written_here_stay_listed(s3, bucket, mount, moto):
