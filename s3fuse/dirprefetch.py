@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 class SubdirectoryPrefetch:
     PAGE = 1000  # entries: one LIST page; a directory longer than that is not listed ahead further
     AT_ONCE = 4  # directories listed ahead at a time, for the whole mount
+    # Directories waiting or being listed ahead, at most: a script that runs ls in 10,000
+    # directories must not queue 80,000 listings (and their tasks' memory); past this, none is added.
+    QUEUED = 64
 
     def __init__(self, ns: Namespace, most: int, open_listing: Callable[[str], DirEntries]) -> None:
         """most: subdirectories a directory may have for them to be listed ahead (0: never);
@@ -47,12 +50,14 @@ class SubdirectoryPrefetch:
         self._open = open_listing
         self._limiter = trio.CapacityLimiter(self.AT_ONCE)
         self._pending: dict[str, trio.Event] = {}  # directory -> set once its listing ahead ended
+        self._running: set[str] = set()  # those of them being listed (the others wait for the limiter)
 
     async def settled(self, path: str) -> None:
-        """Wait for the listing ahead of path, if one is on its way: a readdir or lookup there
-        then finds it cached, instead of sending the same LIST again (find, ls then cat)."""
+        """Wait for the listing ahead of path, if it is on its way: a readdir or lookup there then
+        finds it cached, instead of sending the same LIST again (find, ls then cat). One still
+        queued is not waited for: the caller's own request is quicker than the queue."""
         ended = self._pending.get(path)
-        if ended is not None:
+        if ended is not None and path in self._running:
             await ended.wait()
 
     def listed(self, path: str, exclude: Collection[str] = ()) -> None:
@@ -65,6 +70,8 @@ class SubdirectoryPrefetch:
             return
         for name in subdirectories:
             child = join(path, name)
+            if len(self._pending) >= self.QUEUED:
+                return
             if child not in self._pending and self.ns.cached_listing(child) is None:
                 self._pending[child] = trio.Event()
                 self.ns.nursery.start_soon(self._list, child)
@@ -74,6 +81,7 @@ class SubdirectoryPrefetch:
             async with self._limiter:
                 if self.ns.cached_listing(path) is not None:
                     return  # a readdir came first
+                self._running.add(path)
                 entries = self._open(path)
                 index = 0
                 while index < self.PAGE and await entries.entry(index) is not None:
@@ -83,4 +91,5 @@ class SubdirectoryPrefetch:
         except Exception:  # a background task: anything uncaught would end the daemon
             log.exception("listing %r ahead", path)
         finally:
+            self._running.discard(path)
             self._pending.pop(path).set()

@@ -129,3 +129,31 @@ async def test_an_index_entry_learnt_by_head_never_vouches_for_a_later_rewrite(f
     assert head["Metadata"]["mode"] == str(0o100640)
     async with filesystem("--cache-dir", str(tmp_path / "fresh")) as fresh:
         assert (await fresh.stat("d/f")).st_mode == 0o100640
+
+
+@pytest.mark.trio
+async def test_listings_ahead_stay_bounded_when_many_directories_are_read(filesystem, s3, bucket, monkeypatch):
+    """ls in 40 directories of 3 subdirectories each, while no listing ahead can start, queues at
+    most QUEUED of them, not 120; once they can, each queued one is listed whole."""
+    from s3fuse.dirprefetch import SubdirectoryPrefetch
+
+    monkeypatch.setattr(SubdirectoryPrefetch, "QUEUED", 10)
+    keys = [f"d{i:02d}/s{j}/f" for i in range(40) for j in range(3)]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    async with filesystem() as fs:
+        ahead = fs.ops.router.bucket.ahead
+        holders = [object() for _ in range(ahead.AT_ONCE)]
+        for holder in holders:  # every slot taken: listings ahead wait in the queue
+            await ahead._limiter.acquire_on_behalf_of(holder)
+        for i in range(40):
+            assert await fs.listdir(f"d{i:02d}") == [("s0", True), ("s1", True), ("s2", True)]
+        assert len(ahead._pending) == 10
+        with trio.fail_after(5):  # a lookup does not wait for a listing ahead still queued
+            assert await fs.read_all("d00/s0/f") == b"x"
+        for holder in holders:
+            ahead._limiter.release_on_behalf_of(holder)
+        with trio.fail_after(10):
+            while ahead._pending:
+                await trio.sleep(0.05)
+        assert set(fs.ops.router.ns.cached_listing("d02/s1") or ()) == {"f"}  # queued, then listed whole
