@@ -165,8 +165,7 @@ class BucketTree(ObjectTree):
     # ---- names and attributes
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
-        await self.ahead.settled(parent.path)
-        return await self.ns.lookup(parent, name)
+        return await self.ns.lookup(parent, name, lambda: self.ahead.settled(parent.path))
 
     async def getattr(self, node: Node) -> Node | None:
         return await self.ns.revalidate(node)

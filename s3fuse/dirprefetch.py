@@ -57,9 +57,8 @@ class SubdirectoryPrefetch:
         """Wait for the listing ahead of path, if it is on its way: a readdir or lookup there then
         finds it cached, instead of sending the same LIST again (find, ls then cat). One still
         queued is not waited for: the caller's own request is quicker than the queue."""
-        ended = self._pending.get(path)
-        if ended is not None and path in self._running:
-            await ended.wait()
+        if path in self._running:
+            await self._pending[path].wait()
 
     def listed(self, path: str, exclude: Collection[str] = ()) -> None:
         """A readdir reached the end of the directory at path; ``exclude``: names that lead to other trees."""

@@ -192,7 +192,11 @@ class Namespace:
         self._meta.forget(node.path)
         self._meta.forget_listing(split(node.path)[0])  # or a cached listing would bring the old entry back
 
-    async def lookup(self, parent: Node, name: str) -> Node | None:
+    async def lookup(
+        self, parent: Node, name: str, listing_ahead: Callable[[], Awaitable[None]] | None = None
+    ) -> Node | None:
+        """The node at parent/name, or None. ``listing_ahead``: waits for a listing of parent on its
+        way (dirprefetch.py), awaited only when the caches do not know the name."""
         if invalid_reason(name) is not None or name in self.internal_names(parent.path):
             # Listings skip such keys; a lookup must too. Without this, a lookup window
             # that ends before 'name/' probes that prefix and turns a name of more than
@@ -207,6 +211,8 @@ class Namespace:
             return None
         if isinstance(cached, EntryInfo):
             return self.resolve(path, cached)
+        if listing_ahead is not None:
+            await listing_ahead()
         listing = self._meta.get_listing(parent.path)
         if listing is not None:  # a complete listing answers for absent names too
             known = listing.get(name)
