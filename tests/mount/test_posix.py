@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import boto_client, held_changes_saved, run
+from conftest import boto_client, held_changes_saved, run, wait_until
 
 NS = 1_000_000_000
 # Times utimensat(2) takes: before 1970, past 2038 (64-bit seconds), with nanoseconds.
@@ -219,7 +219,12 @@ def test_names_over_255_bytes_are_enametoolong_without_a_request(s3, bucket, mou
     s3.put_object(Bucket=bucket, Key="file", Body=b"x")
     s3.put_object(Bucket=bucket, Key="dir/", Body=b"")
     mnt = mount(bucket)
+    listed = moto.mark()
     os.listdir(mnt)
+    # the listing ahead of dir/ (dirprefetch.py) is a background request: let it come before the mark
+    assert wait_until(
+        lambda: any(r.is_list and r.query["prefix"] == ["dir/"] for r in moto.requests(listed, bucket)), 10
+    )
     long = "é" * 128  # 256 bytes
     calls = {
         "stat": (os.stat, mnt / long),
